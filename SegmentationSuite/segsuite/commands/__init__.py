@@ -1,0 +1,1 @@
+"""Subcommands of ``segsuite``; each module is found automatically (see segsuite.cli)."""

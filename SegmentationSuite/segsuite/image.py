@@ -1,0 +1,242 @@
+"""Reading and writing images with clear errors, and all-or-nothing output writing.
+
+Arrays always travel with their affine (voxel index -> RAS world, nibabel convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError, OutputExistsError, SegSuiteError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
+
+
+@dataclass
+class Volume:
+    """An image array with its voxel-to-world affine."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: Optional[str] = None
+    header: object = None
+
+    @property
+    def voxel_sizes(self) -> np.ndarray:
+        return voxel_sizes(self.affine)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image extension of a path ('.nii.gz', '.nii', '.mgz', '.mgh'), or '' if none."""
+    name = str(path).lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def strip_image_suffix(path: str | os.PathLike) -> str:
+    """The path without its image extension ('a/b.nii.gz' -> 'a/b')."""
+    suffix = image_suffix(path)
+    return str(path)[: -len(suffix)] if suffix else os.path.splitext(str(path))[0]
+
+
+def load_volume(path: str | os.PathLike, dtype=np.float32) -> Volume:
+    """Load an image file; a missing or unreadable file raises InputError saying so."""
+    import nibabel as nib
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"input not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"expected an image file but {path} is a folder")
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise InputError(
+            f"cannot read {path} as an image ({type(error).__name__}: {error}); "
+            "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file"
+        ) from error
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64), path=path, header=image.header)
+
+
+def as_volume(source, affine: Optional[np.ndarray] = None) -> Volume:
+    """Accept a path, a Volume, a nibabel image or an (array, affine) pair."""
+    if isinstance(source, Volume):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load_volume(source)
+    if isinstance(source, tuple) and len(source) == 2 and affine is None:
+        source, affine = source
+    if isinstance(source, np.ndarray):
+        if affine is None:
+            raise InputError("an array input needs its 4x4 affine: pass (array, affine)")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise InputError(f"the affine must be 4x4, got shape {affine.shape}")
+        return Volume(data=source, affine=affine)
+    if hasattr(source, "dataobj") and hasattr(source, "affine"):
+        return Volume(data=np.asanyarray(source.dataobj), affine=np.asarray(source.affine, dtype=np.float64))
+    raise InputError(f"cannot use an input of type {type(source).__name__}: give a file path or (array, affine)")
+
+
+def squeeze_to_3d(data: np.ndarray, what: str = "the input") -> np.ndarray:
+    """Drop singleton dimensions; refuse anything that is not a single 3D volume."""
+    squeezed = np.squeeze(data)
+    if squeezed.ndim == 3:
+        return squeezed
+    if squeezed.ndim < 3:
+        raise InputError(f"{what} is {squeezed.ndim}D (shape {data.shape}); a 3D volume is needed")
+    raise InputError(
+        f"{what} is {squeezed.ndim}D (shape {data.shape}); a single 3D volume is needed: "
+        "extract or average the volumes first (for example with fslmaths -Tmean or mri_concat --mean)"
+    )
+
+
+def check_finite(data: np.ndarray, what: str = "the input") -> None:
+    if not np.all(np.isfinite(data)):
+        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{what} contains {count} NaN or infinite voxels; replace them (e.g. by 0) first")
+
+
+def make_image(data: np.ndarray, affine: np.ndarray, path: str, header=None):
+    """A nibabel image of the type the file extension asks for (NIfTI or MGH)."""
+    import nibabel as nib
+
+    suffix = image_suffix(path)
+    if suffix in (".mgz", ".mgh"):
+        if data.dtype == np.int64 or data.dtype == np.uint16:
+            data = data.astype(np.int32)
+        return nib.MGHImage(data, affine)
+    if suffix in (".nii", ".nii.gz"):
+        image = nib.Nifti1Image(data, affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        image.header.set_data_dtype(data.dtype)
+        return image
+    raise InputError(f"unsupported output extension for {path}: use .nii.gz, .nii, .mgz or .mgh")
+
+
+def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool,
+                  inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Fail early, before any work, if an output exists (without consent) or would replace an input."""
+    input_set = {os.path.realpath(os.fspath(p)) for p in inputs if p}
+    seen = set()
+    for path in paths:
+        real = os.path.realpath(os.fspath(path))
+        if real in input_set:
+            raise OutputExistsError(f"refusing to overwrite the input {path}: choose another output name")
+        if real in seen:
+            raise InputError(f"two outputs have the same path {path}")
+        seen.add(real)
+        if os.path.exists(real) and not overwrite:
+            raise OutputExistsError(f"output exists: {path}; pass --overwrite to replace it or choose another name")
+
+
+class OutputTransaction:
+    """Writes every output to a temporary file beside it and renames all at the end.
+
+    If anything fails before ``commit``, the temporary files are removed and no output is
+    left behind; existing files are only replaced when the whole job succeeded.
+    """
+
+    def __init__(self, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()):
+        self.overwrite = overwrite
+        self.inputs = [os.fspath(p) for p in inputs if p]
+        self._pending: dict[str, str] = {}
+        self._created_dirs: list[str] = []
+
+    def temp_path(self, final_path: str | os.PathLike) -> str:
+        """A temporary path to write ``final_path`` to (same folder, same extension)."""
+        final_path = os.path.abspath(os.fspath(final_path))
+        check_outputs([final_path], self.overwrite, self.inputs)
+        if final_path in self._pending:
+            raise InputError(f"two outputs have the same path {final_path}")
+        folder = os.path.dirname(final_path)
+        self._make_dirs(folder)
+        suffix = image_suffix(final_path) or os.path.splitext(final_path)[1]
+        handle, temp = tempfile.mkstemp(prefix=".segsuite-", suffix=suffix, dir=folder)
+        os.close(handle)
+        self._pending[final_path] = temp
+        return temp
+
+    def save_image(self, final_path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
+        import nibabel as nib
+
+        temp = self.temp_path(final_path)
+        nib.save(make_image(data, affine, os.fspath(final_path)), temp)
+
+    def write_text(self, final_path: str | os.PathLike, text: str) -> None:
+        temp = self.temp_path(final_path)
+        with open(temp, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+
+    def commit(self) -> list[str]:
+        for final_path, temp in self._pending.items():
+            os.replace(temp, final_path)
+        written = list(self._pending)
+        self._pending.clear()
+        self._created_dirs.clear()
+        return written
+
+    def rollback(self) -> None:
+        for temp in self._pending.values():
+            with contextlib.suppress(OSError):
+                os.remove(temp)
+        self._pending.clear()
+        for folder in reversed(self._created_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only succeeds if we left it empty
+        self._created_dirs.clear()
+
+    def _make_dirs(self, folder: str) -> None:
+        missing = []
+        current = folder
+        while current and not os.path.isdir(current):
+            missing.append(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+        try:
+            for path in reversed(missing):
+                os.mkdir(path)
+                self._created_dirs.append(path)
+        except OSError as error:
+            raise SegSuiteError(f"cannot create the output folder {folder}: {error.strerror}") from error
+
+    def __enter__(self) -> "OutputTransaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+@contextlib.contextmanager
+def output_transaction(overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Iterator[OutputTransaction]:
+    transaction = OutputTransaction(overwrite=overwrite, inputs=inputs)
+    with transaction:
+        yield transaction
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Image files in a folder, sorted by name."""
+    folder = Path(folder)
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and image_suffix(p.name))

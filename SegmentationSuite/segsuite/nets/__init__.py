@@ -1,0 +1,1 @@
+"""PyTorch re-implementations of the Keras networks, and the Keras .h5 weight loader."""

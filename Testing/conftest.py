@@ -1,0 +1,33 @@
+"""Shared pytest fixtures: where ../shared is, and skipping cleanly when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEGSUITE_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; skips the test with the reason when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared data/fixtures folder beside the repository); it is absent here")
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_home(tmp_path_factory, monkeypatch):
+    """Tests never touch the user's real model cache or config."""
+    home = tmp_path_factory.mktemp("segsuite_home")
+    monkeypatch.setenv("SEGSUITE_HOME", str(home))
+    monkeypatch.delenv("SEGSUITE_MIRROR", raising=False)
+    monkeypatch.setenv("SEGSUITE_CONFIG", str(home / "config.json"))
