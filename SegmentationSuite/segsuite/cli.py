@@ -39,6 +39,8 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="segsuite", description="Brain and spinal-cord segmentation (SegmentationSuite).")
     parser.add_argument("--version", action="version", version=f"segsuite {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="progress display: a bar (default), JSON lines on stderr for other programs, or none")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
@@ -48,6 +50,31 @@ def build_parser() -> OneLineParser:
         module.add_arguments(sub)
         sub.set_defaults(_command=module)
     return parser
+
+
+PROGRESS_PREFIX = "SEGSUITE_PROGRESS "
+
+
+def progress_for(args, description: str = ""):
+    """The progress callback a command should use, and a function to call when done.
+
+    With ``--progress json`` each call prints one line ``SEGSUITE_PROGRESS {"fraction": f,
+    "message": m}`` to stderr, which the Slicer process runner parses.
+    """
+    import json
+
+    mode = getattr(args, "progress", "bar")
+    if mode == "json":
+        def report(fraction: float, message: str) -> None:
+            line = json.dumps({"fraction": round(float(fraction), 4), "message": str(message)})
+            print(PROGRESS_PREFIX + line, file=sys.stderr, flush=True)
+
+        return report, lambda: None
+    if mode == "none":
+        return (lambda fraction, message: None), (lambda: None)
+    from .progress import tqdm_progress
+
+    return tqdm_progress(description)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,6 +26,7 @@ class SegmentationResult:
     qc:           QC score name -> value (SynthSeg QC, ScLimbic z-scores, ...).
     measures:     other named scalars (eTIV, total intracranial volume, ...), in their units.
     tables:       further named per-structure tables, e.g. {"confidences": {name: value}}.
+    images:       further named 3D arrays on the grid of ``affine`` (e.g. {"brain_mask": ...}).
     units:        unit per measure/volume table name, for writers and Slicer tables.
     provenance:   model id, version, weight sha256, options, software version.
     subject:      the case name used as the row name in CSVs.
@@ -41,6 +42,7 @@ class SegmentationResult:
     qc: dict[str, float] = field(default_factory=dict)
     measures: dict[str, float] = field(default_factory=dict)
     tables: dict[str, dict[str, float]] = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=lambda: {"volumes": "mm3"})
     provenance: dict = field(default_factory=dict)
     subject: str = ""
