@@ -1,0 +1,101 @@
+"""The neurite/Keras U-Net family (SynthSeg, ScLimbic) as a PyTorch module with Keras layer names.
+
+Per encoder level: ``n_conv`` conv+ELU, batch norm, max-pool 2 (not at the deepest level).
+Per decoder level: nearest up-sampling x2, concatenation [skip, up] where the skip is the
+encoder's last conv output BEFORE its batch norm, ``n_conv`` conv+ELU, batch norm.
+Then a 1x1x1 ``likelihood`` conv and a softmax over channels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KerasUNet(nn.Module):
+    def __init__(self, prefix: str, in_channels: int, n_labels: int, n_levels: int = 5,
+                 n_features: int = 24, feat_mult: int = 2, kernel_size: int = 3, n_conv_per_level: int = 2,
+                 n_skip_levels: Optional[int] = None, batch_norm: bool = True, softmax: bool = True):
+        """n_skip_levels: how many decoder levels (counted from the deepest) concatenate their skip
+        connection; None means all (SynthSeg's l2l net uses 2 of 4)."""
+        super().__init__()
+        self.prefix = prefix
+        self.n_levels = n_levels
+        self.n_conv = n_conv_per_level
+        self.batch_norm = batch_norm
+        self.softmax = softmax
+        n_decoder = n_levels - 1
+        self.n_skip_levels = n_decoder if n_skip_levels is None else n_skip_levels
+        self.layers = nn.ModuleDict()
+        pad = kernel_size // 2
+        width = [int(round(n_features * feat_mult ** level)) for level in range(n_levels)]
+
+        channels = in_channels
+        for level in range(n_levels):
+            for conv in range(n_conv_per_level):
+                self.layers[f"{prefix}_conv_downarm_{level}_{conv}"] = nn.Conv3d(channels, width[level], kernel_size, padding=pad)
+                channels = width[level]
+            if batch_norm:
+                self.layers[f"{prefix}_bn_down_{level}"] = nn.BatchNorm3d(channels, eps=1e-3)
+        for step in range(n_decoder):
+            level = n_levels - 2 - step
+            index = n_levels + step
+            if step < self.n_skip_levels:
+                channels += width[level]
+            for conv in range(n_conv_per_level):
+                self.layers[f"{prefix}_conv_uparm_{index}_{conv}"] = nn.Conv3d(channels, width[level], kernel_size, padding=pad)
+                channels = width[level]
+            if batch_norm:
+                self.layers[f"{prefix}_bn_up_{step}"] = nn.BatchNorm3d(channels, eps=1e-3)
+        self.layers[f"{prefix}_likelihood"] = nn.Conv3d(channels, n_labels, 1)
+        self.eval()
+
+    def keras_layers(self) -> dict[str, nn.Module]:
+        return dict(self.layers.items())
+
+    def _conv_elu(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.layers[name](x), inplace=True)
+
+    def _merge_conv_elu(self, name: str, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        # conv(cat([skip, up])) without building the concatenated tensor: the kernel splits along
+        # its input channels, which saves the largest allocation at full resolution.
+        conv = self.layers[name]
+        n_skip = skip.shape[1]
+        out = F.conv3d(skip, conv.weight[:, :n_skip], conv.bias, padding=conv.padding)
+        out += F.conv3d(up, conv.weight[:, n_skip:], None, padding=conv.padding)
+        return F.elu(out, inplace=True)
+
+    def _bn(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[name](x) if self.batch_norm else x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.prefix
+        skips = []
+        for level in range(self.n_levels):
+            for conv in range(self.n_conv):
+                x = self._conv_elu(f"{p}_conv_downarm_{level}_{conv}", x)
+            skips.append(x)
+            x = self._bn(f"{p}_bn_down_{level}", x)
+            if level < self.n_levels - 1:
+                x = F.max_pool3d(x, 2, ceil_mode=True)
+        skips.pop()  # the deepest level's output is x itself, not a skip
+        for step in range(self.n_levels - 1):
+            index = self.n_levels + step
+            skip = skips.pop()
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if step < self.n_skip_levels:
+                x = self._merge_conv_elu(f"{p}_conv_uparm_{index}_0", skip, x)
+            else:
+                x = self._conv_elu(f"{p}_conv_uparm_{index}_0", x)
+            del skip
+            for conv in range(1, self.n_conv):
+                x = self._conv_elu(f"{p}_conv_uparm_{index}_{conv}", x)
+            x = self._bn(f"{p}_bn_up_{step}", x)
+        return self.layers[f"{p}_likelihood"](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.logits(x)
+        return torch.softmax(x, dim=1) if self.softmax else x
