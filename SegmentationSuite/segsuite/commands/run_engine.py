@@ -1,0 +1,146 @@
+"""``segsuite run-engine``: run any engine on files and write result bundles (used by Slicer).
+
+The Slicer modules start this command in a child process and read the bundles back
+(segsuite.result_io), so a result reaches the GUI with its geometry, label table, volumes and QC
+intact, whatever the engine. One bundle folder per subject under ``--output-dir``; a
+``manifest.json`` there lists the finished subjects and the failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError, OutputExistsError, SegSuiteError, UsageError
+from ..image import image_suffix, strip_image_suffix
+from ..progress import sub_progress
+
+NAME = "run-engine"
+HELP = "run an engine on images and write result bundles (for the Slicer modules and scripts)"
+
+# Engine name -> "module:Class". Anything else of the form "package.module:Class" is accepted too.
+ENGINES = {
+    "synthseg": "segsuite.synthseg:SynthSegEngine",
+    "sclimbic": "segsuite.sclimbic:ScLimbicEngine",
+    "scepi": "segsuite.scepi:ScEpiEngine",
+    "samseg-filter": "segsuite.samseg:SamsegBrainMask",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", required=True,
+                        help=f"one of {', '.join(ENGINES)}, or package.module:Class")
+    parser.add_argument("--input", "-i", action="append", required=True,
+                        help="an image file or a folder of images; repeat for more")
+    parser.add_argument("--output-dir", "-o", required=True, help="folder for one result bundle per subject")
+    parser.add_argument("--options", default="{}", help="engine options as a JSON object, e.g. '{\"parc\": true}'")
+    parser.add_argument("--model", default=None, help="explicit model file or folder (default: the model manager)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--posteriors", action="store_true", help="keep posteriors in the bundles")
+    parser.add_argument("--stop-on-error", action="store_true", help="stop at the first failing subject")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing bundles")
+
+
+def resolve_engine(name: str):
+    spec = ENGINES.get(name, name)
+    if ":" not in spec:
+        raise UsageError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)} or package.module:Class")
+    module_name, class_name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SegSuiteError(f"the {name} engine cannot be loaded ({error}); is SegmentationSuite fully installed?") from error
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise SegSuiteError(f"{module_name} has no engine class {class_name}") from None
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p))
+            if not found:
+                raise InputError(f"no images (.nii, .nii.gz, .mgz, .mgh) in the folder {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"input not found: {path}")
+    return files
+
+
+def subject_name(path: Path) -> str:
+    return os.path.basename(strip_image_suffix(path))
+
+
+def run(args) -> int:
+    from ..cli import progress_for
+    from ..result_io import save_result_bundle
+
+    try:
+        options = json.loads(args.options)
+    except ValueError as error:
+        raise UsageError(f"--options is not valid JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise UsageError("--options must be a JSON object such as '{\"fast\": true}'")
+    files = collect_inputs(args.input)
+    subjects = [subject_name(path) for path in files]
+    duplicates = sorted({name for name in subjects if subjects.count(name) > 1})
+    if duplicates:
+        raise InputError(f"several inputs share the subject name {duplicates[0]!r}; rename them or run them separately")
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not args.overwrite:
+        existing = [name for name in subjects if (output_dir / name).exists()]
+        if existing:
+            raise OutputExistsError(f"{output_dir / existing[0]} exists; use --overwrite or another --output-dir")
+
+    progress, close = progress_for(args, "Segmenting")
+    try:
+        engine_class = resolve_engine(args.engine)
+        progress(0.0, f"Loading the {args.engine} model")
+        try:
+            engine = engine_class(model=args.model, device=args.device, threads=args.threads, **options)
+        except TypeError as error:
+            raise UsageError(f"the {args.engine} engine does not accept these options ({error})") from None
+        done, failures = [], []
+        for index, (path, name) in enumerate(zip(files, subjects)):
+            step = sub_progress(progress, index / len(files), (index + 1) / len(files))
+            prefix = f"[{index + 1}/{len(files)}] {name}: " if len(files) > 1 else ""
+            try:
+                result = engine.segment(str(path), progress=lambda f, m: step(f, prefix + m))
+                if not result.subject:
+                    result.subject = name
+                staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=output_dir))
+                try:
+                    save_result_bundle(result, staging, include_posteriors=args.posteriors)
+                    target = output_dir / name
+                    if target.exists():
+                        shutil.rmtree(target)
+                    staging.rename(target)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                done.append({"subject": name, "input": str(path), "bundle": name})
+            except SegSuiteError as error:
+                if args.stop_on_error or len(files) == 1:
+                    raise
+                failures.append({"subject": name, "input": str(path), "error": str(error)})
+            step(1.0, prefix + "done")
+        manifest = {"engine": args.engine, "options": options, "results": done, "failures": failures}
+        (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    finally:
+        close()
+    if failures:
+        first = failures[0]
+        raise SegSuiteError(f"{len(failures)} of {len(files)} subjects failed; first: {first['subject']}: {first['error']}")
+    return 0

@@ -1,0 +1,193 @@
+"""The logic every engine module shares: input export, the child process, loading results.
+
+A module's Logic mixes this in and only says which engine it runs and how its GUI options map to
+engine options. The engine runs in ``segsuite run-engine`` in a separate process (see
+segsuite.runner); a timer polls it so the GUI stays responsive, Cancel kills the process tree.
+Qt is imported only when a timer is needed, and MRML only when results are loaded, so the
+option and argument building is testable without Slicer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from segsuite.runner import FinishedEvent, LogEvent, ProcessRunner, ProgressEvent
+
+log = logging.getLogger("SegmentationSuite")
+
+
+def slicer_python() -> str:
+    """The Python that can import Slicer's packages: PythonSlicer inside Slicer, else this one."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def parse_bool(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class EngineRunLogic:
+    """Run one engine over a volume node or a folder, in a child process."""
+
+    engine = ""  # run-engine's --engine name, set by each module
+    default_parameters: dict[str, str] = {"device": "auto", "threads": "0", "posteriors": "false"}
+
+    def __init__(self) -> None:
+        self.runner: Optional[ProcessRunner] = None
+        self.work_dir: Optional[str] = None
+        self._timer = None
+        self.keep_work_dir = False
+
+    # -- things modules override -------------------------------------------------------
+    def engine_options(self, parameters: dict) -> dict:
+        """GUI parameters (strings) -> engine constructor options."""
+        return {}
+
+    # -- arguments -----------------------------------------------------------------------
+    def build_arguments(self, inputs: list[str], output_dir: str, parameters: dict) -> list[str]:
+        import json
+
+        arguments = ["run-engine", "--engine", self.engine, "--output-dir", output_dir,
+                     "--options", json.dumps(self.engine_options(parameters)),
+                     "--device", parameters.get("device", "auto") or "auto"]
+        for path in inputs:
+            arguments += ["--input", path]
+        threads = int(parameters.get("threads", "0") or 0)
+        if threads > 0:
+            arguments += ["--threads", str(threads)]
+        if parameters.get("model"):
+            arguments += ["--model", parameters["model"]]
+        if parse_bool(parameters.get("posteriors", "false")):
+            arguments.append("--posteriors")
+        arguments.append("--overwrite")  # the work folder is ours and fresh
+        return arguments
+
+    # -- input ----------------------------------------------------------------------------
+    @staticmethod
+    def export_volume_node(volume_node, folder: str) -> str:
+        """Write a volume node (world geometry, parent transforms included) as NIfTI for the child."""
+        import nibabel as nib
+        import numpy as np
+
+        from .mrml import array_affine_from_volume_node
+
+        array, affine = array_affine_from_volume_node(volume_node)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (volume_node.GetName() or "input")) or "input"
+        path = os.path.join(folder, f"{safe}.nii.gz")
+        image = nib.Nifti1Image(np.asarray(array), affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        nib.save(image, path)
+        return path
+
+    # -- running ----------------------------------------------------------------------------
+    def start(self, parameters: dict, input_volume_node=None, input_folder: str = "",
+              on_progress: Optional[Callable[[float, str], None]] = None,
+              on_finished: Optional[Callable[[str], None]] = None,
+              on_error: Optional[Callable[[str], None]] = None,
+              use_timer: bool = True) -> ProcessRunner:
+        """Start the child process; callbacks run on the GUI thread (from the timer)."""
+        if self.runner is not None and self.runner.running:
+            raise RuntimeError("a segmentation is already running; cancel it first")
+        self.work_dir = tempfile.mkdtemp(prefix=f"segsuite-{self.engine}-")
+        if input_volume_node is not None:
+            inputs = [self.export_volume_node(input_volume_node, self.work_dir)]
+        elif input_folder:
+            inputs = [input_folder]
+        else:
+            raise ValueError("choose an input volume or an input folder")
+        output_dir = parameters.get("outputFolder") or os.path.join(self.work_dir, "results")
+        self.runner = ProcessRunner.for_segsuite(self.build_arguments(inputs, output_dir, parameters),
+                                                 python=parameters.get("python") or slicer_python())
+        self._callbacks = (on_progress, on_finished, on_error, output_dir)
+        log.info("Starting: %s", " ".join(self.runner.command))
+        self.runner.start()
+        if use_timer:
+            import qt
+
+            self._timer = qt.QTimer()
+            self._timer.setInterval(100)
+            self._timer.timeout.connect(self.poll_once)
+            self._timer.start()
+        return self.runner
+
+    def poll_once(self) -> bool:
+        """Forward progress and log lines; at the end call on_finished or on_error. True while running."""
+        if self.runner is None:
+            return False
+        on_progress, on_finished, on_error, output_dir = self._callbacks
+        for event in self.runner.poll():
+            if isinstance(event, ProgressEvent) and on_progress:
+                on_progress(event.fraction, event.message)
+            elif isinstance(event, LogEvent):
+                log.info("%s", event.line)
+            elif isinstance(event, FinishedEvent):
+                self._stop_timer()
+                if self.runner.cancelled:
+                    if on_error:
+                        on_error("Cancelled.")
+                elif event.returncode == 0:
+                    if on_finished:
+                        on_finished(output_dir)
+                elif on_error:
+                    on_error(self.runner.error_message())
+                return False
+        return True
+
+    def cancel(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def cleanup(self) -> None:
+        self._stop_timer()
+        if self.work_dir and not self.keep_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir = None
+
+    # -- results ----------------------------------------------------------------------------
+    def load_results(self, output_dir: str, scene=None, reference_volume_node=None, parameters: Optional[dict] = None,
+                     load_segmentations: bool = True) -> dict:
+        """Bundles -> MRML: a segmentation per subject (or only tables for batches), tables, posteriors."""
+        import json
+
+        from segsuite.result_io import load_result_bundle
+
+        from . import mrml
+
+        parameters = parameters or {}
+        manifest = json.loads(Path(output_dir, "manifest.json").read_text(encoding="utf-8"))
+        results = [load_result_bundle(Path(output_dir, item["bundle"])) for item in manifest["results"]]
+        nodes: dict = {"segmentations": [], "tables": [], "posteriors": [], "failures": manifest.get("failures", [])}
+        batch = len(results) > 1
+        for result in results:
+            if load_segmentations and not batch:
+                name = parameters.get("outputName") or (
+                    f"{reference_volume_node.GetName()} {self.engine}" if reference_volume_node is not None
+                    else f"{result.subject} {self.engine}")
+                nodes["segmentations"].append(mrml.add_segmentation_from_result(
+                    result, scene=scene, name=name, reference_volume_node=reference_volume_node))
+                if result.posteriors is not None and parse_bool(parameters.get("posteriors", "false")):
+                    nodes["posteriors"] += mrml.add_posterior_volumes(result, scene=scene, base_name=name)
+        if batch:
+            for kind in ("volumes", "qc"):
+                if any(getattr(r, kind) for r in results):
+                    nodes["tables"].append(mrml.add_batch_table(results, kind=kind, scene=scene,
+                                                                name=f"{self.engine} {kind}"))
+        elif results:
+            result = results[0]
+            if result.volumes:
+                nodes["tables"].append(mrml.add_volumes_table(result, scene=scene, name=f"{result.subject} {self.engine} volumes"))
+            if result.qc or result.measures:
+                nodes["tables"].append(mrml.add_qc_table(result, scene=scene, name=f"{result.subject} {self.engine} QC"))
+        nodes["results"] = results
+        return nodes

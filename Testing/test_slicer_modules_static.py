@@ -1,0 +1,225 @@
+"""The Slicer modules without the Slicer GUI: they parse, their Slicer-free parts import and work,
+every slicer.util / MRML method they call exists in slicer-core, every widget they use is in their
+.ui file, and CMake installs everything. The GUI itself is exercised by each module's
+ScriptedLoadableModuleTest inside Slicer."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+
+from segsuite import cli  # noqa: E402
+from segsuite.commands.run_engine import ENGINES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SegmentationSuite"
+HELPERS = Path(__file__).resolve().parent / "helpers"
+ENGINE_MODULES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask"]
+ALL_MODULES = ENGINE_MODULES + ["SegmentationSuiteModels"]
+ADAPTER_FILES = sorted((MODULE_DIR / "segsuite_slicer").glob("*.py"))
+SLICER_FILES = [MODULE_DIR / f"{name}.py" for name in ALL_MODULES] + ADAPTER_FILES
+
+# Exist only in the Slicer application, not in slicer-core.
+APP_ONLY_SLICER_ATTRIBUTES = {"app", "mrmlScene", "modules", "packaging", "ScriptedLoadableModule"}
+MODULE_NAMES = {"slicer", "qt", "ctk", "vtk", "np", "os", "sys", "json", "logging", "shutil", "subprocess",
+                "tempfile", "time", "importlib", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData"}
+CLASSES_USED = ["vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkSegmentation", "vtkSegment", "vtkMRMLTableNode",
+                "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode",
+                "vtkMRMLLinearTransformNode", "vtkOrientedImageData", "vtkSegmentationConverter",
+                "vtkMRMLSelectionNode", "vtkMRMLApplicationLogic", "vtkMRMLSegmentationStorageNode",
+                "vtkSlicerSegmentationsModuleLogic"]
+VTK_CLASSES = ["vtkMatrix4x4", "vtkImageData", "vtkStringArray", "vtkDoubleArray", "vtkIntArray", "vtkPointData",
+               "vtkTable"]
+
+
+def _known_methods() -> set[str]:
+    import vtk
+
+    names: set[str] = set()
+    for cls in CLASSES_USED:
+        names.update(dir(getattr(slicer, cls)))
+    for cls in VTK_CLASSES:
+        names.update(dir(getattr(vtk, cls)))
+    return names
+
+
+def _attribute_chain(node: ast.AST) -> list[str]:
+    chain = []
+    while isinstance(node, ast.Attribute):
+        chain.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        chain.append(node.id)
+        return chain[::-1]
+    return []
+
+
+@pytest.mark.parametrize("path", SLICER_FILES, ids=lambda p: p.name)
+def test_files_parse(path):
+    ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+@pytest.mark.parametrize("path", SLICER_FILES, ids=lambda p: p.name)
+def test_every_slicer_and_mrml_call_exists_in_slicer_core(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    known = _known_methods()
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            chain = _attribute_chain(node)
+            if chain[:2] == ["slicer", "util"] and len(chain) >= 3 and not hasattr(slicer.util, chain[2]):
+                problems.append(f"slicer.util.{chain[2]} (line {node.lineno})")
+            elif (chain[:1] == ["slicer"] and len(chain) >= 2 and chain[1] not in APP_ONLY_SLICER_ATTRIBUTES
+                  and chain[1] != "util" and not hasattr(slicer, chain[1])):
+                problems.append(f"slicer.{chain[1]} (line {node.lineno})")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method = node.func.attr
+            chain = _attribute_chain(node.func.value)
+            if not method[:1].isupper() or (chain and chain[0] in MODULE_NAMES):
+                continue  # Qt and Python methods are lowerCamel; module.Class() are constructors (checked above)
+            if method not in known:
+                problems.append(f".{method}() (line {node.lineno})")
+    assert not problems, f"{path.name} calls what slicer-core does not have: {problems}"
+
+
+def _stub_slicer_gui(monkeypatch):
+    """Stand-ins for the GUI-only modules, so the module files import with slicer-core."""
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            self.parent = types.SimpleNamespace()
+
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+                 "ScriptedLoadableModuleTest"):
+        setattr(scripted, name, type(name, (Base,), {}))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    qt = types.ModuleType("qt")
+    qt.__getattr__ = lambda name: type(name, (), {"__init__": lambda self, *a, **k: None})
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    for name in ALL_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+@pytest.mark.parametrize("name", ALL_MODULES)
+def test_module_imports_and_has_the_four_classes(monkeypatch, name):
+    _stub_slicer_gui(monkeypatch)
+    module = importlib.import_module(name)
+    for suffix in ("", "Widget", "Logic", "Test"):
+        assert hasattr(module, name + suffix), f"{name}{suffix} missing"
+    assert (MODULE_DIR / "Resources" / "UI" / f"{name}.ui").is_file()
+    assert (MODULE_DIR / "Resources" / "Icons" / f"{name}.png").is_file()
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    assert f"{name}.py" in cmake and f"Resources/UI/{name}.ui" in cmake and f"Resources/Icons/{name}.png" in cmake
+
+
+@pytest.mark.parametrize("name", ENGINE_MODULES)
+def test_engine_module_logic_builds_a_run_engine_command(monkeypatch, name):
+    _stub_slicer_gui(monkeypatch)
+    module = importlib.import_module(name)
+    logic = getattr(module, name + "Logic")()
+    widget_class = getattr(module, name + "Widget")
+    parameters = dict(logic.default_parameters, **widget_class.option_defaults, threads="2", device="cpu")
+    options = logic.engine_options(parameters)
+    assert isinstance(options, dict) and all(isinstance(v, (bool, int, float, str)) for v in options.values())
+    arguments = logic.build_arguments(["in.nii.gz"], "out", parameters)
+    parsed = cli.build_parser().parse_args(arguments)
+    assert parsed.engine == logic.engine and parsed.engine in ENGINES
+    assert parsed.input == ["in.nii.gz"] and parsed.output_dir == "out"
+    assert parsed.threads == 2 and parsed.device == "cpu" and json.loads(parsed.options) == options
+    # Every option check box the widget wires exists in its .ui file.
+    ui = (MODULE_DIR / "Resources" / "UI" / f"{name}.ui").read_text()
+    for parameter in widget_class.option_parameters:
+        assert f'name="{parameter}CheckBox"' in ui
+
+
+@pytest.mark.parametrize("path", [MODULE_DIR / "segsuite_slicer" / "module_gui.py", MODULE_DIR / "SegmentationSuiteModels.py"],
+                         ids=lambda p: p.name)
+def test_every_ui_widget_used_exists(path):
+    used = set(re.findall(r"self\.ui\.(\w+)", path.read_text()))
+    ui_files = [MODULE_DIR / "Resources" / "UI" / f"{m}.ui" for m in
+                (ENGINE_MODULES if path.name == "module_gui.py" else ["SegmentationSuiteModels"])]
+    for ui_file in ui_files:
+        names = set(re.findall(r'<widget class="[^"]+" name="(\w+)"', ui_file.read_text()))
+        assert used <= names, f"{ui_file.name} lacks {sorted(used - names)}"
+
+
+def test_logic_loads_results_into_a_real_scene(monkeypatch, tmp_path):
+    """The Apply path after the child process: run-engine bundles -> segmentation and tables."""
+    _stub_slicer_gui(monkeypatch)
+    monkeypatch.syspath_prepend(str(HELPERS))
+    module = importlib.import_module("SynthSeg")
+    affine = np.array([[-1.0, 0, 0, 5], [0, 0, 1.0, -3], [0, -1.0, 0, 7], [0, 0, 0, 1]])
+    data = np.random.default_rng(0).random((10, 9, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "sub-01.nii.gz"))
+    out = tmp_path / "out"
+    assert cli.main(["--progress", "none", "run-engine", "--engine", "fake_engine:FakeEngine",
+                     "-i", str(tmp_path / "sub-01.nii.gz"), "-o", str(out)]) == 0
+    scene = slicer.vtkMRMLScene()
+    logic = module.SynthSegLogic()
+    nodes = logic.load_results(str(out), scene=scene, parameters={"outputName": "seg"})
+    segmentation = nodes["segmentations"][0]
+    assert segmentation.GetName() == "seg"
+    assert set(segmentation.GetSegmentation().GetSegmentIDs()) <= {"Left-Hippocampus", "Right-Hippocampus"}
+    assert [t.GetName() for t in nodes["tables"]] == ["sub-01 synthseg volumes", "sub-01 synthseg QC"]
+    # A batch gives one table per kind with a row per subject, and no segmentation nodes.
+    nib.save(nib.Nifti1Image(data[::-1].copy(), affine), str(tmp_path / "sub-02.nii.gz"))
+    (tmp_path / "batch").mkdir()
+    for name in ("sub-01", "sub-02"):
+        (tmp_path / f"{name}.nii.gz").rename(tmp_path / "batch" / f"{name}.nii.gz")
+    assert cli.main(["--progress", "none", "run-engine", "--engine", "fake_engine:FakeEngine",
+                     "-i", str(tmp_path / "batch"), "-o", str(tmp_path / "bout")]) == 0
+    nodes = logic.load_results(str(tmp_path / "bout"), scene=scene)
+    assert nodes["segmentations"] == []
+    volumes = nodes["tables"][0]
+    assert volumes.GetName() == "synthseg volumes" and volumes.GetNumberOfRows() == 2
+
+
+def test_export_volume_node_keeps_world_geometry(tmp_path):
+    from segsuite_slicer import mrml
+    from segsuite_slicer.engine_run import EngineRunLogic
+
+    scene = slicer.vtkMRMLScene()
+    affine = np.array([[0, 0, 1.2, -4], [-0.9, 0, 0, 8], [0, -1.1, 0, 3.5], [0, 0, 0, 1]])
+    array = np.random.default_rng(4).random((6, 5, 4)).astype(np.float32)
+    node = mrml.add_volume_node(array, affine, "T1 (copy)/x", scene=scene)
+    path = EngineRunLogic.export_volume_node(node, str(tmp_path))
+    image = nib.load(path)
+    assert Path(path).name == "T1__copy__x.nii.gz"
+    assert np.allclose(image.affine, affine, atol=1e-5)
+    assert np.array_equal(np.asanyarray(image.dataobj), array)
+
+
+def test_requirements_check():
+    from segsuite_slicer import install
+
+    assert install.missing_requirements(["numpy"]) == []
+    assert install.missing_requirements(["numpy==0.0.1"]) == ["numpy==0.0.1"]
+    assert install.missing_requirements(["surely-not-an-installed-package==1.0"]) == [
+        "surely-not-an-installed-package==1.0"]
+    normal, no_deps = install.requirements_for("scepi")
+    assert "nnunetv2==2.8.1" in no_deps and all("==" in r for r in normal + no_deps)
+    assert not any(r.split("==")[0].lower() in ("torch", "numpy", "simpleitk") for r in normal)
+
+
+def test_models_client_rows_and_arguments():
+    from segsuite_slicer import models_client
+
+    rows = models_client.model_rows([{"id": "synthseg-2.0", "status": "installed", "size_bytes": 53_080_000,
+                                      "license": "FreeSurfer", "citation": "Billot 2023"}])
+    assert rows == [["synthseg-2.0", "installed", "53.1 MB", "FreeSurfer", "Billot 2023"]]
+    assert models_client.action_arguments("install", "sclimbic", "/x.h5") == ["models", "install", "sclimbic", "/x.h5"]
+    with pytest.raises(ValueError):
+        models_client.action_arguments("format-disk")
