@@ -396,7 +396,7 @@ class _Operation:
                                      source.download_name)
             self.archives[source.url] = archive
         progress(1.0, f"unpacking {file.name}")
-        return _unpack(self, archive, source.archive, source.member, file, staging)
+        return _unpack(self, archive, source.archive, source.member, file, staging, source.download_name)
 
     def _download(self, source: Source, stem: str, size, progress, label: str) -> Path:
         manager = self.manager
@@ -431,16 +431,17 @@ class _Operation:
             path.unlink(missing_ok=True)
 
 
-def _unpack(operation, archive: Path, kind: str, member: str, file: FileSpec, staging: Path) -> dict:
+def _unpack(operation, archive: Path, kind: str, member: str, file: FileSpec, staging: Path,
+            label: str = "") -> dict:
     """Take ``member`` of ``archive`` into staging/<file name> and check it."""
     scratch = staging / f".unpack-{file.name}"
     _discard(scratch)
     free = lambda n: check_free_space(staging, n, operation.manager.settings)  # noqa: E731
     try:
         if file.kind == "folder":
-            archives.extract_folder(archive, kind, member, scratch, free)
+            archives.extract_folder(archive, kind, member, scratch, free, label)
         else:
-            archives.extract_file(archive, kind, member, scratch)
+            archives.extract_file(archive, kind, member, scratch, label)
         record = operation.manager.check(operation.spec, file, scratch)
     except archives.ArchiveError as error:
         _discard(scratch)
