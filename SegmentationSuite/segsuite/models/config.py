@@ -5,7 +5,7 @@ Mirror: $SEGSUITE_MIRROR, else "mirror" in the config file. The config file is J
 $SEGSUITE_CONFIG, else <user config folder>/segsuite/config.json, e.g.::
 
     {"home": "/data/segsuite", "mirror": "https://models.example.org/segsuite",
-     "download": {"retries": 4, "backoff": 1.0, "timeout": 60}}
+     "download": {"retries": 3, "backoff": 0.5, "timeout": 60}}
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ APP_NAME = "segsuite"
 
 @dataclass(frozen=True)
 class DownloadSettings:
-    retries: int = 4             # extra attempts per URL after a connection error, 5xx or short body
-    backoff: float = 1.0         # seconds before the first retry, doubled each time
+    retries: int = 3             # extra attempts per URL after a connection error, 5xx or short body
+    backoff: float = 0.5         # seconds before the first retry, doubled each time
     backoff_max: float = 30.0
     timeout: float = 60.0        # seconds to connect and between bytes
     chunk_size: int = 1 << 20

@@ -562,13 +562,15 @@ def _what_to_give(spec: ModelSpec) -> str:
 
 
 def _failure_message(spec: ModelSpec, file: FileSpec, tried: list[str]) -> str:
-    urls = sorted({s.url for s in file.sources})
+    urls = list(dict.fromkeys(s.url for s in file.sources))
     lines = [f"could not download {file.name} for {spec.id}; tried:"]
     lines += [f"  {line}" for line in tried]
     lines.append("To install it without this download, fetch it on a computer with access "
                  f"({' or '.join(urls)}) and run:")
-    lines.append(f"  segsuite models install {spec.id} --from FILE"
-                 + ("" if len(spec.files) == 1 else f"   ({_what_to_give(spec)})"))
+    if len(spec.files) == 1:
+        lines.append(f"  segsuite models install {spec.id} --from FILE")
+    else:
+        lines.append(f"  segsuite models install {spec.id} --from FOLDER   ({_what_to_give(spec)})")
     return "\n".join(lines)
 
 
