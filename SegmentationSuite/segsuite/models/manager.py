@@ -150,7 +150,7 @@ class ModelManager:
                              "run `segsuite models import-freesurfer /path/to/freesurfer`")
         folder = Path(freesurfer_home).expanduser() / "models"
         if not folder.is_dir():
-            raise ModelError(f"{folder} does not exist; is {freesurfer_home} a FreeSurfer 7.4+ installation?")
+            raise ModelError(f"{folder} does not exist; is {freesurfer_home} a FreeSurfer installation (7.3 or later)?")
         specs = [self.registry.get(m) for m in model_ids] if model_ids else list(self.registry)
         outcomes = []
         for spec in specs:
