@@ -78,7 +78,7 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
             button.enabled = bool(model_id) and not self.logic.busy()
         model = next((m for m in self.models if m.get("id") == model_id), {})
         self.ui.detailsBrowser.setHtml(
-            f"<b>{model_id}</b><br>Licence: {model.get('license', '')}<br>Citation: {model.get('citation', '')}"
+            f"<b>{model_id}</b><br>Licence: {model.get('licence', '')}<br>Citation: {model.get('citation', '')}"
             + (f"<br>Source: {model.get('url', '')}" if model.get("url") else ""))
 
     def runAction(self, action, path=""):

@@ -214,12 +214,27 @@ def test_requirements_check():
     assert not any(r.split("==")[0].lower() in ("torch", "numpy", "simpleitk") for r in normal)
 
 
-def test_models_client_rows_and_arguments():
+def test_models_client_rows_and_arguments(capsys):
+    """The GUI's rows come from the real `segsuite models list --json`, and every action it
+    builds parses with the real command-line parser."""
+    import json
+
+    from segsuite import cli
     from segsuite_slicer import models_client
 
-    rows = models_client.model_rows([{"id": "synthseg-2.0", "status": "installed", "size_bytes": 53_080_000,
-                                      "license": "FreeSurfer", "citation": "Billot 2023"}])
-    assert rows == [["synthseg-2.0", "installed", "53.1 MB", "FreeSurfer", "Billot 2023"]]
-    assert models_client.action_arguments("install", "sclimbic", "/x.h5") == ["models", "install", "sclimbic", "/x.h5"]
+    assert cli.main(["models", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    rows = models_client.model_rows(listing)
+    by_id = {row[0]: row for row in rows}
+    assert by_id["synthseg-2.0"][1] == "not installed"
+    assert by_id["synthseg-2.0"][2] == "53.1 MB"
+    assert "FreeSurfer" in by_id["synthseg-2.0"][3] and "Billot" in by_id["synthseg-2.0"][4]
+
+    parser = cli.build_parser()
+    install = parser.parse_args(models_client.action_arguments("install", "sclimbic", "/x.h5"))
+    assert (install.action, install.model_id, install.source) == ("install", "sclimbic", "/x.h5")
+    for action in ("download", "import-freesurfer", "verify", "remove", "path"):
+        parsed = parser.parse_args(models_client.action_arguments(action, "sclimbic"))
+        assert parsed.action == action
     with pytest.raises(ValueError):
         models_client.action_arguments("format-disk")

@@ -94,6 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"segsuite {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"segsuite {args.command}: interrupted", file=sys.stderr)
         return 130

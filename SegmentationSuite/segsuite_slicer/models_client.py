@@ -2,8 +2,7 @@
 
 Actions run in a child process (download, install, import, verify, remove), so they show progress
 and can be cancelled like the engines. Listing expects ``segsuite models list --json`` to print a
-JSON list of objects with at least ``id``; ``status``, ``size``/``size_bytes``, ``license`` and
-``citation`` are shown when present.
+JSON list of objects with ``id``, ``status``, ``size`` (bytes), ``licence`` and ``citation``.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ def model_rows(models: list[dict]) -> list[list[str]]:
     """Rows for the table: id, status, size, licence, citation."""
     rows = []
     for model in models:
-        size = model.get("size_bytes", model.get("size", ""))
-        rows.append([str(model.get("id", "")), str(model.get("status", "")), human_size(size),
-                     str(model.get("license", model.get("licence", ""))), str(model.get("citation", ""))])
+        rows.append([str(model.get("id", "")), str(model.get("status", "")), human_size(model.get("size")),
+                     str(model.get("licence", "")), str(model.get("citation", ""))])
     return rows
 
 
@@ -59,7 +57,7 @@ def action_arguments(action: str, model_id: str = "", path: str = "") -> list[st
     if action == "download":
         return ["models", "download", model_id]
     if action == "install":
-        return ["models", "install", model_id, path]
+        return ["models", "install", model_id, "--from", path]
     if action == "import-freesurfer":
         return ["models", "import-freesurfer"] + ([path] if path else [])
     if action == "verify":

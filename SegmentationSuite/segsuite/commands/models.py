@@ -145,8 +145,10 @@ def _list(models, as_json: bool) -> int:
     statuses = models.statuses()
     if as_json:
         print(json.dumps([{"id": s.spec.id, "version": s.spec.version, "title": s.spec.title,
-                           "installed": s.installed, "size": s.size, "check": s.trust, "path": str(s.path),
-                           "licence": s.spec.licence.get("name", "")} for s in statuses], indent=1))
+                           "installed": s.installed, "status": "installed" if s.installed else "not installed",
+                           "size": s.size, "check": s.trust, "path": str(s.path),
+                           "licence": s.spec.licence.get("name", ""), "licence_url": s.spec.licence.get("url", ""),
+                           "citation": " ".join(s.spec.citations)} for s in statuses], indent=1))
         return 0
     rows = [("ID", "VERSION", "STATUS", "SIZE", "CHECK", "PATH")]
     rows += [(s.spec.id, s.spec.version, "installed" if s.installed else "not installed", _size(s.size),
