@@ -74,6 +74,9 @@ def test_transaction_commits_all_or_nothing(tmp_path):
         out.save_image(tmp_path / "sub" / "a.nii.gz", np.ones((2, 2, 2), np.int32), affine)
         out.write_text(tmp_path / "sub" / "a.csv", "x\n")
     assert sorted(os.listdir(tmp_path / "sub")) == ["a.csv", "a.nii.gz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(tmp_path / "sub" / "a.csv").st_mode & 0o777) == 0o666 & ~umask
     assert nib.load(tmp_path / "sub" / "a.nii.gz").get_fdata().sum() == 8
 
     with pytest.raises(RuntimeError):

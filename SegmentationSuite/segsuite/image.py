@@ -186,7 +186,10 @@ class OutputTransaction:
             handle.write(text)
 
     def commit(self) -> list[str]:
+        umask = os.umask(0)
+        os.umask(umask)
         for final_path, temp in self._pending.items():
+            os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
             os.replace(temp, final_path)
         written = list(self._pending)
         self._pending.clear()

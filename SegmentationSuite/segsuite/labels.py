@@ -72,7 +72,7 @@ class LabelTable:
         chosen = []
         for value in values:
             label = self.get(value) or (fallback.get(value) if fallback is not None else None)
-            chosen.append(label or Label(int(value), f"Label-{int(value)}", _fallback_color(int(value))))
+            chosen.append(label or Label(int(value), f"Label-{int(value)}", fallback_color(int(value))))
         return LabelTable(chosen)
 
     @classmethod
@@ -110,7 +110,7 @@ def _parse_ctab_lines(lines: Iterable[str], source: str) -> list[Label]:
     return labels
 
 
-def _fallback_color(value: int) -> tuple[int, int, int]:
+def fallback_color(value: int) -> tuple[int, int, int]:
     # Deterministic, well-spread colours for labels no table names.
     return ((value * 97) % 200 + 55, (value * 57) % 200 + 55, (value * 151) % 200 + 55)
 

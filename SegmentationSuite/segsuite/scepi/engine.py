@@ -19,7 +19,7 @@ import numpy as np
 from ..engine import resolve_device, set_threads
 from ..errors import InputError, ModelError, SegSuiteError, UsageError
 from ..image import Volume, as_volume, check_finite, squeeze_to_3d
-from ..labels import Label, LabelTable, _fallback_color
+from ..labels import Label, LabelTable, fallback_color
 from ..progress import ProgressCallback, ensure_callback
 from ..result import SegmentationResult
 from .modelfolder import ModelFolder, file_sha256, resolve_model
@@ -129,7 +129,7 @@ def label_table_from_dataset(labels: dict) -> tuple[LabelTable, dict[str, list[i
         if pretty and output_value == 1:
             entries.append(SPINAL_CORD)
         else:
-            entries.append(Label(output_value, pretty or name, _fallback_color(output_value)))
+            entries.append(Label(output_value, pretty or name, fallback_color(output_value)))
     return LabelTable(entries), values_by_name
 
 
