@@ -65,6 +65,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def clean_posteriors(posteriors: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Keep each structure's posterior only within one voxel (6-connected) of where it wins.
+
+    posteriors: (X, Y, Z, C) float32, channel 0 the background; seg: (X, Y, Z) winning channel.
+    The background becomes 1 - sum(structures), then all is clipped to [0, 1] and renormalised.
+    Modifies ``posteriors`` in place and returns the result.
+    """
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(3, 1)
+    for channel in range(1, posteriors.shape[-1]):
+        keep = ndimage.binary_dilation(seg == channel, cross)
+        posteriors[..., channel][~keep] = 0
+    posteriors[..., 0] = 1.0 - np.sum(posteriors[..., 1:], axis=-1)
+    posteriors = posteriors.clip(0, 1)
+    posteriors /= np.sum(posteriors, axis=-1, keepdims=True)
+    return posteriors
+
+
 class ScLimbicEngine:
     """Build once, segment many:
 
@@ -81,7 +100,8 @@ class ScLimbicEngine:
                  threads: Optional[int] = None, conform: bool = False,
                  percentile: Union[None, bool, float] = False, seven_tesla: bool = False,
                  keep_ac: bool = False, exclude: Sequence[int] = (), vox_count_volumes: bool = False,
-                 posteriors: bool = False, template=None, progress: Optional[ProgressCallback] = None):
+                 posteriors: bool = False, template=None, fov: int = FIELD_OF_VIEW,
+                 progress: Optional[ProgressCallback] = None):
         self.model_path, self.ctab_path, self.stats_path = resolve_model_files(model, ctab, population_stats, progress)
         self.label_table = LabelTable.from_ctab(self.ctab_path)
         if len(self.label_table) < 2 or self.label_table.values[0] != 0:
@@ -107,6 +127,9 @@ class ScLimbicEngine:
         self.vox_count_volumes = bool(vox_count_volumes)
         self.keep_posteriors = bool(posteriors)
         self.template = template
+        if int(fov) < 8 or int(fov) % 4:
+            raise InputError(f"the field of view must be a multiple of 4 (the network pools twice), got {fov}")
+        self.fov = int(fov)
         self.network = self._load_network()
 
     # ------------------------------------------------------------------ model
@@ -180,13 +203,13 @@ class ScLimbicEngine:
         return out
 
     def conform_image(self, data: np.ndarray, affine: np.ndarray, voxel_size: np.ndarray):
-        """Reorient to RAS, reslice to 1 mm if needed, pad/crop to 160^3 about the centre."""
+        """Reorient to RAS, reslice to 1 mm if needed, pad/crop to fov^3 (160) about the centre."""
         data, affine, voxel_size = geometry.reorient_to_ras(data, affine, voxel_size)
         if not geometry.same_voxel_size(voxel_size, 1.0):
             shape, target = geometry.resized_geometry(data.shape, affine, voxel_size, 1.0)
             data = geometry.resample(data, affine, shape, target, method="linear")
             affine, voxel_size = target, np.ones(3)
-        data, affine = geometry.centred_pad_crop(data, affine, (FIELD_OF_VIEW,) * 3)
+        data, affine = geometry.centred_pad_crop(data, affine, (self.fov,) * 3)
         return np.ascontiguousarray(data, dtype=np.float32), affine, voxel_size
 
     def predict(self, conformed: np.ndarray):
@@ -209,7 +232,6 @@ class ScLimbicEngine:
         (.xfm or .lta) or "register" (affine registration to the MNI template).
         """
         import torch
-        from scipy import ndimage
 
         report = ensure_callback(progress)
         started = time.perf_counter()
@@ -237,13 +259,7 @@ class ScLimbicEngine:
         del prediction
         posteriors_affine = geometry.crop_affine(conformed_affine, [s.start for s in box])
 
-        cross = ndimage.generate_binary_structure(3, 1)
-        for channel in range(1, n_labels):
-            keep = ndimage.binary_dilation(seg == channel, cross)
-            posteriors[..., channel][~keep] = 0
-        posteriors[..., 0] = 1.0 - np.sum(posteriors[..., 1:], axis=-1)
-        posteriors = posteriors.clip(0, 1)
-        posteriors /= np.sum(posteriors, axis=-1, keepdims=True)
+        posteriors = clean_posteriors(posteriors, seg)
 
         posterior_voxel_size = conformed_voxel_size
         if not geometry.same_voxel_size(conformed_voxel_size, voxel_size):
