@@ -434,3 +434,35 @@ def test_usage_errors_exit_2(tmp_path, model):
     assert run_cli("--model", model) == 2
     assert run_cli("--i", tmp_path, "--model", model) == 2
     assert run_cli("--i", tmp_path, "--o", tmp_path / "x", "--s", "a", "--model", model) == 2
+
+
+def test_etiv_by_registration_follows_the_head_scale(tmp_path):
+    """A synthetic 'template' and the same head scaled by known factors: eTIV scales with the volume."""
+    from segsuite.sclimbic.registration import MNI305_TO_TEMPLATE_DET, etiv_by_registration
+
+    shape = (64, 76, 64)
+    grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij"))
+    radii = np.array([26.0, 32.0, 24.0])
+    inside = ((grid / radii[:, None, None, None]) ** 2).sum(0)
+    head = np.where(inside < 1, 80 + 30 * np.cos(grid[0] / 4) * np.cos(grid[1] / 5), 0).astype(np.float32)
+    head[(inside > 0.5) & (inside < 0.6)] = 150  # an inner shell gives the fit some edges
+    affine = np.eye(4)
+    affine[:3, 3] = -np.array(shape) / 2
+    nib.save(nib.Nifti1Image(head, affine), tmp_path / "template.nii.gz")
+    reference = etiv_by_registration(head, affine, template=tmp_path / "template.nii.gz", threads=1)
+    assert reference == pytest.approx(1e3 * ETIV_SCALE_FACTOR * MNI305_TO_TEMPLATE_DET, rel=0.01)
+    scaled = np.diag([1.1, 0.95, 1.05, 1.0]) @ affine
+    estimate = etiv_by_registration(head, scaled, template=tmp_path / "template.nii.gz", threads=1)
+    assert estimate / reference == pytest.approx(1.1 * 0.95 * 1.05, rel=0.01)
+
+
+def test_etiv_registration_without_a_template_says_what_to_do(monkeypatch):
+    from segsuite.errors import ModelError
+    from segsuite.sclimbic.registration import resolve_template
+
+    monkeypatch.delenv("SEGSUITE_MNI_TEMPLATE", raising=False)
+    with pytest.raises(ModelError, match="--etiv-template"):
+        resolve_template("/nonexistent/template.nii.gz")
+    monkeypatch.setitem(__import__("sys").modules, "segsuite.models", None)  # no model manager
+    with pytest.raises(ModelError, match="--etiv-template"):
+        resolve_template(None)
