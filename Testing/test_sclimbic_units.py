@@ -341,14 +341,16 @@ def test_subject_mode_paths_and_errors(tmp_path, monkeypatch):
     (tmp_path / "s2" / "mri").mkdir(parents=True)
     (tmp_path / "s2" / "mri" / "nu.mgz").write_bytes(b"")
     (tmp_path / "notasubject").mkdir()
-    args = SimpleNamespace(sd=None, subjects=[], output_base="limbic", write_posteriors=False, tal=None)
+    args = SimpleNamespace(sd=None, subjects=[], output_base="limbic", write_posteriors=False, tal=None, etiv=False)
     monkeypatch.setenv("SUBJECTS_DIR", str(tmp_path))
     jobs, prefix = plan_subject_jobs(args)
     assert [j.case for j in jobs] == ["s1", "s2"]
     assert jobs[0].segmentation == str(tmp_path / "s1" / "mri" / "limbic.mgz")
     assert jobs[0].stats == str(tmp_path / "s1" / "stats" / "limbic.stats")
     assert jobs[0].etiv == str(tmp_path / "s1" / "mri" / "transforms" / "talairach.xfm.lta")
-    assert jobs[1].etiv == "register"  # no transform: registration
+    assert jobs[1].etiv is None  # no transform and no --etiv: no eTIV
+    args.etiv = True
+    assert plan_subject_jobs(args)[0][1].etiv == "register"  # --etiv without a transform: registration
     assert prefix == str(tmp_path / "limbic_")
     args.tal = "mri/transforms/other.xfm"
     assert plan_subject_jobs(args)[0][0].etiv == str(tmp_path / "s1" / "mri/transforms/other.xfm")
@@ -491,3 +493,26 @@ def test_fused_upsampling_decoder_equals_the_plain_network():
     image = torch.rand(1, 1, 16, 20, 12)
     with torch.inference_mode():
         torch.testing.assert_close(fused(image), plain(image), atol=1e-5, rtol=1e-4)
+
+
+def test_model_files_default_beside_the_weights_and_from_freesurfer_home(tmp_path, model, monkeypatch):
+    import sys
+
+    from segsuite.errors import ModelError
+    from segsuite.sclimbic import resolve_model_files
+
+    weights, ctab, stats = resolve_model_files(model)
+    assert ctab == model.parent / "sclimbic.ctab" and stats == model.parent / "sclimbic.volstats.csv"
+    assert resolve_model_files(model.parent)[0] == model  # a folder with the standard names
+    (model.parent / "sclimbic.ctab").unlink()
+    with pytest.raises(ModelError, match="--ctab"):
+        resolve_model_files(model)
+    monkeypatch.setitem(sys.modules, "segsuite.models", None)  # no model manager installed
+    home = tmp_path / "fs"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("FREESURFER_HOME", str(home))
+    with pytest.raises(ModelError, match="--model"):
+        resolve_model_files(None)
+    for name in ("sclimbic.fsm+ad.t1.nstd00-50.nstd32-50.h5", "sclimbic.ctab", "sclimbic.volstats.csv"):
+        (home / "models" / name).write_text("x")
+    assert resolve_model_files(None)[0] == home / "models" / "sclimbic.fsm+ad.t1.nstd00-50.nstd32-50.h5"

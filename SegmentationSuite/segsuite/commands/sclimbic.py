@@ -85,14 +85,15 @@ def _split_extension(path: str) -> tuple[str, str]:
     raise UsageError(f"{path} is not an image file name: use .mgh, .mgz, .nii or .nii.gz")
 
 
-def _subject_transform(subject_dir: str, tal: Optional[str]):
+def _subject_transform(subject_dir: str, tal: Optional[str], register: bool):
+    """The subject's talairach transform; without one, registration if eTIV was asked for."""
     if tal:
         return os.path.join(subject_dir, tal)
     for name in ("talairach.xfm.lta", "talairach.xfm"):
         candidate = os.path.join(subject_dir, "mri", "transforms", name)
         if os.path.isfile(candidate):
             return candidate
-    return "register"
+    return "register" if register else None
 
 
 def plan_subject_jobs(args) -> tuple[list[Job], str]:
@@ -121,7 +122,7 @@ def plan_subject_jobs(args) -> tuple[list[Job], str]:
             segmentation=os.path.join(subject_dir, "mri", f"{base}.mgz"),
             posteriors=os.path.join(subject_dir, "mri", f"{base}.posteriors.mgz") if args.write_posteriors else None,
             stats=os.path.join(subject_dir, "stats", f"{base}.stats"),
-            etiv=_subject_transform(subject_dir, args.tal),
+            etiv=_subject_transform(subject_dir, args.tal, bool(getattr(args, "etiv", False))),
         ))
     return jobs, os.path.join(subjects_dir, f"{base}_")
 

@@ -40,9 +40,18 @@ def resolve_model_files(model=None, ctab=None, population_stats=None, progress=N
     holding the standard file names; ctab and stats default to the files beside the weights.
     Without ``model`` the model manager provides the installed 'sclimbic' folder."""
     if model is None:
-        from ..models import ensure  # lazily: only when no explicit model is given
-
-        model = ensure(MODEL_ID, progress=progress)
+        try:
+            from ..models import ensure  # lazily: only when no explicit model is given
+        except ImportError:
+            ensure = None
+        if ensure is not None:
+            model = ensure(MODEL_ID, progress=progress)
+        else:
+            freesurfer = os.environ.get("FREESURFER_HOME")
+            if not freesurfer or not (Path(freesurfer) / "models" / MODEL_FILE).is_file():
+                raise ModelError("no ScLimbic model: give the .h5 file with --model (FreeSurfer installs have it "
+                                 f"in $FREESURFER_HOME/models/{MODEL_FILE})")
+            model = Path(freesurfer) / "models"
     model = Path(model)
     if model.is_dir():
         model = model / MODEL_FILE
