@@ -3,7 +3,8 @@
     python benchmarks/sclimbic_cpu.py [--threads 2] [--model PATH] [--etiv] [images ...]
 
 Defaults: the real model from ../shared/models (else the parity fixture's random weights) and
-the two real T1s of ../shared/data/t1. Prints one line per scan and the process's peak RSS.
+the two real T1s of ../shared/data/t1. Prints one line per scan: wall time, CPU seconds (on a
+busy machine CPU-s / threads estimates the wall time on idle cores) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SegmentationSuite"))
 SHARED = Path(os.environ.get("SEGSUITE_SHARED", ROOT.parent / "shared"))
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_gb() -> float:
@@ -51,13 +57,16 @@ def main() -> int:
     for image in images:
         for _ in range(args.repeat):
             marks = {}
-            begin = time.perf_counter()
+            begin, cpu_begin = time.perf_counter(), cpu_seconds()
             result = engine.segment(image, etiv="register" if args.etiv else None,
                                     progress=lambda f, m: marks.setdefault(m, time.perf_counter() - begin))
             wall = time.perf_counter() - begin
             network = marks.get("Post-processing", 0) - marks.get("Running the network", 0)
             extra = f", eTIV {result.measures['eTIV'] / 1e6:.3f} L" if "eTIV" in result.measures else ""
-            print(f"{Path(image).name}: {wall:.1f} s wall (network {network:.1f} s), peak RSS {peak_rss_gb():.2f} GB{extra}")
+            cpu = cpu_seconds() - cpu_begin
+            print(f"{Path(image).name}: {wall:.1f} s wall (network {network:.1f} s), {cpu:.1f} CPU-s "
+                  f"(load-independent; {cpu / args.threads:.1f} s wall on {args.threads} idle cores), "
+                  f"peak RSS {peak_rss_gb():.2f} GB{extra}")
     return 0
 
 
