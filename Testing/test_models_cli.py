@@ -153,3 +153,29 @@ def test_usage_errors_exit_2(argv, capsys):
 def test_unknown_model_is_an_error(capsys):
     assert main(["--progress", "none", "models", "download", "nope"]) == 1
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_shipped_entries_install_from_the_real_files(tmp_path, capsys):
+    """The shipped registry's sha256 values and archive member paths match the real files
+    (the ScLimbic model as a plain file, the MNI template as a member of a wheel-like zip)."""
+    from conftest import shared_path
+
+    sclimbic = shared_path("models", "sclimbic.fsm+ad.t1.nstd00-50.nstd32-50.h5")
+    template = shared_path("data", "templates", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    wheel = tmp_path / "nilearn-0.14.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(template, "nilearn/datasets/data/" + template.name)
+        archive.writestr("nilearn/__init__.py", "")
+
+    assert main(["models", "install", "mni-icbm152-2009a", "--from", str(wheel)]) == 0
+    installed = ensure("mni-icbm152-2009a") / template.name
+    assert installed.read_bytes() == template.read_bytes()
+
+    folder = tmp_path / "fs_models"
+    folder.mkdir()
+    for name in ("sclimbic.ctab", "sclimbic.volstats.csv"):
+        (folder / name).write_bytes(shared_path("models", name).read_bytes())
+    (folder / sclimbic.name).write_bytes(sclimbic.read_bytes())
+    assert main(["models", "install", "sclimbic", "--from", str(folder)]) == 0
+    assert (ensure("sclimbic") / sclimbic.name).stat().st_size == sclimbic.stat().st_size
+    assert main(["models", "verify"]) == 0
