@@ -32,6 +32,11 @@ PRESETS: dict[str, tuple[int, ...]] = {
 DEFAULT_PRESET = "fmriprep"
 DEFAULT_EXCLUDED_LABELS: tuple[int, ...] = PRESETS[DEFAULT_PRESET]
 
+# Removed labels the closing may bring back into the mask: sulcal CSF belongs in a brain mask
+# (recon-all's aseg has none there, and refine_aseg's closing exists to include the sulci).
+# Voxels of every other removed label are taken out of the mask again after the closing.
+DEFAULT_CLOSING_MAY_INCLUDE: tuple[int, ...] = (24,)
+
 # refine_aseg's structuring element radius (voxels, whatever the voxel size).
 REFINE_ASEG_BALL_RADIUS = 4
 
@@ -183,13 +188,17 @@ class SamsegBrainMask:
 
     def __init__(self, model=None, device: Optional[str] = "auto", threads: Optional[int] = None,
                  exclude_labels: Optional[Iterable[int]] = None, preset: Optional[str] = None,
-                 ball_radius: int = REFINE_ASEG_BALL_RADIUS):
+                 ball_radius: int = REFINE_ASEG_BALL_RADIUS,
+                 closing_may_include: Iterable[int] = DEFAULT_CLOSING_MAY_INCLUDE):
         if model is not None:
             raise UsageError("the SAMSEG label filter uses no model; leave model unset")
         self.excluded_labels, self.preset = resolve_excluded_labels(exclude_labels, preset)
         if int(ball_radius) < 0:
             raise UsageError(f"ball radius must be >= 0, got {ball_radius}")
         self.ball_radius = int(ball_radius)
+        self.closing_may_include = tuple(int(v) for v in closing_may_include)
+        # Labels that are never in the mask, even where the closing would add them.
+        self.never_in_mask = tuple(v for v in self.excluded_labels if v not in self.closing_may_include)
 
     def segment(self, source, progress: Optional[ProgressCallback] = None) -> SegmentationResult:
         report = ensure_callback(progress)
@@ -205,6 +214,9 @@ class SamsegBrainMask:
                 "check the input is a SAMSEG segmentation and the label list")
         report(0.3, f"closing with a ball of radius {self.ball_radius} and filling holes")
         mask = refine_aseg_mask(cleaned > 0, self.ball_radius)
+        # The closing reaches across thin skull or soft tissue in deep concavities; take those back out.
+        reclaimed = mask & np.isin(labels, self.never_in_mask) if self.never_in_mask else np.zeros(mask.shape, bool)
+        mask &= ~reclaimed
         report(0.95, "measuring volumes")
         voxel_volume = float(np.prod(voxel_sizes(volume.affine)))
         lut = freesurfer_lut()
@@ -216,16 +228,20 @@ class SamsegBrainMask:
             "BrainMask": float(np.count_nonzero(mask)) * voxel_volume,
             "BrainLabels": float(np.count_nonzero(cleaned)) * voxel_volume,
             "RemovedLabels": float(np.count_nonzero(removed)) * voxel_volume,
+            "RemovedAfterClosing": float(np.count_nonzero(reclaimed)) * voxel_volume,
         }
         provenance = {
             "engine": "samseg-filter",
             "method": (f"labels {list(self.excluded_labels)} set to 0; mask = every remaining label > 0, "
                        f"binary closing with a ball of radius {self.ball_radius} voxels, hole filling "
-                       "(niworkflows refine_aseg semantics)"),
+                       "(niworkflows refine_aseg semantics), then voxels of labels "
+                       f"{list(self.never_in_mask)} removed again"),
             "preset": self.preset,
             "excluded_labels": list(self.excluded_labels),
             "excluded_label_names": {str(v): (lut.name(v) if v in lut else "") for v in self.excluded_labels},
             "excluded_voxels": {str(v): n for v, n in removed_counts.items()},
+            "never_in_mask": list(self.never_in_mask),
+            "removed_after_closing_voxels": int(np.count_nonzero(reclaimed)),
             "ball_radius": self.ball_radius,
             "source": volume.path or "",
         }

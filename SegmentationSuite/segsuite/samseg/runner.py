@@ -276,11 +276,11 @@ class _SamsegProgress:
                 self.level += 1
             level = min(max(self.level, 1), 2)
             start, end = (0.12, 0.45) if level == 1 else (0.45, 0.93)
-            # Levels stop at 100 iterations but usually converge within a few dozen.
-            self._set(start + (end - start) * (1 - math.exp(-iteration / 12)),
+            # Levels stop at 100 iterations but usually converge in about 5-15.
+            self._set(start + (end - start) * (1 - math.exp(-iteration / 6)),
                       f"fitting the atlas, level {level}/2, iteration {iteration}")
-        elif "writing" in text.lower() and "segmentation" in text.lower():
-            self._set(0.95, "writing the segmentation")
+        elif text.startswith("using default intracranial structures"):
+            self._set(0.96, "writing the segmentation and volumes")
 
     def _set(self, fraction: float, message: str) -> None:
         self.fraction = max(self.fraction, fraction)
