@@ -155,6 +155,15 @@ def test_a_real_t1_given_as_the_segmentation_is_refused(shared):
         SamsegBrainMask().segment(str(t1))
 
 
+def test_help_text_lists_the_presets_as_defined():
+    from segsuite.commands import samseg_filter
+    from segsuite.samseg import describe_labels
+
+    for name, labels in PRESETS.items():
+        if labels:
+            assert f"{name:<13s} removes {describe_labels(labels)}" in samseg_filter.DESCRIPTION
+
+
 def test_engine_shape():
     with pytest.raises(UsageError):
         SamsegBrainMask(model="something")

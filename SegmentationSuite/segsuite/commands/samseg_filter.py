@@ -10,18 +10,18 @@ NAME = "samseg-filter"
 HELP = "brain mask and cleaned aseg (for fMRIPrep) from a SAMSEG segmentation"
 
 
-def _description() -> str:
-    from ..samseg.filter import DEFAULT_PRESET, PRESETS, describe_labels
-
-    presets = "\n".join(f"  {name:<13s} removes {describe_labels(labels)}" + ("  (default)" if name == DEFAULT_PRESET else "")
-                        for name, labels in PRESETS.items())
-    return f"""\
+# Kept as plain text so that building the command line does not import numpy;
+# Testing/test_samseg_filter.py checks it against segsuite.samseg.PRESETS.
+DESCRIPTION = """\
 SAMSEG labels skull, head soft tissue, eye fluid and extra-cerebral CSF, so fMRIPrep's brain mask
 (niworkflows refine_aseg: every label > 0, closing with a ball of radius 4, hole filling) swallows
-the head. This removes those labels first, then builds the mask the same way.
+the head. This removes those labels first, then builds the mask the same way (and keeps skull,
+soft tissue and eye voxels out of it even where the closing would add them).
 
 Label presets (--preset), or give your own list with --labels:
-{presets}
+  fmriprep      removes 24 CSF, 165 Skull, 258 Head-ExtraCerebral, 259 Eye-Fluid  (default)
+  samseg2recon  removes 165 Skull, 258 Head-ExtraCerebral, 259 Eye-Fluid
+  none          removes nothing (what unpatched fMRIPrep does)
 
 Outputs: --o the brain mask (uint8), --cleaned-aseg the segmentation with the removed labels set
 to 0 (unpatched fMRIPrep turns it into the right mask), --volumes a CSV of the kept labels.
@@ -35,9 +35,6 @@ examples:
   segsuite samseg-filter --subject-dir $SUBJECTS_DIR/sub-01          # after samseg2recon
   segsuite samseg-filter --subject-dir $SUBJECTS_DIR/sub-01 --restore
 """
-
-
-DESCRIPTION = _description()
 
 
 def parse_labels(values) -> list[int]:
