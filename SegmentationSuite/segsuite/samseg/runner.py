@@ -88,7 +88,7 @@ _PYTHON_ENTRY = "import sys; from samseg.cli.run_samseg import main; sys.argv[0]
 def find_samseg(executable: Optional[str | os.PathLike] = None) -> SamsegExecutable:
     """Locate SAMSEG (see the module docstring for the order); clear error when absent."""
     if executable:
-        path = Path(executable).expanduser()
+        path = Path(executable).expanduser().absolute()
         if not path.exists():
             raise InputError(f"SAMSEG executable not found: {path}")
         if _is_python(path):
@@ -164,7 +164,7 @@ def setup_samseg_venv(venv_dir: Optional[str | os.PathLike] = None, python: Opti
     samseg==0.4a0 'numpy<2'``; a folder this call created is removed again if that fails.
     """
     log = log or _print_log
-    venv_dir = Path(venv_dir) if venv_dir else default_venv_dir()
+    venv_dir = (Path(venv_dir) if venv_dir else default_venv_dir()).expanduser().absolute()
     target = venv_python(venv_dir)
     if target.exists() and _has_samseg(target):
         log(f"SAMSEG's environment is ready: {venv_dir}")
