@@ -46,18 +46,10 @@ _SAMSEG_TO_LUT_NAMES = {"Soft_Nonbrain_Tissue": "Head-ExtraCerebral", "Fluid_Ins
 LogCallback = Callable[[str], None]
 
 
-def segsuite_home() -> Path:
-    """Where segsuite keeps its data ($SEGSUITE_HOME, else the user's data folder)."""
-    configured = os.environ.get("SEGSUITE_HOME")
-    if configured:
-        return Path(configured).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("segsuite", appauthor=False))
-
-
 def default_venv_dir() -> Path:
-    return segsuite_home() / VENV_FOLDER_NAME
+    from ..models.config import model_home
+
+    return model_home() / VENV_FOLDER_NAME
 
 
 def venv_python(venv_dir: str | os.PathLike) -> Path:

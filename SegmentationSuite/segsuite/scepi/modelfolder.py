@@ -33,13 +33,10 @@ class ModelFolder:
 
 
 def cache_root() -> Path:
-    """Where extracted release zips are kept (under SEGSUITE_HOME when set)."""
-    home = os.environ.get("SEGSUITE_HOME")
-    if home:
-        return Path(home) / "cache"
-    import platformdirs
+    """Where extracted release zips are kept: under the segsuite home folder (see models.config)."""
+    from ..models.config import model_home
 
-    return Path(platformdirs.user_cache_dir("segsuite"))
+    return model_home() / "cache"
 
 
 def resolve_model(model: Optional[str | os.PathLike], progress=None) -> ModelFolder:
