@@ -243,7 +243,9 @@ def main() -> None:
         write_png(RESOURCES / "Icons" / f"{module}.png", icon(module))
     (RESOURCES / "UI" / "SegmentationSuiteModels.ui").write_text(models_ui(), encoding="utf-8")
     write_png(RESOURCES / "Icons" / "SegmentationSuiteModels.png", icon("SegmentationSuiteModels"))
-    write_png(RESOURCES / "Icons" / "SegmentationSuite.png", icon("SynthSeg"))  # extension icon
+    extension_icons = Path(__file__).resolve().parents[1] / "Resources" / "Icons"
+    extension_icons.mkdir(parents=True, exist_ok=True)
+    write_png(extension_icons / "SegmentationSuite.png", icon("SynthSeg"))
 
 
 if __name__ == "__main__":
