@@ -165,13 +165,13 @@ class SynthSegEngine:
             onehot = F.one_hot(groups, L.N_DENOISER_GROUPS).permute(0, 4, 1, 2, 3).float()
             del groups
             progress(0.5, "robust: segmenting")
-            posteriors = self.unet2(torch.cat([x, onehot], 1))[0]
+            posteriors = self.unet2(torch.cat([x, onehot], 1))[0].contiguous()
             del onehot
             return posteriors
-        posteriors = self.unet(x)[0]
+        posteriors = self.unet(x)[0].contiguous()
         if self.flip is not None:
             progress(0.3, "segmenting the flipped image")
-            flipped = self.unet(torch.flip(x, dims=[2]))[0]
+            flipped = self.unet(torch.flip(x, dims=[2]))[0].contiguous()
             # flip back and swap left/right channels, then average
             for channel, source in enumerate(self.flip):
                 posteriors[channel].add_(torch.flip(flipped[int(source)], dims=[0]))
@@ -191,7 +191,7 @@ class SynthSegEngine:
                 cortex[argmax == index] = 1
         x = torch.stack([self._tensor(image), 1 - cortex, cortex])[None]
         del cortex
-        parcellation = self.unet_parc(x)[0]
+        parcellation = self.unet_parc(x)[0].contiguous()
         del x
         if not self.do_qc:
             # with QC the reference's model returns the unsmoothed parcellation layer
@@ -275,7 +275,6 @@ class SynthSegEngine:
         if resample_output:
             segmentation = reslice_nearest(segmentation, affine, prepared.input_shape, prepared.input_affine)
             affine = prepared.input_affine
-            images.pop("resampled", None)  # it lives on the 1 mm grid, not on the output grid
         table_values = [int(v) for v in self.labels]
         if parcellation is not None or parc_sums is not None:
             table_values = [v for v in table_values if v not in L.CORTEX_LABELS] + [int(v) for v in self.parc_labels[1:]]
@@ -290,6 +289,8 @@ class SynthSegEngine:
             "device": self.device,
             "network_input_shape": list(prepared.image.shape),
             "resampled": prepared.resampled is not None,
+            # the 1 mm grid of the posteriors and of images["resampled"] (also with keepgeom)
+            "grid_affine": prepared.affine.tolist(),
         }
         return SegmentationResult(
             labels=segmentation.astype(np.int32, copy=False), affine=affine, label_table=label_table,

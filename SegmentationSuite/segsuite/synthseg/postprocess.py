@@ -87,8 +87,18 @@ def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fas
     else:
         foreground = posteriors[1:]
         foreground *= foreground > 0.2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        posteriors /= posteriors.sum(axis=0, keepdims=True)
+    return normalise_(posteriors)
+
+
+def normalise_(posteriors: np.ndarray) -> np.ndarray:
+    """Divide by the channel sum in place. Voxels whose channels were all zeroed become background
+    (the reference leaves NaN there, which also turns its volumes into NaN)."""
+    total = posteriors.sum(axis=0)
+    empty = total == 0
+    if np.any(empty):
+        posteriors[0][empty] = 1
+        total[empty] = 1
+    posteriors /= total[None]
     return posteriors
 
 
@@ -103,8 +113,7 @@ def postprocess_parcellation(parcellation: np.ndarray, pad_idx: Sequence[int], s
     parcellation = spatial_crop(parcellation, pad_idx)
     cortex = np.isin(segmentation, cortex_labels)
     parcellation[0] = ~cortex
-    with np.errstate(invalid="ignore", divide="ignore"):
-        parcellation /= parcellation.sum(axis=0, keepdims=True)
+    normalise_(parcellation)
     parcels = np.asarray(parc_labels, dtype=np.int32)[np.argmax(parcellation, axis=0)]
     segmentation[cortex] = parcels[cortex]
     return parcellation
