@@ -405,3 +405,21 @@ def test_engine_rejects_bad_arrays(random_synthseg_model):
         engine.segment((np.ones((20, 20)), np.eye(4)))
     with pytest.raises(InputError, match="empty"):
         engine.segment((np.zeros((20, 20, 20)), np.eye(4)))
+
+
+def test_slabwise_softmax_and_flip_accumulation_match_whole_volume():
+    from segsuite.synthseg.engine import SynthSegEngine
+
+    engine = object.__new__(SynthSegEngine)  # only the helper is exercised; no weights needed
+    net = KerasUNet("unet", 1, 5, n_levels=2, n_features=3)
+    randomise_batch_norm(net)
+    flip = np.array([0, 2, 1, 4, 3])
+    x = torch.rand(1, 1, 20, 8, 12)
+    with torch.inference_mode():
+        expected = net(x)[0]
+        flipped = net(torch.flip(x, dims=[2]))[0]
+        expected_sum = expected + torch.flip(flipped[torch.from_numpy(flip)], dims=[1])
+        out = engine._softmax_into(net, x, slab=3)
+        assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
+        engine._softmax_into(net, torch.flip(x, dims=[2]), out=out, flip_channels=flip, slab=7)
+        assert torch.allclose(out, expected_sum, atol=1e-6)

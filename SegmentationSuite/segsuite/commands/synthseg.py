@@ -84,7 +84,7 @@ def run(args) -> int:
                                                np.array(result.provenance["grid_affine"]))
                     if job.outputs.get("vol"):
                         transaction.write_text(job.outputs["vol"], csv_text(
-                            list(result.volumes), [volume_row(result.subject, result.volumes)], shared=False))
+                            list(result.volumes), [volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64"))], shared=False))
                     if job.outputs.get("qc"):
                         transaction.write_text(job.outputs["qc"], csv_text(
                             list(result.qc), [qc_row(result.subject, result.qc)], shared=False))
@@ -93,7 +93,7 @@ def run(args) -> int:
                           f"to {job.outputs['resample']}", file=sys.stderr)
                 volume_header = list(result.volumes)
                 qc_header = list(result.qc)
-                volume_rows.append(volume_row(result.subject, result.volumes))
+                volume_rows.append(volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64")))
                 qc_rows.append(qc_row(result.subject, result.qc))
             except SegSuiteError as error:
                 if count == 1:

@@ -79,10 +79,22 @@ class KerasUNet(nn.Module):
         conv3d_of_upsampled(low, conv.weight[:, n_skip:], out=out, accumulate=True)
         return F.elu(out, inplace=True)
 
-    def _bn(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return self.layers[name](x) if self.batch_norm else x
+    def _bn(self, name: str, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        if not self.batch_norm:
+            return x
+        bn = self.layers[name]
+        if not inplace:
+            return bn(x)
+        # the same affine map as BatchNorm3d in inference, without a second full-size tensor
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        return x.mul_(scale.view(1, -1, 1, 1, 1)).add_(shift.view(1, -1, 1, 1, 1))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[f"{self.prefix}_likelihood"](self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder level's output (the input of the 1x1x1 likelihood conv)."""
         p = self.prefix
         if x.device.type == "cpu":
             # oneDNN's 3D convolutions are about 2-3x faster on channels-last tensors
@@ -103,8 +115,8 @@ class KerasUNet(nn.Module):
             del skip
             for conv in range(1, self.n_conv):
                 x = self._conv_elu(f"{p}_conv_uparm_{index}_{conv}", x)
-            x = self._bn(f"{p}_bn_up_{step}", x)
-        return self.layers[f"{p}_likelihood"](x)
+            x = self._bn(f"{p}_bn_up_{step}", x, inplace=True)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.logits(x)

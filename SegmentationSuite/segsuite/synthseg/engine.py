@@ -149,6 +149,31 @@ class SynthSegEngine:
 
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
+    def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 16):
+        """Softmax posteriors of ``net`` as a contiguous (C, X, Y, Z) tensor, computed slab by slab
+        from the last features so that no full-size logits/softmax temporaries exist.
+
+        With ``flip_channels``, ``x`` is the image flipped on axis 0: the prediction is flipped back,
+        its channels reordered (left <-> right) and ADDED to ``out``."""
+        import torch
+
+        features = net.features(x)
+        likelihood = net.layers[f"{net.prefix}_likelihood"]
+        size = features.shape[2]
+        if out is None:
+            out = torch.empty((likelihood.out_channels,) + tuple(features.shape[2:]), dtype=features.dtype,
+                              device=features.device)
+        index = None if flip_channels is None else torch.as_tensor(flip_channels, device=features.device)
+        for start in range(0, size, slab):
+            stop = min(start + slab, size)
+            probabilities = torch.softmax(likelihood(features[:, :, start:stop]), dim=1)[0]
+            if index is None:
+                out[:, start:stop] = probabilities
+            else:
+                out[:, size - stop:size - start] += probabilities[index].flip(1)
+            del probabilities
+        return out
+
     def _segment_posteriors(self, image, progress):
         """Padded (C, X, Y, Z) posteriors of the segmentation network(s)."""
         import torch
@@ -165,17 +190,11 @@ class SynthSegEngine:
             onehot = F.one_hot(groups, L.N_DENOISER_GROUPS).permute(0, 4, 1, 2, 3).float()
             del groups
             progress(0.5, "robust: segmenting")
-            posteriors = self.unet2(torch.cat([x, onehot], 1))[0].contiguous()
-            del onehot
-            return posteriors
-        posteriors = self.unet(x)[0].contiguous()
+            return self._softmax_into(self.unet2, torch.cat([x, onehot], 1))
+        posteriors = self._softmax_into(self.unet, x)
         if self.flip is not None:
             progress(0.3, "segmenting the flipped image")
-            flipped = self.unet(torch.flip(x, dims=[2]))[0].contiguous()
-            # flip back and swap left/right channels, then average
-            for channel, source in enumerate(self.flip):
-                posteriors[channel].add_(torch.flip(flipped[int(source)], dims=[0]))
-            del flipped
+            self._softmax_into(self.unet, torch.flip(x, dims=[2]), out=posteriors, flip_channels=self.flip)
             posteriors.mul_(0.5)
         # default and --fast both blur (only the robust chain does not); the blur is linear and
         # symmetric, so blurring the flip average equals averaging the two blurred outputs
@@ -191,7 +210,7 @@ class SynthSegEngine:
                 cortex[argmax == index] = 1
         x = torch.stack([self._tensor(image), 1 - cortex, cortex])[None]
         del cortex
-        parcellation = self.unet_parc(x)[0].contiguous()
+        parcellation = self._softmax_into(self.unet_parc, x)
         del x
         if not self.do_qc:
             # with QC the reference's model returns the unsmoothed parcellation layer
@@ -254,12 +273,13 @@ class SynthSegEngine:
         parc_sums = None
         if parcellation is not None:
             parcellation = postprocess_parcellation(parcellation, prepared.pad_idx, segmentation, self.parc_labels)
-            parc_sums = channel_sums(parcellation)
+            parc_sums = channel_sums(parcellation, float32=True)
             del parcellation
-        seg_sums = channel_sums(posteriors)
+        # the reference sums float32 posteriors (float64 ones when it pasted a crop back)
+        seg_sums = channel_sums(posteriors, float32=prepared.crop_idx is None)
         if prepared.crop_idx is not None:
             segmentation, posteriors = paste_crop(segmentation, posteriors, prepared.crop_idx, prepared.aligned_shape)
-        voxel_volume = float(np.prod(prepared.resolution))
+        voxel_volume = np.prod(prepared.resolution)  # float32 when read from the header, like the reference
         volumes = soft_volumes(seg_sums, self.labels, voxel_volume, self.v1, parc_sums)
         names = L.volume_names(self.labels, parcellation=parc_sums is not None, v1=self.v1)
         segmentation = np.ascontiguousarray(prepared.alignment.undo(segmentation))
@@ -276,7 +296,7 @@ class SynthSegEngine:
             segmentation = reslice_nearest(segmentation, affine, prepared.input_shape, prepared.input_affine)
             affine = prepared.input_affine
         table_values = [int(v) for v in self.labels]
-        if parcellation is not None or parc_sums is not None:
+        if parc_sums is not None:
             table_values = [v for v in table_values if v not in L.CORTEX_LABELS] + [int(v) for v in self.parc_labels[1:]]
         label_table = label_table_for(table_values)
         measures = {} if self.v1 else {L.TOTAL_INTRACRANIAL: float(volumes[0])}
@@ -288,6 +308,8 @@ class SynthSegEngine:
                         "qc": self.do_qc, "crop": self.crop, "keepgeom": bool(resample_output)},
             "device": self.device,
             "network_input_shape": list(prepared.image.shape),
+            # volumes are float32 numbers when the reference's are (the CSV prints them as such)
+            "volume_dtype": str(volumes.dtype),
             "resampled": prepared.resampled is not None,
             # the 1 mm grid of the posteriors and of images["resampled"] (also with keepgeom)
             "grid_affine": prepared.affine.tolist(),

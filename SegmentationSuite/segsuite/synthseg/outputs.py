@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..errors import InputError, UsageError
 from ..image import image_suffix, list_images
 
@@ -111,9 +113,10 @@ def plan_outputs(inputs: str, outputs: dict) -> Plan:
     return Plan(jobs=[job], shared_csv=shared)
 
 
-def format_volume(value: float) -> str:
-    # SynthSeg writes str(np.float64) of values rounded to 3 decimals: Python's shortest repr
-    return repr(float(value))
+def format_volume(value: float, dtype: str = "float64") -> str:
+    # SynthSeg writes str() of numpy scalars rounded to 3 decimals: the shortest repr of a float32
+    # (e.g. 1185534.1) when its volumes are float32, of a float64 otherwise
+    return str(np.float32(value)) if dtype == "float32" else repr(float(value))
 
 
 def format_qc(value: float) -> str:
@@ -134,8 +137,8 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[str]], shared: bool)
     return buffer.getvalue()
 
 
-def volume_row(subject: str, volumes: dict) -> list[str]:
-    return [subject, *(format_volume(v) for v in volumes.values())]
+def volume_row(subject: str, volumes: dict, dtype: str = "float64") -> list[str]:
+    return [subject, *(format_volume(v, dtype) for v in volumes.values())]
 
 
 def qc_row(subject: str, qc: dict) -> list[str]:

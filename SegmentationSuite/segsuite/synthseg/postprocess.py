@@ -119,25 +119,35 @@ def postprocess_parcellation(parcellation: np.ndarray, pad_idx: Sequence[int], s
     return parcellation
 
 
-def channel_sums(posteriors: np.ndarray) -> np.ndarray:
-    """Per-channel sums in float64 (the soft volumes in voxels)."""
+def channel_sums(posteriors: np.ndarray, float32: bool = False) -> np.ndarray:
+    """Per-channel sums of (C, X, Y, Z) posteriors (the soft volumes in voxels).
+
+    float32=True reproduces the reference exactly: numpy sums its float32 (X, Y, Z, C) posteriors
+    over the spatial axes by adding voxel after voxel, in raster order, into a float32 accumulator
+    per channel; for large structures that is up to ~0.7% off the exact sum. float32=False sums
+    exactly (float64), as the reference does when it works on a crop (its array is float64 then).
+    """
     flat = posteriors.reshape(posteriors.shape[0], -1)
+    if float32:
+        # a running float32 sum in raster order == numpy's reduction over the leading axes
+        return np.array([np.cumsum(channel, dtype=np.float32)[-1] for channel in flat], dtype=np.float32)
     return np.array([np.sum(channel, dtype=np.float64) for channel in flat])
 
 
-def soft_volumes(segmentation_sums: np.ndarray, labels: np.ndarray, voxel_volume: float, v1: bool,
+def soft_volumes(segmentation_sums: np.ndarray, labels: np.ndarray, voxel_volume, v1: bool,
                  parcellation_sums: Optional[np.ndarray] = None, cortex_labels=(3, 42)) -> np.ndarray:
     """Volumes in mm3 in the CSV's order: [total intracranial (v2)], structures, [parcels].
 
-    Parcels are scaled so that they add up to the cortex volume (labels 3 + 42). The reference
-    scales by white matter (2 + 41) through an indexing slip; this does what it meant.
+    The arithmetic keeps the dtypes of the reference (float32 sums stay float32) so that the values
+    round the same way. Parcels are scaled so that they add up to the cortex volume (labels 3 + 42);
+    the reference scales by white matter (2 + 41) through an indexing slip; this does what it meant.
     """
-    structures = np.asarray(segmentation_sums[1:], dtype=np.float64)
-    volumes = structures if v1 else np.concatenate([[structures.sum()], structures])
+    structures = np.asarray(segmentation_sums)[1:]
+    volumes = structures if v1 else np.concatenate([[np.sum(structures)], structures]).astype(structures.dtype)
     if parcellation_sums is not None:
-        parcels = np.asarray(parcellation_sums[1:], dtype=np.float64)
+        parcels = np.asarray(parcellation_sums)[1:]
         cortex_channels = [i for i, v in enumerate(labels) if int(v) in cortex_labels]
-        cortex = float(np.sum(np.asarray(segmentation_sums, dtype=np.float64)[cortex_channels]))
-        parcels = parcels / parcels.sum() * cortex
+        cortex = np.sum(np.asarray(segmentation_sums)[cortex_channels])
+        parcels = parcels / np.sum(parcels) * cortex
         volumes = np.concatenate([volumes, parcels])
     return np.around(volumes * voxel_volume, 3)

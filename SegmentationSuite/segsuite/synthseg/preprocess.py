@@ -190,9 +190,9 @@ def load_source(source) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     resolution = voxel_sizes(affine)
     header = getattr(volume, "header", None)
     if header is not None and hasattr(header, "get_zooms"):
-        zooms = np.array(header.get_zooms()[:3], dtype=np.float64)
+        zooms = np.array(header.get_zooms()[:3])
         if zooms.shape == (3,) and np.all(zooms > 0):
-            resolution = zooms  # SynthSeg reads the voxel size from the header
+            resolution = zooms  # SynthSeg reads the voxel size from the header (float32 for NIfTI)
     return data, affine, resolution, what
 
 
@@ -219,7 +219,7 @@ def prepare(source, crop: Optional[Sequence[int]] = None, ct: bool = False) -> P
         min_pad = [DEFAULT_MIN_PAD] * 3
     data = rescale_intensities(data, ct=ct).astype(np.float32)
     image, pad_idx = pad_volume(data, pad_shape_for(data.shape, min_pad))
-    return Prepared(image=np.ascontiguousarray(image), affine=affine, resolution=np.asarray(resolution, dtype=np.float64),
+    return Prepared(image=np.ascontiguousarray(image), affine=affine, resolution=np.asarray(resolution),
                     aligned_shape=aligned_shape, alignment=alignment, pad_idx=pad_idx, crop_idx=crop_idx,
                     resampled=resampled, input_shape=input_shape, input_affine=input_affine)
 
