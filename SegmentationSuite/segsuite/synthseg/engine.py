@@ -276,7 +276,7 @@ class SynthSegEngine:
             parc_sums = channel_sums(parcellation, float32=True)
             del parcellation
         # the reference sums float32 posteriors (float64 ones when it pasted a crop back)
-        seg_sums = channel_sums(posteriors, float32=prepared.crop_idx is None)
+        seg_sums = channel_sums(posteriors, float32=prepared.crop_idx is None, orient=prepared.alignment.undo)
         if prepared.crop_idx is not None:
             segmentation, posteriors = paste_crop(segmentation, posteriors, prepared.crop_idx, prepared.aligned_shape)
         voxel_volume = np.prod(prepared.resolution)  # float32 when read from the header, like the reference

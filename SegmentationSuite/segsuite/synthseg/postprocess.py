@@ -119,19 +119,29 @@ def postprocess_parcellation(parcellation: np.ndarray, pad_idx: Sequence[int], s
     return parcellation
 
 
-def channel_sums(posteriors: np.ndarray, float32: bool = False) -> np.ndarray:
+def channel_sums(posteriors: np.ndarray, float32: bool = False, orient=None, chunk: int = 4) -> np.ndarray:
     """Per-channel sums of (C, X, Y, Z) posteriors (the soft volumes in voxels).
 
-    float32=True reproduces the reference exactly: numpy sums its float32 (X, Y, Z, C) posteriors
-    over the spatial axes by adding voxel after voxel, in raster order, into a float32 accumulator
-    per channel; for large structures that is up to ~0.7% off the exact sum. float32=False sums
-    exactly (float64), as the reference does when it works on a crop (its array is float64 then).
+    float32=True reproduces the reference's numbers: it sums float32 (X, Y, Z, C) arrays over the
+    spatial axes with numpy, which accumulates in float32 in an order set by the array's strides
+    (up to ~0.7% off the exact sum for large structures). The same layout is rebuilt here a few
+    channels at a time (``orient`` maps it like the reference's view, e.g. undoing the RAS
+    alignment) and summed the same way; numpy gives bit-identical sums for chunks of >= 2 channels.
+    float32=False sums exactly (float64), as the reference does after pasting a crop back.
     """
-    flat = posteriors.reshape(posteriors.shape[0], -1)
-    if float32:
-        # a running float32 sum in raster order == numpy's reduction over the leading axes
-        return np.array([np.cumsum(channel, dtype=np.float32)[-1] for channel in flat], dtype=np.float32)
-    return np.array([np.sum(channel, dtype=np.float64) for channel in flat])
+    count = posteriors.shape[0]
+    if not float32:
+        flat = posteriors.reshape(count, -1)
+        return np.array([np.sum(channel, dtype=np.float64) for channel in flat])
+    sums = np.zeros(count, dtype=np.float32)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        first = min(start, stop - 2) if count >= 2 else start  # never a single-channel chunk
+        block = np.ascontiguousarray(np.moveaxis(posteriors[first:stop], 0, -1))
+        view = orient(block) if orient is not None else block
+        sums[first:stop] = np.sum(view, axis=(0, 1, 2))
+        del block, view
+    return sums
 
 
 def soft_volumes(segmentation_sums: np.ndarray, labels: np.ndarray, voxel_volume, v1: bool,
