@@ -423,3 +423,18 @@ def test_slabwise_softmax_and_flip_accumulation_match_whole_volume():
         assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
         engine._softmax_into(net, torch.flip(x, dims=[2]), out=out, flip_channels=flip, slab=7)
         assert torch.allclose(out, expected_sum, atol=1e-6)
+
+
+def test_float32_channel_sums_equal_numpy_on_the_reference_layout():
+    from segsuite.synthseg.postprocess import channel_sums
+    from segsuite.synthseg.preprocess import Alignment
+
+    rng = np.random.default_rng(5)
+    posteriors = rng.random((7, 30, 40, 50)).astype(np.float32)
+    alignment = Alignment(axes=(2, 0, 1), flips=(True, False, True))
+    reference_layout = alignment.undo(np.ascontiguousarray(np.moveaxis(posteriors, 0, -1)))
+    expected = np.sum(reference_layout, axis=(0, 1, 2))  # what SynthSeg computes (float32)
+    assert np.array_equal(channel_sums(posteriors, float32=True, orient=alignment.undo), expected)
+    exact = channel_sums(posteriors, float32=False)
+    assert exact.dtype == np.float64
+    assert np.allclose(exact, posteriors.astype(np.float64).sum(axis=(1, 2, 3)))

@@ -107,6 +107,8 @@ def test_labels_and_volumes_match_reference(name, run_outputs):
     if name in CHAOTIC:
         assert relative[0] <= CHAOTIC[name]["total_intracranial"]
         return
+    # 0.1%, plus 0.01 mm3 of slack for the rounding to 3 decimals of parcels of a few mm3
+    relative = (np.abs(ours_values - ref_values) - 0.01).clip(min=0) / np.maximum(np.abs(ref_values), 1.0)
     worst = int(np.argmax(relative))
     assert relative.max() <= 1e-3, f"{ref_csv[0][1 + worst]}: {ours_values[worst]} vs {ref_values[worst]}"
 
