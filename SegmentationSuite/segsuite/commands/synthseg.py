@@ -1,0 +1,113 @@
+"""segsuite synthseg: SynthSeg 2.0 brain segmentation with mri_synthseg's options."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+NAME = "synthseg"
+HELP = "SynthSeg 2.0 whole-brain segmentation of any contrast and resolution (mri_synthseg's options)"
+DESCRIPTION = """SynthSeg 2.0 (Billot et al.) in PyTorch, with the original weights.
+
+--i takes an image, a folder of images or a .txt list of paths; --o (and --post, --resample) must be
+of the same kind. For an image or folder input --vol/--qc write one CSV for all subjects; for a .txt
+list they are .txt lists of CSV paths. Outputs are on a 1 mm grid aligned with the input (use
+--keepgeom for labels on the input's own grid).
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--i", dest="input", metavar="PATH", help="image, folder of images, or .txt list of images")
+    parser.add_argument("--o", dest="output", metavar="PATH", help="segmentation output(s): file/folder/.txt like --i")
+    parser.add_argument("--parc", action="store_true", help="parcellate the cortex (Desikan-Killiany labels)")
+    parser.add_argument("--robust", action="store_true", help="robust model for low-quality scans (implies --fast)")
+    parser.add_argument("--fast", action="store_true", help="skip the flip averaging and the per-structure cleaning")
+    parser.add_argument("--vol", metavar="CSV", help="volumes (mm3) of all structures; one CSV for all subjects")
+    parser.add_argument("--qc", metavar="CSV", help="automated quality-control scores; one CSV for all subjects")
+    parser.add_argument("--post", metavar="PATH", help="posterior probabilities output(s)")
+    parser.add_argument("--resample", metavar="PATH", help="the input resampled to 1 mm (written when resampling happens)")
+    parser.add_argument("--crop", nargs="+", type=int, metavar="N", help="analyse only a centred N^3 (or NxNxN) patch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--v1", action="store_true", help="use SynthSeg 1.0")
+    parser.add_argument("--ct", action="store_true", help="clip intensities to [0, 80] for CT scans")
+    parser.add_argument("--keepgeom", action="store_true", help="write the labels on the input's voxel grid")
+    parser.add_argument("--model", metavar="PATH",
+                        help="segmentation .h5, or a folder with synthseg_2.0.h5, synthseg_parc_2.0.h5, ... "
+                             "(e.g. $FREESURFER_HOME/models); default: the model manager")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def run(args) -> int:
+    from ..cli import progress_for
+    from ..errors import SegSuiteError, UsageError
+    from ..image import OutputTransaction, check_outputs, make_image
+    from ..synthseg import SynthSegEngine
+    from ..synthseg.engine import subject_name
+    from ..synthseg.outputs import csv_text, plan_outputs, qc_row, volume_row
+
+    if args.robust and args.v1:
+        raise UsageError("--robust cannot be used with --v1 (SynthSeg-robust only exists for 2.0)")
+    if args.crop is not None and len(args.crop) not in (1, 3):
+        raise UsageError("--crop takes one size or three sizes")
+    plan = plan_outputs(args.input, {"seg": args.output, "post": args.post, "resample": args.resample,
+                                     "vol": args.vol, "qc": args.qc})
+    every_output = [p for job in plan.jobs for p in job.outputs.values()] + list(plan.shared_csv.values())
+    check_outputs(every_output, args.overwrite, inputs=[job.image for job in plan.jobs])
+
+    device = "cpu" if args.cpu else args.device
+    progress, close = progress_for(args, "SynthSeg")
+    try:
+        engine = SynthSegEngine(model=args.model, parc=args.parc, robust=args.robust, fast=args.fast, v1=args.v1,
+                                ct=args.ct, qc=bool(args.qc), posteriors=bool(args.post), crop=args.crop,
+                                device=device, threads=args.threads)
+        volume_rows, qc_rows, failures = [], [], []
+        volume_header = qc_header = None
+        count = len(plan.jobs)
+        for number, job in enumerate(plan.jobs):
+            def report(fraction, message, number=number):
+                progress((number + fraction) / count, f"{os.path.basename(job.image)}: {message}")
+            try:
+                result = engine.segment(job.image, progress=report, resample_output=args.keepgeom,
+                                        subject=subject_name(job.image))
+                with OutputTransaction(overwrite=args.overwrite, inputs=[job.image]) as transaction:
+                    seg_path = job.outputs["seg"]
+                    transaction.save_image(seg_path, result.labels.astype(np.int32, copy=False), result.affine)
+                    if job.outputs.get("post"):
+                        transaction.save_image(job.outputs["post"], result.posteriors.astype(np.float32, copy=False),
+                                               result.posteriors_affine)
+                    if job.outputs.get("resample") and "resampled" in result.images:
+                        transaction.save_image(job.outputs["resample"], result.images["resampled"],
+                                               np.array(result.provenance["grid_affine"]))
+                    if job.outputs.get("vol"):
+                        transaction.write_text(job.outputs["vol"], csv_text(
+                            list(result.volumes), [volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64"))], shared=False))
+                    if job.outputs.get("qc"):
+                        transaction.write_text(job.outputs["qc"], csv_text(
+                            list(result.qc), [qc_row(result.subject, result.qc)], shared=False))
+                if job.outputs.get("resample") and "resampled" not in result.images:
+                    print(f"{job.image} is already at 1 mm: no resampled image written "
+                          f"to {job.outputs['resample']}", file=sys.stderr)
+                volume_header = list(result.volumes)
+                qc_header = list(result.qc)
+                volume_rows.append(volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64")))
+                qc_rows.append(qc_row(result.subject, result.qc))
+            except SegSuiteError as error:
+                if count == 1:
+                    raise
+                failures.append(f"{job.image}: {error}")
+                print(f"segsuite synthseg: {job.image}: {error}", file=sys.stderr)
+        if volume_rows and plan.shared_csv:
+            with OutputTransaction(overwrite=args.overwrite) as transaction:
+                if "vol" in plan.shared_csv:
+                    transaction.write_text(plan.shared_csv["vol"], csv_text(volume_header, volume_rows, shared=True))
+                if "qc" in plan.shared_csv:
+                    transaction.write_text(plan.shared_csv["qc"], csv_text(qc_header, qc_rows, shared=True))
+    finally:
+        close()
+    if failures:
+        raise SegSuiteError(f"{len(failures)} of {count} images failed: " + "; ".join(failures))
+    return 0

@@ -1,0 +1,163 @@
+"""SynthSeg output processing on channel-first posteriors (C, X, Y, Z): blur, flip averaging,
+largest connected components per topology class, renormalisation, parcellation, volumes.
+
+Follows predict_synthseg.postprocess; arrays are channel-first here (each channel contiguous).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+BLUR_SIGMA = 0.5
+
+
+def blur_weights(sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """The 1D factor of lab2im's 3x3x3 Gaussian kernel (window = ceil(2.5*sigma)//2*2+1)."""
+    half = int(np.ceil(2.5 * sigma) / 2)
+    offsets = np.arange(-half, half + 1, dtype=np.float64)
+    weights = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+    return weights / weights.sum()
+
+
+def gaussian_blur_(tensor, sigma: float = BLUR_SIGMA):
+    """Blur a torch tensor (..., X, Y, Z) with the separable Gaussian, zero padding ('SAME'), in place.
+
+    The 3D kernel of lab2im.GaussianBlur is a normalised product of 1D Gaussians, so three 1D passes
+    give the same result with one temporary instead of a 27-tap convolution.
+    """
+    weights = blur_weights(sigma)
+    if len(weights) != 3:
+        raise ValueError("only the 3-tap kernel of sigma 0.5 is implemented")
+    side, centre = float(weights[0]), float(weights[1])
+    for axis in (-3, -2, -1):
+        source = tensor.clone()
+        tensor.mul_(centre)
+        n = tensor.shape[axis]
+        tensor.narrow(axis, 1, n - 1).add_(source.narrow(axis, 0, n - 1), alpha=side)
+        tensor.narrow(axis, 0, n - 1).add_(source.narrow(axis, 1, n - 1), alpha=side)
+        del source
+    return tensor
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a boolean mask (the mask itself if it is empty)."""
+    from scipy.ndimage import label
+
+    components, count = label(mask)
+    if count == 0:
+        return mask.copy()
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
+def spatial_crop(array: np.ndarray, idx: Sequence[int]) -> np.ndarray:
+    """array[..., x0:x1, y0:y1, z0:z1] with idx = [x0, y0, z0, x1, y1, z1] (a view)."""
+    return array[..., idx[0]:idx[3], idx[1]:idx[4], idx[2]:idx[5]]
+
+
+def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fast: bool,
+                             topology: Optional[np.ndarray]) -> np.ndarray:
+    """Largest-component cleaning and renormalisation; returns the un-padded (C, x, y, z) posteriors."""
+    if fast or topology is None:
+        posteriors = spatial_crop(posteriors, pad_idx)
+    foreground = posteriors[1:]
+    brain = largest_component(foreground.sum(axis=0) > 0.25)
+    foreground *= brain  # zero every structure outside the largest blob
+    del brain
+    if not fast and topology is not None:
+        # masks are taken once, after the global step, like the reference
+        masks = {}
+        for topology_class in np.unique(topology)[1:]:
+            channels = np.where(topology == topology_class)[0]
+            masks[int(topology_class)] = channels
+        keep = {}
+        for topology_class, channels in masks.items():
+            mask = np.zeros(posteriors.shape[1:], dtype=bool)
+            for channel in channels:
+                mask |= posteriors[channel] > 0.25
+            keep[topology_class] = largest_component(mask)
+        for topology_class, channels in masks.items():
+            for channel in channels:
+                posteriors[channel] *= keep[topology_class]
+        del keep
+        posteriors = spatial_crop(posteriors, pad_idx)
+    else:
+        foreground = posteriors[1:]
+        foreground *= foreground > 0.2
+    return normalise_(posteriors)
+
+
+def normalise_(posteriors: np.ndarray) -> np.ndarray:
+    """Divide by the channel sum in place. Voxels whose channels were all zeroed become background
+    (the reference leaves NaN there, which also turns its volumes into NaN)."""
+    total = posteriors.sum(axis=0)
+    empty = total == 0
+    if np.any(empty):
+        posteriors[0][empty] = 1
+        total[empty] = 1
+    posteriors /= total[None]
+    return posteriors
+
+
+def hard_labels(posteriors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.asarray(labels, dtype=np.int32)[np.argmax(posteriors, axis=0)]
+
+
+def postprocess_parcellation(parcellation: np.ndarray, pad_idx: Sequence[int], segmentation: np.ndarray,
+                             parc_labels: np.ndarray, cortex_labels=(3, 42)) -> np.ndarray:
+    """Set the parcellation background to 1 outside the cortex and 0 inside, renormalise, and write
+    the parcel labels into the cortex of ``segmentation`` (in place). Returns the (C, x, y, z) posteriors."""
+    parcellation = spatial_crop(parcellation, pad_idx)
+    cortex = np.isin(segmentation, cortex_labels)
+    parcellation[0] = ~cortex
+    normalise_(parcellation)
+    parcels = np.asarray(parc_labels, dtype=np.int32)[np.argmax(parcellation, axis=0)]
+    segmentation[cortex] = parcels[cortex]
+    return parcellation
+
+
+def channel_sums(posteriors: np.ndarray, float32: bool = False, orient=None, chunk: int = 4) -> np.ndarray:
+    """Per-channel sums of (C, X, Y, Z) posteriors (the soft volumes in voxels).
+
+    float32=True reproduces the reference's numbers: it sums float32 (X, Y, Z, C) arrays over the
+    spatial axes with numpy, which accumulates in float32 in an order set by the array's strides
+    (up to ~0.7% off the exact sum for large structures). The same layout is rebuilt here a few
+    channels at a time (``orient`` maps it like the reference's view, e.g. undoing the RAS
+    alignment) and summed the same way; numpy gives bit-identical sums for chunks of >= 2 channels.
+    float32=False sums exactly (float64), as the reference does after pasting a crop back.
+    """
+    count = posteriors.shape[0]
+    if not float32:
+        flat = posteriors.reshape(count, -1)
+        return np.array([np.sum(channel, dtype=np.float64) for channel in flat])
+    sums = np.zeros(count, dtype=np.float32)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        first = min(start, stop - 2) if count >= 2 else start  # never a single-channel chunk
+        block = np.ascontiguousarray(np.moveaxis(posteriors[first:stop], 0, -1))
+        view = orient(block) if orient is not None else block
+        sums[first:stop] = np.sum(view, axis=(0, 1, 2))
+        del block, view
+    return sums
+
+
+def soft_volumes(segmentation_sums: np.ndarray, labels: np.ndarray, voxel_volume, v1: bool,
+                 parcellation_sums: Optional[np.ndarray] = None, cortex_labels=(3, 42)) -> np.ndarray:
+    """Volumes in mm3 in the CSV's order: [total intracranial (v2)], structures, [parcels].
+
+    The arithmetic keeps the dtypes of the reference (float32 sums stay float32) so that the values
+    round the same way. Parcels are scaled so that they add up to the cortex volume (labels 3 + 42);
+    the reference scales by white matter (2 + 41) through an indexing slip; this does what it meant.
+    """
+    structures = np.asarray(segmentation_sums)[1:]
+    volumes = structures if v1 else np.concatenate([[np.sum(structures)], structures]).astype(structures.dtype)
+    if parcellation_sums is not None:
+        parcels = np.asarray(parcellation_sums)[1:]
+        cortex_channels = [i for i, v in enumerate(labels) if int(v) in cortex_labels]
+        cortex = np.sum(np.asarray(segmentation_sums)[cortex_channels])
+        parcels = parcels / np.sum(parcels) * cortex
+        volumes = np.concatenate([volumes, parcels])
+    return np.around(volumes * voxel_volume, 3)

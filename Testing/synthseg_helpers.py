@@ -1,0 +1,44 @@
+"""Test helpers: write PyTorch layers to a Keras legacy-HDF5 weights file (the layout of the real files)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import torch
+
+
+def keras_variables(module) -> dict[str, np.ndarray]:
+    if isinstance(module, torch.nn.Conv3d):
+        variables = {"kernel": module.weight.detach().numpy().transpose(2, 3, 4, 1, 0)}
+        if module.bias is not None:
+            variables["bias"] = module.bias.detach().numpy()
+        return variables
+    return {"gamma": module.weight.detach().numpy(), "beta": module.bias.detach().numpy(),
+            "moving_mean": module.running_mean.numpy(), "moving_variance": module.running_var.numpy()}
+
+
+def write_keras_h5(path, layers: dict, overrides: dict | None = None) -> None:
+    """layers: Keras name -> module; overrides: name -> {variable: array} replacing or adding layers."""
+    content = {name: keras_variables(module) for name, module in layers.items()}
+    for name, variables in (overrides or {}).items():
+        content[name] = variables
+    with h5py.File(path, "w") as handle:
+        handle.attrs["layer_names"] = [name.encode() for name in content]
+        handle.attrs["backend"] = b"tensorflow"
+        handle.attrs["keras_version"] = b"2.15.0"
+        for name, variables in content.items():
+            group = handle.create_group(name)
+            group.attrs["weight_names"] = [f"{name}/{var}:0".encode() for var in variables]
+            for var, value in variables.items():
+                group.create_dataset(f"{name}/{var}:0", data=np.asarray(value, dtype=np.float32))
+
+
+def randomise_batch_norm(module, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.BatchNorm3d):
+            n = sub.num_features
+            sub.weight.data = 0.8 + 0.4 * torch.rand(n, generator=generator)
+            sub.bias.data = 0.2 * torch.rand(n, generator=generator) - 0.1
+            sub.running_mean.data = 0.2 * torch.rand(n, generator=generator) - 0.1
+            sub.running_var.data = 0.5 + torch.rand(n, generator=generator)
