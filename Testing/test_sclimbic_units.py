@@ -470,31 +470,6 @@ def test_etiv_registration_without_a_template_says_what_to_do(monkeypatch):
         resolve_template(None)
 
 
-def test_fused_upsampling_decoder_equals_the_plain_network():
-    import torch
-
-    from segsuite.nets.unet import KerasUNet
-    from segsuite.sclimbic.network import ScLimbicUNet, conv_of_upsampled, phase_kernels
-
-    torch.manual_seed(0)
-    x = torch.randn(1, 5, 6, 7, 4)
-    weight = torch.randn(3, 5, 3, 3, 3)
-    expected = torch.nn.functional.conv3d(torch.nn.functional.interpolate(x, scale_factor=2), weight, padding=1)
-    got = conv_of_upsampled(x, phase_kernels(weight), torch.zeros_like(expected))
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-
-    plain = KerasUNet("unet", 1, 4, n_levels=3, n_features=4)
-    fused = ScLimbicUNet(4, n_levels=3, n_features=4)
-    for module in plain.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    fused.load_state_dict(plain.state_dict())
-    image = torch.rand(1, 1, 16, 20, 12)
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(image), plain(image), atol=1e-5, rtol=1e-4)
-
-
 def test_model_files_default_beside_the_weights_and_from_freesurfer_home(tmp_path, model, monkeypatch):
     import sys
 

@@ -147,9 +147,9 @@ class ScLimbicEngine:
         import torch
 
         from ..nets.keras_h5 import load_keras_weights, read_keras_h5
-        from .network import ScLimbicUNet
+        from ..nets.unet import KerasUNet
 
-        network = ScLimbicUNet(len(self.label_table), n_levels=3, n_features=24)
+        network = KerasUNet("unet", 1, len(self.label_table), n_levels=3, n_features=24)
         load_keras_weights(network.keras_layers(), read_keras_h5(self.model_path), prefixes=["unet"],
                            source=str(self.model_path))
         network = network.to(self.device).eval()
