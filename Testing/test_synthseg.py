@@ -474,3 +474,14 @@ def test_cli_folder_and_list_inputs_end_to_end(tmp_path, random_synthseg_model):
     first = rows[1].split(",")[1:]
     assert np.allclose([float(v) for v in first], list(result.volumes.values()), rtol=1e-5, atol=1e-3)
     assert result.labels.shape == (80, 88, 80) and result.label_table.name(17) == "Left-Hippocampus"
+
+
+def test_ct_clipping_before_rescaling():
+    from segsuite.synthseg.preprocess import rescale_intensities
+
+    data = np.linspace(-1000, 3000, 40 ** 3).reshape(40, 40, 40)
+    ct = rescale_intensities(data, ct=True)
+    assert ct.min() == 0 and ct.max() == 1
+    # everything above 80 HU (and above the 99.5th percentile of the clipped image) maps to 1
+    assert np.all(ct[data >= 80] == 1) and np.all(ct[data <= 0] == 0)
+    assert not np.array_equal(ct, rescale_intensities(data, ct=False))
