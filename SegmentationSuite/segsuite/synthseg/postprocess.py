@@ -66,8 +66,13 @@ def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fas
     foreground = posteriors[1:]
     brain = largest_component(foreground.sum(axis=0) > 0.25)
     foreground *= brain  # zero every structure outside the largest blob
-    del brain
     if not fast and topology is not None:
+        # every structure is now zero outside the brain's bounding box: clean inside it only
+        inside = np.argwhere(brain)
+        window = (slice(None),) + tuple(slice(int(a), int(b) + 1) for a, b in zip(inside.min(0), inside.max(0))) \
+            if len(inside) else (slice(None),) * 4
+        del inside, brain
+        full, posteriors = posteriors, posteriors[window]
         # masks are taken once, after the global step, like the reference
         masks = {}
         for topology_class in np.unique(topology)[1:]:
@@ -83,7 +88,7 @@ def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fas
             for channel in channels:
                 posteriors[channel] *= keep[topology_class]
         del keep
-        posteriors = spatial_crop(posteriors, pad_idx)
+        posteriors = spatial_crop(full, pad_idx)
     else:
         foreground = posteriors[1:]
         foreground *= foreground > 0.2
