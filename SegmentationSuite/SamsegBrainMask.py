@@ -27,8 +27,8 @@ class SamsegBrainMask(ScriptedLoadableModule):
 
 class SamsegBrainMaskWidget(EngineModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     module_name = "SamsegBrainMask"
-    option_parameters = ['cleanedAseg', 'fillHoles']
-    option_defaults = {'cleanedAseg': 'true', 'fillHoles': 'true'}
+    option_parameters = ['keepCsf']
+    option_defaults = {'keepCsf': 'false'}
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -54,7 +54,8 @@ class SamsegBrainMaskLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
         EngineRunLogic.__init__(self)
 
     def engine_options(self, parameters):
-        return {"cleaned_aseg": parse_bool(parameters.get("cleanedAseg")), "fill_holes": parse_bool(parameters.get("fillHoles"))}
+        # the result's label map is the cleaned aseg; the mask follows refine_aseg (closing + hole filling)
+        return {"preset": "samseg2recon" if parse_bool(parameters.get("keepCsf")) else "fmriprep"}
 
 
 class SamsegBrainMaskTest(ScriptedLoadableModuleTest):
@@ -75,7 +76,7 @@ class SamsegBrainMaskTest(ScriptedLoadableModuleTest):
             self.delayDisplay("No sample input for this module: set SEGSUITE_TEST_INPUT to an image to test it")
             return
         logic = SamsegBrainMaskLogic()
-        parameters = dict(logic.default_parameters, **{'cleanedAseg': 'true', 'fillHoles': 'true'})
+        parameters = dict(logic.default_parameters, **{'keepCsf': 'false'})
         parameters["device"] = "cpu"
         nodes = run_logic_synchronously(logic, parameters, input_volume_node=volume)
         self.assertEqual(len(nodes["segmentations"]), 1)

@@ -22,7 +22,7 @@ class ScLimbic(ScriptedLoadableModule):
         self.parent.contributors = ["SegmentationSuite contributors"]
         self.parent.helpText = ("Segments the subcortical limbic structures (nucleus accumbens, hypothalamus, fornix, mammillary bodies, basal forebrain, septal nuclei) on T1-weighted MRI, with volumes, z-scores and confidences (FreeSurfer mri_sclimbic_seg). "
                                 "See <a href='https://github.com/SegmentationSuite/SegmentationSuite'>the documentation</a>.")
-        self.parent.acknowledgementText = "ScLimbic: KM Greve et al., NeuroImage 2021. Weights: FreeSurfer licence."
+        self.parent.acknowledgementText = "ScLimbic: DN Greve et al., NeuroImage 2021. Weights: FreeSurfer licence."
 
 
 class ScLimbicWidget(EngineModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -54,7 +54,8 @@ class ScLimbicLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
         EngineRunLogic.__init__(self)
 
     def engine_options(self, parameters):
-        return {"etiv": parse_bool(parameters.get("etiv")), "keep_ac": parse_bool(parameters.get("keepAc")),
+        # eTIV by registration to the ICBM152 template (no talairach transform inside Slicer)
+        return {"etiv": "register" if parse_bool(parameters.get("etiv")) else None, "keep_ac": parse_bool(parameters.get("keepAc")),
                 "vox_count_volumes": parse_bool(parameters.get("voxelCountVolumes")),
                 "conform": parse_bool(parameters.get("conform"))}
 

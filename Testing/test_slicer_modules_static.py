@@ -133,7 +133,14 @@ def test_engine_module_logic_builds_a_run_engine_command(monkeypatch, name):
     widget_class = getattr(module, name + "Widget")
     parameters = dict(logic.default_parameters, **widget_class.option_defaults, threads="2", device="cpu")
     options = logic.engine_options(parameters)
-    assert isinstance(options, dict) and all(isinstance(v, (bool, int, float, str)) for v in options.values())
+    assert isinstance(options, dict) and all(v is None or isinstance(v, (bool, int, float, str)) for v in options.values())
+    # Every option (all check boxes off, then all on) is accepted by the real engine's signatures.
+    from segsuite.commands.run_engine import resolve_engine, split_options
+
+    engine_class = resolve_engine(logic.engine)
+    all_on = dict(parameters, **{p: "true" for p in widget_class.option_parameters})
+    for choice in (options, logic.engine_options(all_on)):
+        split_options(engine_class, choice)
     arguments = logic.build_arguments(["in.nii.gz"], "out", parameters)
     parsed = cli.build_parser().parse_args(arguments)
     assert parsed.engine == logic.engine and parsed.engine in ENGINES

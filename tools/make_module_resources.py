@@ -34,8 +34,8 @@ ENGINE_OPTIONS = {
         ("testTimeAugmentation", "check", "Test-time augmentation", "Mirror the input and average (slower)", False),
     ],
     "SamsegBrainMask": [
-        ("cleanedAseg", "check", "Write cleaned aseg", "Keep brain labels only (drop skull, extra-cerebral, eyes)", True),
-        ("fillHoles", "check", "Fill holes in the mask", "Morphological closing of the brain mask", True),
+        ("keepCsf", "check", "Keep CSF (samseg2recon preset)",
+         "Keep label 24 in the mask as FreeSurfer's samseg2recon does; default removes 24, 165, 258, 259 (fMRIPrep patch)", False),
     ],
 }
 

@@ -62,6 +62,24 @@ def resolve_engine(name: str):
         raise SegSuiteError(f"{module_name} has no engine class {class_name}") from None
 
 
+def split_options(engine_class, options: dict) -> tuple[dict, dict]:
+    """Engine options -> (constructor keywords, segment() keywords), by the engine's own signatures.
+
+    Per-image choices such as ScLimbic's ``etiv`` are arguments of ``segment``; unknown names
+    are a usage error that names them.
+    """
+    import inspect
+
+    accepted_by_init = set(inspect.signature(engine_class.__init__).parameters) - {"self"}
+    accepted_by_segment = set(inspect.signature(engine_class.segment).parameters) - {"self", "source", "progress"}
+    unknown = sorted(set(options) - accepted_by_init - accepted_by_segment)
+    if unknown:
+        raise UsageError(f"the engine {engine_class.__name__} does not accept the option(s) {', '.join(unknown)}")
+    init = {k: v for k, v in options.items() if k in accepted_by_init}
+    segment = {k: v for k, v in options.items() if k not in accepted_by_init}
+    return init, segment
+
+
 def collect_inputs(inputs: list[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
@@ -108,16 +126,14 @@ def run(args) -> int:
     try:
         engine_class = resolve_engine(args.engine)
         progress(0.0, f"Loading the {args.engine} model")
-        try:
-            engine = engine_class(model=args.model, device=args.device, threads=args.threads, **options)
-        except TypeError as error:
-            raise UsageError(f"the {args.engine} engine does not accept these options ({error})") from None
+        init_options, segment_options = split_options(engine_class, options)
+        engine = engine_class(model=args.model, device=args.device, threads=args.threads, **init_options)
         done, failures = [], []
         for index, (path, name) in enumerate(zip(files, subjects)):
             step = sub_progress(progress, index / len(files), (index + 1) / len(files))
             prefix = f"[{index + 1}/{len(files)}] {name}: " if len(files) > 1 else ""
             try:
-                result = engine.segment(str(path), progress=lambda f, m: step(f, prefix + m))
+                result = engine.segment(str(path), progress=lambda f, m: step(f, prefix + m), **segment_options)
                 if not result.subject:
                     result.subject = name
                 staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=output_dir))
