@@ -31,3 +31,15 @@ def _isolated_model_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SEGSUITE_HOME", str(home))
     monkeypatch.delenv("SEGSUITE_MIRROR", raising=False)
     monkeypatch.setenv("SEGSUITE_CONFIG", str(home / "config.json"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks run faster and deterministically on one thread; restored after the module.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,14 +19,7 @@ from segsuite.scepi.tiny import build_tiny_model  # noqa: E402
 EPI_4D = ("data", "spinal_cord", "sct_testing_fmri_EPI_4d.nii.gz")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

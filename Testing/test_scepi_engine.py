@@ -21,14 +21,7 @@ EPI_4D = ("data", "spinal_cord", "sct_testing_fmri_EPI_4d.nii.gz")
 PATCH = (8, 32, 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from segsuite.synthseg.preprocess import (centre_crop_indices, pad_shape_for, pa
                                           resample_to_1mm)
 from synthseg_helpers import randomise_batch_norm, write_keras_h5
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- Keras .h5 loader -----------------------------------------------------------------------------
