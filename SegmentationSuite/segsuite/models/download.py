@@ -7,7 +7,6 @@ proxy variables (HTTPS_PROXY, NO_PROXY, ...) because trust_env stays on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import time
@@ -17,6 +16,7 @@ from typing import Callable, Optional
 import requests
 
 from .. import __version__
+from ..checksum import sha256_of
 from ..errors import ModelError
 from .config import DownloadSettings
 
@@ -42,13 +42,6 @@ def new_session() -> requests.Session:
     session.headers["Accept-Encoding"] = "identity"   # sizes and Range offsets count stored bytes
     return session
 
-
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_free_space(folder: Path, needed: int, settings: DownloadSettings) -> None:

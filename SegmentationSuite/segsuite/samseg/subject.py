@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
+from ..checksum import sha256_of
 from ..errors import InputError, SegSuiteError
 from ..progress import ProgressCallback, ensure_callback, sub_progress
 from ..result import SegmentationResult
@@ -66,13 +66,6 @@ class SubjectUpdate:
     result: SegmentationResult
     action: str  # "installed" (first run) or "refreshed" (a previous output was replaced)
 
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_record(paths: SubjectPaths) -> dict:

@@ -17,12 +17,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..engine import resolve_device, set_threads
+from ..checksum import sha256_of
 from ..errors import InputError, ModelError, SegSuiteError, UsageError
 from ..image import Volume, as_volume, check_finite, squeeze_to_3d
 from ..labels import Label, LabelTable, fallback_color
 from ..progress import ProgressCallback, ensure_callback
 from ..result import SegmentationResult
-from .modelfolder import ModelFolder, file_sha256, resolve_model
+from .modelfolder import ModelFolder, resolve_model
 from .postprocess import MinimumSize, PostprocessOptions, binarize, parse_remove_small, postprocess
 
 # SCT names orientations by where each axis comes FROM ("LPI": x runs from Left to Right, ...),
@@ -198,7 +199,7 @@ class ScEpiEngine:
             "model_path": os.fspath(self.model.path),
             "folds": list(self.model.folds),
             "checkpoint": self.model.checkpoint_name,
-            "checkpoint_sha256": [file_sha256(p) for p in self.model.checkpoint_paths()],
+            "checkpoint_sha256": [sha256_of(p) for p in self.model.checkpoint_paths()],
             "nnunetv2_version": _package_version("nnunetv2"),
             "device": self.device,
             "model_orientation_sct": self.orientation,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..checksum import sha256_of
 from ..errors import ModelError
 
 MODEL_ID = "sc-epi"
@@ -99,13 +99,6 @@ def find_trainer_folder(folder: Path, source: str) -> ModelFolder:
     return ModelFolder(path=trainer, folds=folds, checkpoint_name=checkpoint_name, source=source)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _unsafe_member_reason(info: zipfile.ZipInfo) -> Optional[str]:
     name = info.filename.replace("\\", "/")
@@ -146,7 +139,7 @@ def safe_extract_zip(zip_path: str | os.PathLike, target: str | os.PathLike) -> 
 
 def extract_release_zip(zip_path: Path) -> Path:
     """Extract a release zip once into the cache (keyed by its sha256) and return that folder."""
-    digest = file_sha256(zip_path)[:16]
+    digest = sha256_of(zip_path)[:16]
     parent = cache_root() / "scepi-zip"
     final = parent / digest
     if final.is_dir():

@@ -8,7 +8,6 @@ volumes, confidences and z-scores against population statistics.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..engine import resolve_device, set_threads
+from ..checksum import sha256_of
 from ..errors import InputError, ModelError
 from ..image import Volume, as_volume, check_finite, strip_image_suffix
 from ..labels import LabelTable
@@ -65,13 +65,6 @@ def resolve_model_files(model=None, ctab=None, population_stats=None, progress=N
             raise ModelError(f"{path} not found: put it beside the model file or give it with {option}")
     return model, ctab, population_stats
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def clean_posteriors(posteriors: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -324,7 +317,7 @@ class ScLimbicEngine:
         result.provenance = {
             "engine": "sclimbic",
             "model": str(self.model_path),
-            "model_sha256": _sha256(self.model_path),
+            "model_sha256": sha256_of(self.model_path),
             "ctab": str(self.ctab_path),
             "population_stats": str(self.stats_path),
             "device": self.device,

@@ -9,7 +9,6 @@ The steps follow SynthSeg's predict_synthseg.py (see docs/synthseg.md for the kn
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..engine import resolve_device, set_threads
+from ..checksum import sha256_of
 from ..errors import InputError, ModelError, SegSuiteError
 from ..labels import Label, LabelTable, freesurfer_lut
 from ..progress import ProgressCallback, ensure_callback
@@ -36,13 +36,6 @@ MODEL_FILES = {
     "synthseg-1.0": "synthseg_1.0.h5",
 }
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_weights(model, model_id: str, segmentation: bool) -> Path:
@@ -112,7 +105,7 @@ class SynthSegEngine:
         for module in net:
             layers.update(module.keras_layers())
         load_keras_weights(layers, weights, prefixes=prefixes, source=str(path))
-        self.weights[model_id] = {"file": str(path), "sha256": _file_sha256(path)}
+        self.weights[model_id] = {"file": str(path), "sha256": sha256_of(path)}
         for module in net:
             module.to(self.device).eval()
 
