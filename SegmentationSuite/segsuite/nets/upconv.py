@@ -1,11 +1,10 @@
-"""Fast exact convolutions for the U-Net decoders and the single-channel first layer.
+"""A fast exact convolution of an up-sampled tensor, for the U-Net decoders.
 
 ``conv3d_of_upsampled(x, weight)`` equals ``conv3d(upsample_nearest_x2(x), weight, padding=k//2)``
 without building the up-sampled tensor: each of the 8 output phases (even/odd index per axis) sees
 the low-resolution input through a smaller kernel (2x2x2 for k=3, 3x3x3 for k=5) whose weights are
 sums of the original taps. That is 27/8 (k=3) or 125/27 (k=5) times fewer multiplications and one
-full-resolution tensor less. ``conv3d_single_channel`` does a 1-input-channel convolution as one
-matrix product per slab (oneDNN is slow for a single input channel).
+full-resolution tensor less.
 """
 
 from __future__ import annotations
@@ -47,54 +46,36 @@ def conv3d_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias=None, kernel
                         out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
     """conv3d(nearest_upsample_x2(x), weight, bias, padding='same') for odd cubic kernels.
 
-    With ``out`` given, the result is written (or added, if ``accumulate``) into it.
+    The 8 phase kernels run as ONE convolution with 8x the output channels over the padded input
+    (no per-phase copies of the input); each phase's block is then shifted by its first offset and
+    written (or added, if ``accumulate``) into every second voxel of ``out``.
     """
     if kernels is None:
         kernels = phase_kernels(weight)
     n, _, d, h, w = x.shape
-    half = weight.shape[-1] // 2
-    pad = (half + 1) // 2  # enough low-resolution margin for every phase
-    padded = F.pad(x, (pad,) * 6)
+    n_out = weight.shape[0]
+    phases = list(kernels.items())
+    size = phases[0][1][0].shape[-1]
+    low = min(min(first) for _, (_, first) in phases)
+    high = max(max(first) for _, (_, first) in phases) + size - 1
+    before, after = -low, high  # margins so that every phase's window lies inside the padded input
+    padded = F.pad(x, (before, after) * 3)
+    stacked = torch.cat([kernel for _, (kernel, _) in phases])
+    blocks = F.conv3d(padded, stacked)  # (n, 8 * n_out, d + high - low - size + 2, ...)
     if out is None:
-        out = torch.empty((n, weight.shape[0], 2 * d, 2 * h, 2 * w), device=x.device, dtype=x.dtype,
+        out = torch.empty((n, n_out, 2 * d, 2 * h, 2 * w), device=x.device, dtype=x.dtype,
                           memory_format=torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
                           else torch.contiguous_format)
         accumulate = False
-    for (a, b, c), (kernel, first) in kernels.items():
-        size = kernel.shape[2:]
-        region = padded[:, :,
-                        pad + first[0]: pad + first[0] + d + size[0] - 1,
-                        pad + first[1]: pad + first[1] + h + size[1] - 1,
-                        pad + first[2]: pad + first[2] + w + size[2] - 1]
-        phase = F.conv3d(region, kernel, bias if not accumulate else None)
+    for number, ((a, b, c), (_, first)) in enumerate(phases):
+        start = [f - low for f in first]
+        phase = blocks[:, number * n_out:(number + 1) * n_out,
+                       start[0]:start[0] + d, start[1]:start[1] + h, start[2]:start[2] + w]
         target = out[:, :, a::2, b::2, c::2]
         if accumulate:
             target.add_(phase)
         else:
             target.copy_(phase)
-        del phase
-    return out
-
-
-def conv3d_single_channel(x: torch.Tensor, weight: torch.Tensor, bias=None, slab: int = 16) -> torch.Tensor:
-    """conv3d with one input channel and 'same' zero padding, as slab-wise matrix products.
-
-    Returns a channels-last tensor (N, O, D, H, W)."""
-    n, channels, d, h, w = x.shape
-    if channels != 1:
-        raise ValueError("conv3d_single_channel needs one input channel")
-    k = weight.shape[-1]
-    half = k // 2
-    padded = F.pad(x[:, 0], (half,) * 6)  # (N, D+2h, H+2h, W+2h)
-    taps = weight.reshape(weight.shape[0], k ** 3).t().contiguous()  # (k^3, O)
-    out = torch.empty((n, d, h, w, weight.shape[0]), device=x.device, dtype=x.dtype)
-    for batch in range(n):
-        for start in range(0, d, slab):
-            stop = min(start + slab, d)
-            columns = torch.stack([padded[batch, start + i: stop + i, j: j + h, l: l + w]
-                                   for i in range(k) for j in range(k) for l in range(k)], dim=-1)
-            result = out[batch, start:stop]
-            torch.matmul(columns, taps, out=result)
             if bias is not None:
-                result.add_(bias)
-    return out.permute(0, 4, 1, 2, 3)
+                target.add_(bias.view(1, -1, 1, 1, 1))
+    return out
