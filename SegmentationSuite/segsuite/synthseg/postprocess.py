@@ -27,17 +27,26 @@ def gaussian_blur_(tensor, sigma: float = BLUR_SIGMA):
     The 3D kernel of lab2im.GaussianBlur is a normalised product of 1D Gaussians, so three 1D passes
     give the same result with one temporary instead of a 27-tap convolution.
     """
+    import torch
+
     weights = blur_weights(sigma)
     if len(weights) != 3:
         raise ValueError("only the 3-tap kernel of sigma 0.5 is implemented")
     side, centre = float(weights[0]), float(weights[1])
-    for axis in (-3, -2, -1):
-        source = tensor.clone()
-        tensor.mul_(centre)
-        n = tensor.shape[axis]
-        tensor.narrow(axis, 1, n - 1).add_(source.narrow(axis, 0, n - 1), alpha=side)
-        tensor.narrow(axis, 0, n - 1).add_(source.narrow(axis, 1, n - 1), alpha=side)
-        del source
+    spatial = tensor.shape[-3:]
+    # one channel at a time through one reused temporary: no second full-size tensor, and each
+    # channel (~33 MB for SynthSeg) stays close to the cache
+    volumes = tensor.view(-1, *spatial) if tensor.is_contiguous() else [tensor]
+    scratch = None
+    for volume in volumes:
+        for axis in (-3, -2, -1):
+            if scratch is None or scratch.shape != volume.shape:
+                scratch = torch.empty_like(volume)
+            scratch.copy_(volume)
+            volume.mul_(centre)
+            n = volume.shape[axis]
+            volume.narrow(axis, 1, n - 1).add_(scratch.narrow(axis, 0, n - 1), alpha=side)
+            volume.narrow(axis, 0, n - 1).add_(scratch.narrow(axis, 1, n - 1), alpha=side)
     return tensor
 
 
@@ -45,12 +54,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 6-connected component of a boolean mask (the mask itself if it is empty)."""
     from scipy.ndimage import label
 
-    components, count = label(mask)
-    if count == 0:
+    # label only the mask's bounding box: most structures fill a small part of the volume
+    extent = [np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis)))
+              for axis in range(mask.ndim)]
+    if any(len(indices) == 0 for indices in extent):
         return mask.copy()
+    window = tuple(slice(int(indices[0]), int(indices[-1]) + 1) for indices in extent)
+    components, _ = label(mask[window])
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    return components == int(np.argmax(sizes))
+    largest = np.zeros_like(mask)
+    largest[window] = components == int(np.argmax(sizes))
+    return largest
 
 
 def spatial_crop(array: np.ndarray, idx: Sequence[int]) -> np.ndarray:
@@ -108,7 +123,12 @@ def normalise_(posteriors: np.ndarray) -> np.ndarray:
 
 
 def hard_labels(posteriors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.asarray(labels, dtype=np.int32)[np.argmax(posteriors, axis=0)]
+    """Label of the most probable channel (the first one on ties, as numpy's argmax)."""
+    import torch
+
+    # torch's argmax runs on every thread (numpy's on one); both return the first maximum
+    index = torch.from_numpy(posteriors).argmax(0).numpy()
+    return np.asarray(labels, dtype=np.int32)[index]
 
 
 def postprocess_parcellation(parcellation: np.ndarray, pad_idx: Sequence[int], segmentation: np.ndarray,
