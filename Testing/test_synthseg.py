@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 import nibabel as nib
@@ -19,8 +20,8 @@ from segsuite.nets.upconv import conv3d_of_upsampled
 from segsuite.synthseg import labels as L
 from segsuite.synthseg.engine import qc_crop, reslice_nearest, resolve_weights
 from segsuite.synthseg.outputs import csv_text, plan_outputs
-from segsuite.synthseg.postprocess import (blur_weights, gaussian_blur_, largest_component, postprocess_segmentation,
-                                           soft_volumes)
+from segsuite.synthseg.postprocess import (blur_weights, gaussian_blur_, hard_labels, largest_component,
+                                           postprocess_segmentation, soft_volumes)
 from segsuite.synthseg.preprocess import (centre_crop_indices, pad_shape_for, pad_volume, prepare, ras_alignment,
                                           resample_to_1mm)
 from synthseg_helpers import randomise_batch_norm, write_keras_h5
@@ -240,6 +241,9 @@ def test_blur_equals_3d_kernel():
     x = torch.rand(2, 7, 6, 5)
     expected = F.conv3d(x[:, None], kernel[None, None], padding=1)[:, 0]
     assert torch.allclose(gaussian_blur_(x.clone()), expected, atol=1e-6)
+    # a non-contiguous tensor is blurred in place as a whole (no per-channel view exists)
+    strided = x.clone().transpose(1, 3)
+    assert torch.allclose(gaussian_blur_(strided), expected.transpose(1, 3), atol=1e-6)
 
 
 def synthetic_posteriors():
@@ -289,6 +293,33 @@ def test_global_component_removes_detached_structures():
 def test_largest_component_of_empty_mask():
     mask = np.zeros((4, 4, 4), dtype=bool)
     assert not largest_component(mask).any()
+
+
+def test_largest_component_matches_labelling_the_whole_volume():
+    from scipy.ndimage import label
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mask = np.zeros((30, 25, 20), dtype=bool)
+        mask[5:28, 3:24, 2:19] = rng.random((23, 21, 17)) > 0.6  # many components, off-origin box
+        components, _ = label(mask)
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        expected = components == np.argmax(sizes)
+        result = largest_component(mask)
+        assert result.shape == mask.shape and result.any()
+        assert np.array_equal(result, expected)
+
+
+def test_hard_labels_take_the_first_maximum_like_numpy():
+    rng = np.random.default_rng(4)
+    posteriors = rng.integers(0, 3, size=(6, 5, 4, 3)).astype(np.float32)  # many ties
+    labels = np.array([0, 2, 3, 4, 17, 53])
+    expected = labels[np.argmax(posteriors, axis=0)]
+    assert np.array_equal(hard_labels(posteriors, labels), expected)
+    # a strided view (the un-padded window of the padded posteriors) gives the same
+    view = posteriors[:, 1:4, ::2]
+    assert np.array_equal(hard_labels(view, labels), labels[np.argmax(view, axis=0)])
 
 
 def test_volumes_total_and_parcellation_scaled_to_cortex():
@@ -395,6 +426,30 @@ def test_cli_refuses_existing_output_and_wrong_flag_combination(tmp_path, random
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_v1_runs_end_to_end_with_its_own_label_set_and_csv(tmp_path):
+    """--v1: the 1.0 network (32 labels, no total intracranial volume) from synthseg_1.0.h5."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    torch.manual_seed(1)
+    net = KerasUNet("unet", 1, 32)
+    randomise_batch_norm(net)
+    write_keras_h5(folder / "synthseg_1.0.h5", net.keras_layers())
+    yy, xx, zz = np.mgrid[:24, :26, :22]
+    image = (((xx - 13) ** 2 + (yy - 12) ** 2 + (zz - 11) ** 2) < 80).astype(np.float32) * 100
+    path = _save(tmp_path / "in.nii.gz", image + np.random.default_rng(0).random(image.shape).astype(np.float32))
+    out = tmp_path / "out"
+    assert cli.main(["--progress", "none", "synthseg", "--i", str(path), "--o", str(out / "seg.nii.gz"),
+                     "--vol", str(out / "vol.csv"), "--v1", "--model", str(folder), "--cpu", "--threads", "1"]) == 0
+    labels = L.segmentation_labels(True)
+    segmentation = np.asarray(nib.load(str(out / "seg.nii.gz")).dataobj)
+    assert segmentation.shape == image.shape
+    assert set(np.unique(segmentation)) <= set(int(v) for v in labels)
+    rows = list(csv.reader(open(out / "vol.csv")))
+    assert rows[0][1:] == L.volume_names(labels, v1=True)
+    assert "total intracranial" not in rows[0] and len(rows[0]) == 1 + len(labels) - 1
+    assert rows[1][0] == "in" and all(float(v) >= 0 for v in rows[1][1:])
+
+
 def test_engine_rejects_bad_arrays(random_synthseg_model):
     from segsuite.synthseg import SynthSegEngine
 
@@ -423,6 +478,21 @@ def test_slabwise_softmax_and_flip_accumulation_match_whole_volume():
         assert out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
         engine._softmax_into(net, torch.flip(x, dims=[2]), out=out, flip_channels=flip, slab=7)
         assert torch.allclose(out, expected_sum, atol=1e-6)
+
+
+def test_slabwise_argmax_and_one_hot_match_whole_volume():
+    from segsuite.synthseg.engine import SynthSegEngine
+
+    engine = object.__new__(SynthSegEngine)
+    net = KerasUNet("l2l", 4, 4, n_levels=2, n_features=3, kernel_size=5, n_skip_levels=1)
+    randomise_batch_norm(net)
+    groups = torch.randint(0, 4, (12, 8, 8))
+    with torch.inference_mode():
+        onehot = engine._one_hot(groups, 4)
+        assert onehot.shape == (1, 4, 12, 8, 8) and torch.equal(onehot.argmax(1)[0], groups)
+        assert torch.equal(onehot, F.one_hot(groups, 4).permute(3, 0, 1, 2)[None].float())
+        expected = net.logits(onehot).argmax(1)[0]
+        assert torch.equal(engine._argmax(net, onehot, slab=5), expected)
 
 
 def test_float32_channel_sums_equal_numpy_on_the_reference_layout():

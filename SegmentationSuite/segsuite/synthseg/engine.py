@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..engine import resolve_device, set_threads
+from ..memory import outside_heap, reuse_freed_memory
 from ..checksum import sha256_of
 from ..errors import InputError, ModelError, SegSuiteError
 from ..labels import Label, LabelTable, freesurfer_lut
@@ -142,45 +143,81 @@ class SynthSegEngine:
 
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
-    def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 16):
-        """Softmax posteriors of ``net`` as a contiguous (C, X, Y, Z) tensor, computed slab by slab
-        from the last features so that no full-size logits/softmax temporaries exist.
-
-        With ``flip_channels``, ``x`` is the image flipped on axis 0: the prediction is flipped back,
-        its channels reordered (left <-> right) and ADDED to ``out``."""
+    @staticmethod
+    def _slab_logits(net, x, flip_channels=None, slab: int = 16):
+        """(start, stop, logits) for slabs of axis 0: the last 1x1x1 conv as one matrix product per
+        slab, channel-first (C, voxels), straight from the channels-last features, so that no
+        full-size logits tensor exists. With ``flip_channels``, ``x`` is the image flipped on axis 0:
+        each slab is flipped back and its channels reordered (left <-> right); ``start:stop`` then
+        index the un-flipped volume."""
         import torch
 
         features = net.features(x)
         likelihood = net.layers[f"{net.prefix}_likelihood"]
+        weight, bias = likelihood.weight, likelihood.bias
+        if flip_channels is not None:
+            # a channel permutation of the output is a row permutation of the 1x1 conv
+            index = torch.as_tensor(flip_channels, device=features.device)
+            weight, bias = weight[index], bias[index]
+        weight = weight.reshape(weight.shape[0], -1)
         size = features.shape[2]
-        if out is None:
-            out = torch.empty((likelihood.out_channels,) + tuple(features.shape[2:]), dtype=features.dtype,
-                              device=features.device)
-        index = None if flip_channels is None else torch.as_tensor(flip_channels, device=features.device)
         for start in range(0, size, slab):
             stop = min(start + slab, size)
-            probabilities = torch.softmax(likelihood(features[:, :, start:stop]), dim=1)[0]
-            if index is None:
-                out[:, start:stop] = probabilities
+            if flip_channels is None:
+                block = features[0, :, start:stop]
             else:
-                out[:, size - stop:size - start] += probabilities[index].flip(1)
-            del probabilities
+                block = features[0, :, size - stop:size - start].flip(1)
+            yield start, stop, torch.addmm(bias[:, None], weight, block.reshape(block.shape[0], -1))
+
+    def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 16):
+        """Softmax posteriors of ``net`` as a contiguous (C, X, Y, Z) tensor, slab by slab; with
+        ``flip_channels`` (``x`` flipped on axis 0) the un-flipped posteriors are ADDED to ``out``."""
+        import torch
+
+        if out is None:
+            channels = net.layers[f"{net.prefix}_likelihood"].out_channels
+            out = outside_heap((channels,) + tuple(x.shape[2:]), x.device)
+        for start, stop, logits in self._slab_logits(net, x, flip_channels, slab):
+            logits.sub_(logits.amax(0)).exp_()
+            logits.div_(logits.sum(0))
+            target = out[:, start:stop]
+            if flip_channels is None:
+                target.copy_(logits.view(target.shape))
+            else:
+                target.add_(logits.view(target.shape))
+            del logits
         return out
+
+    def _argmax(self, net, x, slab: int = 16):
+        """Index of the largest logit per voxel, (X, Y, Z) int64."""
+        import torch
+
+        out = torch.empty(tuple(x.shape[2:]), dtype=torch.int64, device=x.device)
+        for start, stop, logits in self._slab_logits(net, x, slab=slab):
+            out[start:stop] = logits.argmax(0).view(out[start:stop].shape)
+        return out
+
+    @staticmethod
+    def _one_hot(groups, count: int):
+        """(1, count, X, Y, Z) float one-hot of an index volume, channels-last (the convs' layout)."""
+        import torch
+
+        onehot = torch.zeros((1,) + tuple(groups.shape) + (count,), dtype=torch.float32, device=groups.device)
+        return onehot.permute(0, 4, 1, 2, 3).scatter_(1, groups[None, None], 1.0)
 
     def _segment_posteriors(self, image, progress):
         """Padded (C, X, Y, Z) posteriors of the segmentation network(s)."""
         import torch
-        import torch.nn.functional as F
 
         x = self._tensor(image)[None, None]
         if self.robust:
-            groups = self.unet.logits(x).argmax(1)
+            groups = self._argmax(self.unet, x)
             progress(0.25, "robust: denoising the labels")
-            onehot = F.one_hot(groups, L.N_DENOISER_GROUPS).permute(0, 4, 1, 2, 3).float()
+            onehot = self._one_hot(groups, L.N_DENOISER_GROUPS)
             del groups
-            groups = self.l2l.logits(onehot).argmax(1)
+            groups = self._argmax(self.l2l, onehot)
             del onehot
-            onehot = F.one_hot(groups, L.N_DENOISER_GROUPS).permute(0, 4, 1, 2, 3).float()
+            onehot = self._one_hot(groups, L.N_DENOISER_GROUPS)
             del groups
             progress(0.5, "robust: segmenting")
             return self._softmax_into(self.unet2, torch.cat([x, onehot], 1))
@@ -228,9 +265,12 @@ class SynthSegEngine:
         resample_output: reslice the hard labels (nearest) to the input's voxel grid instead of the
         1 mm grid SynthSeg works on (mri_synthseg --keepgeom).
         """
+        with reuse_freed_memory():
+            return self._segment(source, ensure_callback(progress), resample_output, subject)
+
+    def _segment(self, source, report, resample_output, subject) -> SegmentationResult:
         import torch
 
-        report = ensure_callback(progress)
         started = time.perf_counter()
         report(0.0, "preprocessing")
         prepared = prepare(source, crop=self.crop, ct=self.ct)
