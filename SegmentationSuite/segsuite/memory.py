@@ -1,11 +1,13 @@
-"""Keep freed memory for reuse while an engine runs (glibc only).
+"""Keep freed memory for reuse while a network runs (glibc only).
 
 glibc serves every allocation above 32 MiB with a fresh ``mmap`` and gives it back on free, so each
 new full-size tensor of a 3D network costs the kernel a page fault and a zero-fill per 4 KiB page.
 For SynthSeg that is about 9 million page faults and ~25 s of system time per scan on 2 cores.
 Inside ``reuse_freed_memory()`` large blocks come from the heap instead and freed blocks are reused;
 on exit the defaults are restored and the free memory is handed back to the system
-(``malloc_trim``), so a long-lived process such as Slicer does not keep the peak.
+(``malloc_trim``), so a long-lived process such as Slicer does not keep the peak. SynthSeg uses it
+around its two passes (35 s instead of 52 s per scan); networks whose temporaries differ in size
+fragment the reused heap, so the robust chain does without.
 
 Elsewhere (macOS, Windows, musl) it does nothing. ``SEGSUITE_REUSE_MEMORY=0`` turns it off.
 """

@@ -211,6 +211,8 @@ class SynthSegEngine:
 
         x = self._tensor(image)[None, None]
         if self.robust:
+            # no reuse_freed_memory here: three networks whose temporaries differ in size fragment
+            # the reused heap (5.2-6.5 GiB peak instead of 3.6 GiB, for 10% less time)
             groups = self._argmax(self.unet, x)
             progress(0.25, "robust: denoising the labels")
             onehot = self._one_hot(groups, L.N_DENOISER_GROUPS)
@@ -221,14 +223,15 @@ class SynthSegEngine:
             del groups
             progress(0.5, "robust: segmenting")
             return self._softmax_into(self.unet2, torch.cat([x, onehot], 1))
-        posteriors = self._softmax_into(self.unet, x)
-        if self.flip is not None:
-            progress(0.3, "segmenting the flipped image")
-            self._softmax_into(self.unet, torch.flip(x, dims=[2]), out=posteriors, flip_channels=self.flip)
-            posteriors.mul_(0.5)
-        # default and --fast both blur (only the robust chain does not); the blur is linear and
-        # symmetric, so blurring the flip average equals averaging the two blurred outputs
-        gaussian_blur_(posteriors)
+        with reuse_freed_memory():
+            posteriors = self._softmax_into(self.unet, x)
+            if self.flip is not None:
+                progress(0.3, "segmenting the flipped image")
+                self._softmax_into(self.unet, torch.flip(x, dims=[2]), out=posteriors, flip_channels=self.flip)
+                posteriors.mul_(0.5)
+            # default and --fast both blur (only the robust chain does not); the blur is linear and
+            # symmetric, so blurring the flip average equals averaging the two blurred outputs
+            gaussian_blur_(posteriors)
         return posteriors
 
     def _parcellate(self, image, argmax):
@@ -265,12 +268,9 @@ class SynthSegEngine:
         resample_output: reslice the hard labels (nearest) to the input's voxel grid instead of the
         1 mm grid SynthSeg works on (mri_synthseg --keepgeom).
         """
-        with reuse_freed_memory():
-            return self._segment(source, ensure_callback(progress), resample_output, subject)
-
-    def _segment(self, source, report, resample_output, subject) -> SegmentationResult:
         import torch
 
+        report = ensure_callback(progress)
         started = time.perf_counter()
         report(0.0, "preprocessing")
         prepared = prepare(source, crop=self.crop, ct=self.ct)
