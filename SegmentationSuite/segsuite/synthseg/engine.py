@@ -20,7 +20,7 @@ from .. import __version__
 from ..engine import resolve_device, set_threads
 from ..memory import outside_heap, reuse_freed_memory
 from ..checksum import sha256_of
-from ..errors import InputError, ModelError, SegSuiteError
+from ..errors import ModelError, SegSuiteError
 from ..labels import Label, LabelTable, freesurfer_lut
 from ..progress import ProgressCallback, ensure_callback
 from ..result import SegmentationResult
@@ -172,8 +172,6 @@ class SynthSegEngine:
     def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 16):
         """Softmax posteriors of ``net`` as a contiguous (C, X, Y, Z) tensor, slab by slab; with
         ``flip_channels`` (``x`` flipped on axis 0) the un-flipped posteriors are ADDED to ``out``."""
-        import torch
-
         if out is None:
             channels = net.layers[f"{net.prefix}_likelihood"].out_channels
             out = outside_heap((channels,) + tuple(x.shape[2:]), x.device)

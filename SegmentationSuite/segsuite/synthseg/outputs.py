@@ -6,7 +6,7 @@ import csv
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..image import Volume, as_volume, check_finite, load_volume, voxel_sizes
+from ..image import as_volume, check_finite, load_volume, voxel_sizes
 
 TARGET_RESOLUTION = 1.0
 RESOLUTION_TOLERANCE = 0.05
