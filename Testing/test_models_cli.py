@@ -70,7 +70,7 @@ def test_install_from_file_folder_and_zip_then_verify_path_remove(tiny, tmp_path
     assert main(["models", "verify"]) == 0
     assert "tiny: ok" in capsys.readouterr().out
 
-    installed.write_bytes(BODY[:-1] + b"\0")             # corruption is found
+    installed.write_bytes(BODY[:-1] + bytes([BODY[-1] ^ 0xFF]))  # corruption is found (last byte always changes)
     assert main(["models", "verify", "tiny"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
