@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import shutil
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -71,8 +74,10 @@ def run_outputs(fixture_models, tmp_path_factory):
 # The robust chain (U-Net -> argmax -> l2l -> argmax -> U-Net) with the fixture's RANDOM weights is
 # chaotic: in our own implementation a 1e-6 relative change of the input flips 7 voxels after the
 # first network, 3,945 after l2l and 4.4% of the final labels (128^3 crop). No float32 port can
-# agree with TF better than that, so this run is held to what round-off allows: 95% of the labels,
-# total intracranial volume within 1%; the default, fast, crop and parc runs get the issue's bounds.
+# agree with TF better than that end to end, so this run is held to what round-off allows: 95% of
+# the labels, total intracranial volume within 1%. Each network of the chain is held to the issue's
+# bounds on its own by test_robust_chain_network_by_network; the default, fast, crop and parc runs
+# get the issue's bounds end to end.
 CHAOTIC = {"c_robust_vol": {"labels": 0.95, "total_intracranial": 0.01}}
 
 
@@ -140,3 +145,44 @@ def test_posteriors_match_reference(run_outputs):
     assert np.all(np.abs(sums - reference_sums) <= 1e-3 * np.maximum(reference_sums, 1.0))
     # the input is already at 1 mm: like the reference, no resampled image is written
     assert not (out / "t1_crop_fov_resampled.nii.gz").exists()
+
+
+STAGES = Path(__file__).resolve().parent / "fixtures" / "synthseg_robust_stages.npz"
+
+
+def test_robust_chain_network_by_network(fixture_models):
+    """Each network of the robust chain, fed the reference's own input for it, gives the reference's
+    result (Testing/fixtures/make_synthseg_robust_stages.py ran SynthSeg's build_model in TF 2.15 with
+    the fixture weights on an input synthesised from SynthSeg's Apache-2.0 training label map)."""
+    import torch
+
+    from segsuite.synthseg import SynthSegEngine
+    from segsuite.synthseg import labels as L
+
+    sys.path.insert(0, str(STAGES.parent))
+    from make_synthseg_robust_stages import BLOCK, synthetic_input
+
+    reference = np.load(STAGES)
+    weights = fixture_models / "synthseg_robust_2.0.h5"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == str(reference["weights_sha256"]), \
+        "the stage fixture was made with other weights: re-run make_synthseg_robust_stages.py"
+    image = synthetic_input(shared_path("data", "label_maps", "synthseg_training_seg_01.nii.gz"))
+    assert image.astype(np.float64).sum() == float(reference["input_sum"])  # the very same input
+
+    engine = SynthSegEngine(model=fixture_models, robust=True, device="cpu", threads=2)
+    x = torch.from_numpy(image)[None, None]
+
+    def one_hot(indices):
+        return engine._one_hot(torch.from_numpy(indices.astype(np.int64)), L.N_DENOISER_GROUPS)
+
+    first = engine._argmax(engine.unet, x).numpy()
+    assert np.mean(first == reference["unet_argmax"]) >= 0.999
+    second = engine._argmax(engine.l2l, one_hot(reference["unet_argmax"])).numpy()
+    assert np.mean(second == reference["l2l_argmax"]) >= 0.999
+    posteriors = engine._softmax_into(engine.unet2, torch.cat([x, one_hot(reference["l2l_argmax"])], 1)).numpy()
+    assert np.mean(posteriors.argmax(0) == reference["unet2_argmax"]) >= 0.999
+    assert np.abs(posteriors[(slice(None),) + BLOCK] - reference["unet2_block"]).max() <= 1e-3
+    sums = posteriors.sum(axis=(1, 2, 3), dtype=np.float64)
+    assert np.all(np.abs(sums - reference["unet2_channel_sums"]) <= 1e-4 * np.maximum(reference["unet2_channel_sums"], 1.0))
+    # the maps are not degenerate: every group and most labels occur
+    assert np.bincount(reference["l2l_argmax"].ravel(), minlength=L.N_DENOISER_GROUPS).min() > 0
