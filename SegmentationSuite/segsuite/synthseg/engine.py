@@ -144,12 +144,12 @@ class SynthSegEngine:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     @staticmethod
-    def _slab_logits(net, x, flip_channels=None, slab: int = 16):
+    def _slab_logits(net, x, flip_channels=None, slab: int = 16, channel_first: bool = True):
         """(start, stop, logits) for slabs of axis 0: the last 1x1x1 conv as one matrix product per
-        slab, channel-first (C, voxels), straight from the channels-last features, so that no
-        full-size logits tensor exists. With ``flip_channels``, ``x`` is the image flipped on axis 0:
-        each slab is flipped back and its channels reordered (left <-> right); ``start:stop`` then
-        index the un-flipped volume."""
+        slab, channel-first (C, voxels) or else (voxels, C), straight from the channels-last
+        features, so that no full-size logits tensor exists. With ``flip_channels``, ``x`` is the
+        image flipped on axis 0: each slab is flipped back and its channels reordered (left <->
+        right); ``start:stop`` then index the un-flipped volume."""
         import torch
 
         features = net.features(x)
@@ -167,7 +167,11 @@ class SynthSegEngine:
                 block = features[0, :, start:stop]
             else:
                 block = features[0, :, size - stop:size - start].flip(1)
-            yield start, stop, torch.addmm(bias[:, None], weight, block.reshape(block.shape[0], -1))
+            block = block.reshape(block.shape[0], -1)
+            if channel_first:
+                yield start, stop, torch.addmm(bias[:, None], weight, block)
+            else:
+                yield start, stop, torch.addmm(bias, block.t(), weight.t())
 
     def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 16):
         """Softmax posteriors of ``net`` as a contiguous (C, X, Y, Z) tensor, slab by slab; with
@@ -191,8 +195,9 @@ class SynthSegEngine:
         import torch
 
         out = torch.empty(tuple(x.shape[2:]), dtype=torch.int64, device=x.device)
-        for start, stop, logits in self._slab_logits(net, x, slab=slab):
-            out[start:stop] = logits.argmax(0).view(out[start:stop].shape)
+        # voxels-by-channels logits: an argmax along contiguous rows is ~10x faster than along dim 0
+        for start, stop, logits in self._slab_logits(net, x, slab=slab, channel_first=False):
+            out[start:stop] = logits.argmax(1).view(out[start:stop].shape)
         return out
 
     @staticmethod
