@@ -186,3 +186,58 @@ def test_robust_chain_network_by_network(fixture_models):
     assert np.all(np.abs(sums - reference["unet2_channel_sums"]) <= 1e-4 * np.maximum(reference["unet2_channel_sums"], 1.0))
     # the maps are not degenerate: every group and most labels occur
     assert np.bincount(reference["l2l_argmax"].ravel(), minlength=L.N_DENOISER_GROUPS).min() > 0
+
+
+RUNS_V1_CT = Path(__file__).resolve().parent / "fixtures" / "synthseg_v1_ct_runs.npz"
+
+
+@pytest.mark.parametrize("kind", ["v1", "ct"])
+def test_v1_and_ct_runs_match_reference(kind, fixture_models, tmp_path):
+    """--v1 (random 1.0 weights from a fixed seed, 1.5 mm LIA input) and --ct (the fixture's 2.0
+    weights, 0.9 x 0.9 x 3 mm input in Hounsfield units) against the reference CLI's outputs
+    (Testing/fixtures/make_synthseg_v1_ct_runs.py); both inputs are resampled to 1 mm on the way."""
+    import io
+
+    sys.path.insert(0, str(RUNS_V1_CT.parent))
+    import make_synthseg_v1_ct_runs as maker
+
+    reference = np.load(RUNS_V1_CT)
+    label_map = shared_path("data", "label_maps", "synthseg_training_seg_01.nii.gz")
+    models = tmp_path / "models"
+    models.mkdir()
+    if kind == "v1":
+        assert maker.write_random_v1_weights(models / "synthseg_1.0.h5") == str(reference["v1_weights_sha256"])
+        extra = ["--v1", "--post", str(tmp_path / "post")]
+    else:
+        shutil.copyfile(fixture_models / "synthseg_2.0.h5", models / "synthseg_2.0.h5")
+        assert hashlib.sha256((models / "synthseg_2.0.h5").read_bytes()).hexdigest() == str(reference["ct_weights_sha256"])
+        extra = ["--ct"]
+    image = tmp_path / f"{kind}.nii.gz"
+    maker.write_input(image, label_map, kind)
+    data = np.ascontiguousarray(maker.synthetic_image(label_map, kind)[0])
+    assert hashlib.sha256(data).hexdigest() == str(reference[f"{kind}_input_sha256"])  # the very same input
+
+    out = tmp_path / "seg.nii.gz"
+    assert cli.main(["--progress", "none", "synthseg", "--i", str(image), "--o", str(out), "--vol",
+                     str(tmp_path / "volumes.csv"), "--model", str(models), "--threads", "2", "--cpu", *extra]) == 0
+    seg = nib.load(out)
+    assert np.allclose(seg.affine, reference[f"{kind}_affine"], atol=1e-4)
+    ours, ref = np.asarray(seg.dataobj), reference[f"{kind}_seg"]
+    assert ours.shape == ref.shape
+    agreement = float(np.mean(ours == ref))
+    assert agreement >= 0.999, f"labels agree on {agreement:.5%} of voxels"
+
+    ref_csv = list(csv.reader(io.StringIO(str(reference[f"{kind}_volumes_csv"]))))
+    ours_csv = read_csv(tmp_path / "volumes.csv")
+    assert ours_csv[0] == ref_csv[0]
+    ours_values, ref_values = np.array(ours_csv[1][1:], dtype=float), np.array(ref_csv[1][1:], dtype=float)
+    relative = (np.abs(ours_values - ref_values) - 0.01).clip(min=0) / np.maximum(np.abs(ref_values), 1.0)
+    assert relative.max() <= 1e-3, f"{ref_csv[0][1 + int(np.argmax(relative))]}: {relative.max():.2e}"
+
+    if kind == "v1":
+        posteriors = nib.load(tmp_path / "post" / "v1_posteriors.nii.gz")
+        assert list(posteriors.shape) == list(reference["v1_post_shape"])
+        values = np.asarray(posteriors.dataobj, dtype=np.float32)
+        assert np.abs(values[maker.BLOCK] - reference["v1_post_block"]).max() <= 1e-3
+        sums = values.sum(axis=(0, 1, 2), dtype=np.float64)
+        assert np.all(np.abs(sums - reference["v1_post_sums"]) <= 1e-3 * np.maximum(reference["v1_post_sums"], 1.0))
