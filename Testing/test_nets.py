@@ -63,6 +63,30 @@ def test_fast_forward_equals_the_plain_network(levels, kernel, skip_levels, chan
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("negative", [False, True])
+def test_encoder_batch_norm_after_pooling_equals_pooling_after_batch_norm(negative):
+    """The encoder normalises the pooled tensor when every BN scale is positive (exact: the affine
+    map and its rounding are monotone); a negative scale, where max and BN do not commute, takes
+    the literal path."""
+    torch.manual_seed(0)
+    net = randomised(KerasUNet("net", 1, 5, n_levels=3, n_features=4))
+    bn = net.layers["net_bn_down_0"]
+    if negative:
+        with torch.no_grad():
+            bn.weight[1] = -0.9
+    x = torch.randn(1, 4, 9, 8, 7)  # odd sizes: ceil-mode windows at the border
+    with torch.inference_mode():
+        literal = F.max_pool3d(bn(x), 2, ceil_mode=True)
+        fast = net._bn_then_pool("net_bn_down_0", x.clone())
+        swapped = bn(F.max_pool3d(x, 2, ceil_mode=True))
+    assert torch.equal(fast, literal)  # the same values, bit for bit (same BN code, monotone rounding)
+    assert (swapped - literal).abs().max() > 1e-2 if negative else torch.allclose(swapped, literal, atol=1e-6)
+    if negative:
+        image = torch.rand(1, 1, 16, 24, 8)
+        with torch.inference_mode():
+            torch.testing.assert_close(net(image.clone()), plain_forward(net, image.clone()), atol=2e-5, rtol=1e-4)
+
+
 def test_a_wrong_layer_name_breaks_the_comparison():
     """The plain reference really depends on the weights (guards against a vacuous test)."""
     torch.manual_seed(0)

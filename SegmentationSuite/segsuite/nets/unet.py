@@ -79,16 +79,27 @@ class KerasUNet(nn.Module):
         conv3d_of_upsampled(low, conv.weight[:, n_skip:], out=out, accumulate=True)
         return F.elu(out, inplace=True)
 
+    def _bn_scale_shift(self, name: str):
+        bn = self.layers[name]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return scale, bn.bias - bn.running_mean * scale
+
     def _bn(self, name: str, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if not self.batch_norm:
             return x
-        bn = self.layers[name]
         if not inplace:
-            return bn(x)
+            return self.layers[name](x)
         # the same affine map as BatchNorm3d in inference, without a second full-size tensor
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        scale, shift = self._bn_scale_shift(name)
         return x.mul_(scale.view(1, -1, 1, 1, 1)).add_(shift.view(1, -1, 1, 1, 1))
+
+    def _bn_then_pool(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """max_pool(batch_norm(x)) without normalising the full-resolution tensor: with every
+        channel's scale positive the affine map is monotone (so is its float rounding), so it
+        commutes with the max and runs on the 8x smaller pooled tensor, with the same values."""
+        if self.batch_norm and not bool((self._bn_scale_shift(name)[0] > 0).all()):
+            return F.max_pool3d(self._bn(name, x), 2, ceil_mode=True)
+        return self._bn(name, F.max_pool3d(x, 2, ceil_mode=True))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers[f"{self.prefix}_likelihood"](self.features(x))
@@ -104,9 +115,10 @@ class KerasUNet(nn.Module):
             for conv in range(self.n_conv):
                 x = self._conv_elu(f"{p}_conv_downarm_{level}_{conv}", x)
             skips.append(x)
-            x = self._bn(f"{p}_bn_down_{level}", x)
             if level < self.n_levels - 1:
-                x = F.max_pool3d(x, 2, ceil_mode=True)
+                x = self._bn_then_pool(f"{p}_bn_down_{level}", x)
+            else:
+                x = self._bn(f"{p}_bn_down_{level}", x)
         skips.pop()  # the deepest level's output is x itself, not a skip
         for step in range(self.n_levels - 1):
             index = self.n_levels + step
