@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import torch
+
+from keras_h5_writer import write_keras_weights
 
 
 def keras_variables(module) -> dict[str, np.ndarray]:
@@ -22,15 +23,7 @@ def write_keras_h5(path, layers: dict, overrides: dict | None = None) -> None:
     content = {name: keras_variables(module) for name, module in layers.items()}
     for name, variables in (overrides or {}).items():
         content[name] = variables
-    with h5py.File(path, "w") as handle:
-        handle.attrs["layer_names"] = [name.encode() for name in content]
-        handle.attrs["backend"] = b"tensorflow"
-        handle.attrs["keras_version"] = b"2.15.0"
-        for name, variables in content.items():
-            group = handle.create_group(name)
-            group.attrs["weight_names"] = [f"{name}/{var}:0".encode() for var in variables]
-            for var, value in variables.items():
-                group.create_dataset(f"{name}/{var}:0", data=np.asarray(value, dtype=np.float32))
+    write_keras_weights(path, content)
 
 
 def randomise_batch_norm(module, seed: int = 0) -> None:
