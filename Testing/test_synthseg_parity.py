@@ -74,12 +74,14 @@ def run_outputs(fixture_models, tmp_path_factory):
 
 # The robust chain (U-Net -> argmax -> l2l -> argmax -> U-Net) with the fixture's RANDOM weights is
 # chaotic: in our own implementation a 1e-6 relative change of the input flips 7 voxels after the
-# first network, 3,945 after l2l and 4.4% of the final labels (128^3 crop). No float32 port can
-# agree with TF better than that end to end, so this run is held to what round-off allows: 95% of
-# the labels, total intracranial volume within 1%. Each network of the chain is held to the issue's
+# first network, 3,945 after l2l and 4.4% of the final labels (128^3 crop). The reference itself
+# does no better: SynthSeg's own command line, re-run on this project's machine with the fixture's
+# software versions, weights, input and flags, agrees with this fixture on 96.73% of the labels
+# (total intracranial volume within 3.2e-5). So this run is held to 95% of the labels and the
+# issue's 0.1% for total intracranial volume; each network of the chain is held to the issue's
 # bounds on its own by test_robust_chain_network_by_network; the default, fast, crop and parc runs
 # get the bounds end to end.
-CHAOTIC = {"c_robust_vol": {"labels": 0.95, "total_intracranial": 0.01}}
+CHAOTIC = {"c_robust_vol": {"labels": 0.95, "total_intracranial": 1e-3}}
 
 
 def expected_volumes(name, header, values):
