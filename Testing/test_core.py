@@ -112,3 +112,25 @@ def test_cli_usage_error_exits_2(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
+
+
+
+def test_ieee_float32_turns_tf32_off_for_the_block_and_restores_the_callers_setting():
+    from precision_helpers import ieee_state, set_tf32_state, tf32_state, uses_precision_api
+
+    from segsuite.engine import ieee_float32
+
+    before = tf32_state()
+    try:
+        set_tf32_state(("tf32", "tf32") if uses_precision_api() else (True, True))
+        caller = tf32_state()
+        assert caller != ieee_state()
+        with ieee_float32():
+            assert tf32_state() == ieee_state()
+        assert tf32_state() == caller
+        with pytest.raises(RuntimeError):
+            with ieee_float32():
+                raise RuntimeError("a failing segmentation")
+        assert tf32_state() == caller
+    finally:
+        set_tf32_state(before)

@@ -491,3 +491,25 @@ def test_model_files_default_beside_the_weights_and_from_freesurfer_home(tmp_pat
     for name in ("sclimbic.fsm+ad.t1.nstd00-50.nstd32-50.h5", "sclimbic.ctab", "sclimbic.volstats.csv"):
         (home / "models" / name).write_text("x")
     assert resolve_model_files(None)[0] == home / "models" / "sclimbic.fsm+ad.t1.nstd00-50.nstd32-50.h5"
+
+
+def test_network_runs_without_tf32(model, monkeypatch):
+    """cuDNN may run float32 convolutions as TF32 on GPUs; the network must run in IEEE float32."""
+    from precision_helpers import ieee_state, tf32_state
+
+    from segsuite.nets.unet import KerasUNet
+    from segsuite.sclimbic import ScLimbicEngine
+
+    seen = []
+    original = KerasUNet.features
+
+    def spy(self, x):
+        seen.append(tf32_state())
+        return original(self, x)
+
+    monkeypatch.setattr(KerasUNet, "features", spy)
+    before = tf32_state()
+    data, affine = brain_like()
+    ScLimbicEngine(model=model, threads=1, fov=32).segment((data, affine))
+    assert seen and all(state == ieee_state() for state in seen)
+    assert tf32_state() == before

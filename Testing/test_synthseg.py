@@ -555,3 +555,25 @@ def test_ct_clipping_before_rescaling():
     # everything above 80 HU (and above the 99.5th percentile of the clipped image) maps to 1
     assert np.all(ct[data >= 80] == 1) and np.all(ct[data <= 0] == 0)
     assert not np.array_equal(ct, rescale_intensities(data, ct=False))
+
+
+def test_networks_run_without_tf32(random_synthseg_model, monkeypatch):
+    """On a GPU, cuDNN's default TF32 moved 0.16% of the labels; the networks must run in IEEE float32."""
+    from precision_helpers import ieee_state, tf32_state
+
+    from segsuite.synthseg import SynthSegEngine
+
+    seen = []
+    original = KerasUNet.features
+
+    def spy(self, x):
+        seen.append(tf32_state())
+        return original(self, x)
+
+    monkeypatch.setattr(KerasUNet, "features", spy)
+    engine = SynthSegEngine(model=random_synthseg_model, fast=True, device="cpu", threads=1)
+    before = tf32_state()
+    rng = np.random.default_rng(0)
+    engine.segment((rng.random((24, 24, 24)).astype(np.float32), np.eye(4)))
+    assert seen and all(state == ieee_state() for state in seen)
+    assert tf32_state() == before

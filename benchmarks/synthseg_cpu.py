@@ -1,7 +1,7 @@
 """SynthSeg CPU benchmark: wall time per scan and peak RSS for the default and --robust modes.
 
     python benchmarks/synthseg_cpu.py [--threads 2] [--repeats 1] [--model FOLDER] [--image PATH]
-                                      [--modes default robust] [--full-head]
+                                      [--modes default robust] [--full-head] [--device cpu|cuda]
 
 Each mode runs in its own process so that its peak RSS is its own. Weights: --model (a folder with
 the standard file names), else the fixture weights in ../shared/fixtures/synthseg/models (unpacked
@@ -35,7 +35,7 @@ def child(args) -> None:
     from segsuite.synthseg import SynthSegEngine
 
     started = time.perf_counter()
-    engine = SynthSegEngine(model=args.model, device="cpu", threads=args.threads, **MODES[args.child])
+    engine = SynthSegEngine(model=args.model, device=args.device, threads=args.threads, **MODES[args.child])
     load = time.perf_counter() - started
     times = []
     for _ in range(args.repeats):
@@ -49,7 +49,13 @@ def child(args) -> None:
         times.append({"wall_s": round(time.perf_counter() - begin, 2),
                       "network_s": round(marks.get("postprocessing", 0) - marks.get("segmenting", 0), 2)})
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    gpu_peak = None
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpu_peak = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     print(json.dumps({"mode": args.child, "load_s": round(load, 2), "runs": times, "peak_rss_gib": round(peak, 2),
+                      "peak_gpu_gib": gpu_peak,
                       "labels_shape": list(result.labels.shape),
                       "network_input": result.provenance.get("network_input_shape")}))
 
@@ -68,6 +74,7 @@ def fixture_models() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (the figures in the docs), cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--model")
     parser.add_argument("--image")
@@ -85,16 +92,19 @@ def main() -> None:
     if args.model is None:
         args.model = cleanup = fixture_models()
     try:
-        print(f"image {args.image}, {args.threads} threads, {args.repeats} repeat(s); timings on a shared machine are noisy")
+        print(f"image {args.image}, {args.device}, {args.threads} threads, {args.repeats} repeat(s); "
+              "timings on a shared machine are noisy")
         for mode in args.modes:
-            command = [sys.executable, __file__, "--child", mode, "--threads", str(args.threads), "--repeats",
-                       str(args.repeats), "--model", args.model, "--image", args.image]
+            command = [sys.executable, __file__, "--child", mode, "--device", args.device, "--threads",
+                       str(args.threads), "--repeats", str(args.repeats), "--model", args.model, "--image", args.image]
             begin = time.perf_counter()
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             report = json.loads(output.strip().splitlines()[-1])
             for run in report["runs"]:
                 print(f"{mode:8s} wall {run['wall_s']:7.1f} s/scan (networks {run['network_s']:6.1f} s), "
-                      f"peak RSS {report['peak_rss_gib']:.2f} GiB, model load {report['load_s']:.1f} s, "
+                      f"peak RSS {report['peak_rss_gib']:.2f} GiB"
+                      + (f", peak GPU {report['peak_gpu_gib']:.2f} GiB" if report["peak_gpu_gib"] is not None else "")
+                      + f", model load {report['load_s']:.1f} s, "
                       f"network input {report['network_input']}")
             print(f"{mode:8s} process total {time.perf_counter() - begin:.1f} s")
     finally:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..engine import resolve_device, set_threads
+from ..engine import ieee_float32, resolve_device, set_threads
 from ..checksum import sha256_of
 from ..errors import InputError, ModelError
 from ..image import Volume, as_volume, check_finite, strip_image_suffix
@@ -218,7 +218,7 @@ class ScLimbicEngine:
         """Softmax posteriors (C, X, Y, Z) as a torch tensor on the CPU."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_float32():
             tensor = torch.from_numpy(conformed)[None, None].to(self.device)
             if self.device == "cpu":
                 tensor = tensor.contiguous(memory_format=torch.channels_last_3d)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import __version__
-from ..engine import resolve_device, set_threads
+from ..engine import ieee_float32, resolve_device, set_threads
 from ..memory import outside_heap, reuse_freed_memory
 from ..checksum import sha256_of
 from ..errors import ModelError, SegSuiteError
@@ -279,7 +279,7 @@ class SynthSegEngine:
         prepared = prepare(source, crop=self.crop, ct=self.ct)
         if subject is None:
             subject = subject_name(source)
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_float32():
             report(0.05, "segmenting")
             net_progress = lambda f, m: report(0.05 + 0.6 * f, m)  # noqa: E731
             posteriors = self._segment_posteriors(prepared.image, net_progress)
