@@ -9,6 +9,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGSUITE_SHARED", REPO_ROOT.parent / "shared"))
+# the device the parity tests run the engines on (cpu in CI; cuda to check a GPU against the fixtures)
+TEST_DEVICE = os.environ.get("SEGSUITE_TEST_DEVICE", "cpu")
 
 
 def shared_path(*parts: str) -> Path:

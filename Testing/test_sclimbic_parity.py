@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import TEST_DEVICE, shared_path
 
 FIXTURE = "fixtures/sclimbic"
 
@@ -21,7 +21,8 @@ FIXTURE = "fixtures/sclimbic"
 def fixture_engine():
     from segsuite.sclimbic import ScLimbicEngine
 
-    return ScLimbicEngine(model=shared_path(FIXTURE, "models", "sclimbic_fixture_seed16.h5"), device="cpu", threads=2)
+    model = shared_path(FIXTURE, "models", "sclimbic_fixture_seed16.h5")
+    return ScLimbicEngine(model=model, device=TEST_DEVICE, threads=2)
 
 
 @pytest.mark.slow
@@ -113,7 +114,7 @@ def test_real_model_segments_the_limbic_structures():
     from segsuite.sclimbic import ScLimbicEngine
 
     model = shared_path("models", "sclimbic.fsm+ad.t1.nstd00-50.nstd32-50.h5")
-    engine = ScLimbicEngine(model=model, device="cpu", threads=2)
+    engine = ScLimbicEngine(model=model, device=TEST_DEVICE, threads=2)
     result = engine.segment(shared_path("data", "t1", "t1_crop.nii.gz"))
     assert set(result.present_labels) >= {26, 58, 819, 820, 821, 822, 843, 844, 865, 866, 869, 870}
     # a healthy adult: every structure within 3 SD of the population and confidently labelled

@@ -22,7 +22,7 @@ import pytest
 from segsuite import cli
 from segsuite.checksum import sha256_of
 
-from conftest import shared_path
+from conftest import TEST_DEVICE, shared_path
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def run_outputs(fixture_models, tmp_path_factory):
                      for a in RUNS[name]]
             status = cli.main(["--progress", "none", "synthseg", "--i", str(image), "--o", str(out),
                                "--vol", str(out / "volumes.csv"), "--model", str(fixture_models),
-                               "--threads", "2", "--cpu", *extra])
+                               "--threads", "2", "--device", TEST_DEVICE, *extra])
             assert status == 0
             cache[name] = out
         return cache[name]
@@ -176,7 +176,7 @@ def test_robust_chain_network_by_network(fixture_models):
     image = synthetic_input(shared_path("data", "label_maps", "synthseg_training_seg_01.nii.gz"))
     assert image.astype(np.float64).sum() == float(reference["input_sum"])  # the very same input
 
-    engine = SynthSegEngine(model=fixture_models, robust=True, device="cpu", threads=2)
+    engine = SynthSegEngine(model=fixture_models, robust=True, device=TEST_DEVICE, threads=2)
     x = torch.from_numpy(image)[None, None]
 
     def one_hot(indices):
@@ -226,7 +226,8 @@ def test_v1_and_ct_runs_match_reference(kind, fixture_models, tmp_path):
 
     out = tmp_path / "seg.nii.gz"
     assert cli.main(["--progress", "none", "synthseg", "--i", str(image), "--o", str(out), "--vol",
-                     str(tmp_path / "volumes.csv"), "--model", str(models), "--threads", "2", "--cpu", *extra]) == 0
+                     str(tmp_path / "volumes.csv"), "--model", str(models), "--threads", "2",
+                     "--device", TEST_DEVICE, *extra]) == 0
     seg = nib.load(out)
     assert np.allclose(seg.affine, reference[f"{kind}_affine"], atol=1e-4)
     ours, ref = np.asarray(seg.dataobj), reference[f"{kind}_seg"]
