@@ -273,6 +273,20 @@ def test_topology_keeps_largest_component_per_class():
     assert np.all(seg[small] == 2) and np.all(seg[big] == 17)
 
 
+def test_topology_cleaning_on_threads_equals_the_serial_result():
+    """Every class's mask is taken before any channel is zeroed, whatever the number of threads."""
+    labels = L.segmentation_labels()
+    topology = L.topology_classes(labels)
+    rng = np.random.default_rng(3)
+    post = rng.random((len(labels), 24, 24, 24)).astype(np.float32) ** 4  # many small blobs per class
+    post /= post.sum(axis=0)
+    pad_idx = np.array([0, 0, 0, 24, 24, 24])
+    serial = postprocess_segmentation(post.copy(), pad_idx, fast=False, topology=topology, workers=1)
+    threaded = postprocess_segmentation(post.copy(), pad_idx, fast=False, topology=topology, workers=4)
+    assert np.array_equal(serial, threaded)
+    assert (serial == 0).mean() > (post == 0).mean() + 0.1  # the cleaning removed something
+
+
 def test_fast_postprocessing_thresholds_and_keeps_both_blobs():
     labels, post, big, small, hippo = synthetic_posteriors()
     post[3][2:4, 2:4, 2:4] = 0.1  # below 0.2: removed in fast mode
@@ -504,10 +518,12 @@ def test_float32_channel_sums_equal_numpy_on_the_reference_layout():
     alignment = Alignment(axes=(2, 0, 1), flips=(True, False, True))
     reference_layout = alignment.undo(np.ascontiguousarray(np.moveaxis(posteriors, 0, -1)))
     expected = np.sum(reference_layout, axis=(0, 1, 2))  # what SynthSeg computes (float32)
-    assert np.array_equal(channel_sums(posteriors, float32=True, orient=alignment.undo), expected)
-    exact = channel_sums(posteriors, float32=False)
-    assert exact.dtype == np.float64
-    assert np.allclose(exact, posteriors.astype(np.float64).sum(axis=(1, 2, 3)))
+    for workers in (1, 3):
+        assert np.array_equal(channel_sums(posteriors, float32=True, orient=alignment.undo, workers=workers),
+                              expected)
+        exact = channel_sums(posteriors, float32=False, workers=workers)
+        assert exact.dtype == np.float64
+        assert np.allclose(exact, posteriors.astype(np.float64).sum(axis=(1, 2, 3)))
 
 
 @pytest.mark.slow

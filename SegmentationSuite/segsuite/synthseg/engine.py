@@ -303,16 +303,21 @@ class SynthSegEngine:
         return result
 
     def _finish(self, prepared: Prepared, posteriors, parcellation, qc, subject, resample_output):
+        import torch
+
+        # the post-processing's numpy/scipy work uses as many threads as the networks (--threads)
+        workers = torch.get_num_threads()
         posteriors = postprocess_segmentation(posteriors, prepared.pad_idx, self.fast,
-                                              None if self.fast else self.topology)
+                                              None if self.fast else self.topology, workers)
         segmentation = hard_labels(posteriors, self.labels)
         parc_sums = None
         if parcellation is not None:
             parcellation = postprocess_parcellation(parcellation, prepared.pad_idx, segmentation, self.parc_labels)
-            parc_sums = channel_sums(parcellation, float32=True)
+            parc_sums = channel_sums(parcellation, float32=True, workers=workers)
             del parcellation
         # the reference sums float32 posteriors (float64 ones when it pasted a crop back)
-        seg_sums = channel_sums(posteriors, float32=prepared.crop_idx is None, orient=prepared.alignment.undo)
+        seg_sums = channel_sums(posteriors, float32=prepared.crop_idx is None, orient=prepared.alignment.undo,
+                                workers=workers)
         if prepared.crop_idx is not None:
             segmentation, posteriors = paste_crop(segmentation, posteriors, prepared.crop_idx, prepared.aligned_shape)
         voxel_volume = np.prod(prepared.resolution)  # float32 when read from the header, like the reference

@@ -6,11 +6,23 @@ Follows predict_synthseg.postprocess; arrays are channel-first here (each channe
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 BLUR_SIGMA = 0.5
+
+
+def map_in_threads(function: Callable, items: Iterable, workers: int = 1) -> list:
+    """[function(item) for item in items], on up to ``workers`` threads. The work here is numpy
+    and scipy.ndimage calls that release the GIL; each item's result is computed as it would be
+    alone, so the results do not depend on the number of workers."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(function, items))
 
 
 def blur_weights(sigma: float = BLUR_SIGMA) -> np.ndarray:
@@ -74,8 +86,9 @@ def spatial_crop(array: np.ndarray, idx: Sequence[int]) -> np.ndarray:
 
 
 def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fast: bool,
-                             topology: Optional[np.ndarray]) -> np.ndarray:
-    """Largest-component cleaning and renormalisation; returns the un-padded (C, x, y, z) posteriors."""
+                             topology: Optional[np.ndarray], workers: int = 1) -> np.ndarray:
+    """Largest-component cleaning and renormalisation; returns the un-padded (C, x, y, z) posteriors.
+    The topology classes are cleaned on up to ``workers`` threads (same result for any number)."""
     if fast or topology is None:
         posteriors = spatial_crop(posteriors, pad_idx)
     foreground = posteriors[1:]
@@ -93,15 +106,21 @@ def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fas
         for topology_class in np.unique(topology)[1:]:
             channels = np.where(topology == topology_class)[0]
             masks[int(topology_class)] = channels
-        keep = {}
-        for topology_class, channels in masks.items():
+        def largest_of_class(channels):
             mask = np.zeros(posteriors.shape[1:], dtype=bool)
             for channel in channels:
                 mask |= posteriors[channel] > 0.25
-            keep[topology_class] = largest_component(mask)
-        for topology_class, channels in masks.items():
+            return largest_component(mask)
+
+        # every mask is taken before any channel is zeroed, like the reference
+        keep = map_in_threads(largest_of_class, masks.values(), workers)
+
+        def zero_outside(job):
+            channels, component = job
             for channel in channels:
-                posteriors[channel] *= keep[topology_class]
+                posteriors[channel] *= component
+
+        map_in_threads(zero_outside, zip(masks.values(), keep), workers)  # the classes' channels are disjoint
         del keep
         posteriors = spatial_crop(full, pad_idx)
     else:
@@ -144,7 +163,8 @@ def postprocess_parcellation(parcellation: np.ndarray, pad_idx: Sequence[int], s
     return parcellation
 
 
-def channel_sums(posteriors: np.ndarray, float32: bool = False, orient=None, chunk: int = 4) -> np.ndarray:
+def channel_sums(posteriors: np.ndarray, float32: bool = False, orient=None, chunk: int = 4,
+                 workers: int = 1) -> np.ndarray:
     """Per-channel sums of (C, X, Y, Z) posteriors (the soft volumes in voxels).
 
     float32=True reproduces the reference's numbers: it sums float32 (X, Y, Z, C) arrays over the
@@ -153,19 +173,24 @@ def channel_sums(posteriors: np.ndarray, float32: bool = False, orient=None, chu
     channels at a time (``orient`` maps it like the reference's view, e.g. undoing the RAS
     alignment) and summed the same way; numpy gives bit-identical sums for chunks of >= 2 channels.
     float32=False sums exactly (float64), as the reference does after pasting a crop back.
+    Chunks are summed on up to ``workers`` threads, at most 4: each holds a copy of its chunk
+    (268 MB for a 256^3 volume), and memory bandwidth limits the gain beyond that.
     """
     count = posteriors.shape[0]
     if not float32:
         flat = posteriors.reshape(count, -1)
-        return np.array([np.sum(channel, dtype=np.float64) for channel in flat])
-    sums = np.zeros(count, dtype=np.float32)
-    for start in range(0, count, chunk):
+        return np.array(map_in_threads(lambda channel: np.sum(channel, dtype=np.float64), flat, workers))
+
+    def chunk_sums(start):
         stop = min(start + chunk, count)
         first = min(start, stop - 2) if count >= 2 else start  # never a single-channel chunk
         block = np.ascontiguousarray(np.moveaxis(posteriors[first:stop], 0, -1))
         view = orient(block) if orient is not None else block
-        sums[first:stop] = np.sum(view, axis=(0, 1, 2))
-        del block, view
+        return first, stop, np.sum(view, axis=(0, 1, 2))
+
+    sums = np.zeros(count, dtype=np.float32)
+    for first, stop, values in map_in_threads(chunk_sums, range(0, count, chunk), min(workers, 4)):
+        sums[first:stop] = values
     return sums
 
 
