@@ -26,3 +26,18 @@ def set_tf32_state(state: tuple) -> None:
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = state
     else:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = state
+
+
+def record_tf32_state_in_networks(monkeypatch) -> list:
+    """Make every KerasUNet pass append the TF32 switches it ran under to the returned list."""
+    from segsuite.nets.unet import KerasUNet
+
+    seen = []
+    original = KerasUNet.features
+
+    def recording_features(self, x):
+        seen.append(tf32_state())
+        return original(self, x)
+
+    monkeypatch.setattr(KerasUNet, "features", recording_features)
+    return seen

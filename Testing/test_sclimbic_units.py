@@ -495,19 +495,11 @@ def test_model_files_default_beside_the_weights_and_from_freesurfer_home(tmp_pat
 
 def test_network_runs_without_tf32(model, monkeypatch):
     """cuDNN may run float32 convolutions as TF32 on GPUs; the network must run in IEEE float32."""
-    from precision_helpers import ieee_state, tf32_state
+    from precision_helpers import ieee_state, record_tf32_state_in_networks, tf32_state
 
-    from segsuite.nets.unet import KerasUNet
     from segsuite.sclimbic import ScLimbicEngine
 
-    seen = []
-    original = KerasUNet.features
-
-    def spy(self, x):
-        seen.append(tf32_state())
-        return original(self, x)
-
-    monkeypatch.setattr(KerasUNet, "features", spy)
+    seen = record_tf32_state_in_networks(monkeypatch)
     before = tf32_state()
     data, affine = brain_like()
     ScLimbicEngine(model=model, threads=1, fov=32).segment((data, affine))

@@ -575,18 +575,11 @@ def test_ct_clipping_before_rescaling():
 
 def test_networks_run_without_tf32(random_synthseg_model, monkeypatch):
     """On a GPU, cuDNN's default TF32 moved 0.16% of the labels; the networks must run in IEEE float32."""
-    from precision_helpers import ieee_state, tf32_state
+    from precision_helpers import ieee_state, record_tf32_state_in_networks, tf32_state
 
     from segsuite.synthseg import SynthSegEngine
 
-    seen = []
-    original = KerasUNet.features
-
-    def spy(self, x):
-        seen.append(tf32_state())
-        return original(self, x)
-
-    monkeypatch.setattr(KerasUNet, "features", spy)
+    seen = record_tf32_state_in_networks(monkeypatch)
     engine = SynthSegEngine(model=random_synthseg_model, fast=True, device="cpu", threads=1)
     before = tf32_state()
     rng = np.random.default_rng(0)
