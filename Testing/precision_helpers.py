@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import torch
+from segsuite.engine import tf32_switches
 
 
 def uses_precision_api() -> bool:
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    return conv is not None and hasattr(conv, "fp32_precision")
+    return isinstance(ieee_state()[0], str)
 
 
 def tf32_state() -> tuple:
     """(convolutions, matrix products): 'ieee'/'tf32'/'none' strings, or the legacy allow_tf32 flags."""
-    if uses_precision_api():
-        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
-    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return tuple(getattr(owner, name) for owner, name, _ in tf32_switches())
 
 
 def ieee_state() -> tuple:
-    return ("ieee", "ieee") if uses_precision_api() else (False, False)
+    return tuple(value for _, _, value in tf32_switches())
 
 
 def set_tf32_state(state: tuple) -> None:
-    if uses_precision_api():
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = state
-    else:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = state
+    for (owner, name, _), value in zip(tf32_switches(), state):
+        setattr(owner, name, value)
 
 
 def record_tf32_state_in_networks(monkeypatch) -> list:

@@ -114,7 +114,6 @@ def test_cli_usage_error_exits_2(capsys):
     assert len(err.splitlines()) == 1 and "error" in err
 
 
-
 def test_ieee_float32_turns_tf32_off_for_the_block_and_restores_the_callers_setting():
     from precision_helpers import ieee_state, set_tf32_state, tf32_state, uses_precision_api
 

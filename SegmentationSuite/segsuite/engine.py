@@ -52,24 +52,28 @@ def set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(int(threads))
 
 
+def tf32_switches() -> list:
+    """[(owner, attribute, IEEE value)] for cuDNN convolutions and CUDA matrix products: the
+    precision API on torch >= 2.9 (mixing it with the allow_tf32 flags is an error), else the flags."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+
+
 @contextmanager
 def ieee_float32():
     """Float32 convolutions and matrix products in full IEEE precision for the block, then the
     caller's settings back. PyTorch lets cuDNN run float32 convolutions as TF32 (10-bit mantissa)
     on Ampere and newer GPUs by default; the Keras references compute in float32, and TF32 moved
     0.16% of SynthSeg's labels on an H100 (0.0006% in float32). No effect on the CPU."""
-    import torch
-
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    matmul = torch.backends.cuda.matmul
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        # torch >= 2.9: the precision API (mixing it with the allow_tf32 flags is an error)
-        wanted = [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
-    else:
-        wanted = [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in wanted]
+    switches = tf32_switches()
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in switches]
     try:
-        for owner, name, value in wanted:
+        for owner, name, value in switches:
             setattr(owner, name, value)
         yield
     finally:

@@ -101,26 +101,23 @@ def postprocess_segmentation(posteriors: np.ndarray, pad_idx: Sequence[int], fas
             if len(inside) else (slice(None),) * 4
         del inside, brain
         full, posteriors = posteriors, posteriors[window]
-        # masks are taken once, after the global step, like the reference
-        masks = {}
-        for topology_class in np.unique(topology)[1:]:
-            channels = np.where(topology == topology_class)[0]
-            masks[int(topology_class)] = channels
+        class_channels = [np.where(topology == topology_class)[0] for topology_class in np.unique(topology)[1:]]
+
         def largest_of_class(channels):
             mask = np.zeros(posteriors.shape[1:], dtype=bool)
             for channel in channels:
                 mask |= posteriors[channel] > 0.25
             return largest_component(mask)
 
-        # every mask is taken before any channel is zeroed, like the reference
-        keep = map_in_threads(largest_of_class, masks.values(), workers)
+        # every class's mask is taken after the global step and before any channel is zeroed, like the reference
+        keep = map_in_threads(largest_of_class, class_channels, workers)
 
         def zero_outside(job):
             channels, component = job
             for channel in channels:
                 posteriors[channel] *= component
 
-        map_in_threads(zero_outside, zip(masks.values(), keep), workers)  # the classes' channels are disjoint
+        map_in_threads(zero_outside, zip(class_channels, keep), workers)  # the classes' channels are disjoint
         del keep
         posteriors = spatial_crop(full, pad_idx)
     else:
