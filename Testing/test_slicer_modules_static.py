@@ -33,12 +33,12 @@ SLICER_FILES = [MODULE_DIR / f"{name}.py" for name in ALL_MODULES] + ADAPTER_FIL
 # Exist only in the Slicer application, not in slicer-core.
 APP_ONLY_SLICER_ATTRIBUTES = {"app", "mrmlScene", "modules", "packaging", "ScriptedLoadableModule"}
 MODULE_NAMES = {"slicer", "qt", "ctk", "vtk", "np", "os", "sys", "json", "logging", "shutil", "subprocess",
-                "tempfile", "time", "importlib", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData"}
+                "tempfile", "time", "importlib", "threading", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData"}
 CLASSES_USED = ["vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkSegmentation", "vtkSegment", "vtkMRMLTableNode",
                 "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode",
                 "vtkMRMLLinearTransformNode", "vtkOrientedImageData", "vtkSegmentationConverter",
                 "vtkMRMLSelectionNode", "vtkMRMLApplicationLogic", "vtkMRMLSegmentationStorageNode",
-                "vtkSlicerSegmentationsModuleLogic"]
+                "vtkSlicerSegmentationsModuleLogic", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode"]
 VTK_CLASSES = ["vtkMatrix4x4", "vtkImageData", "vtkStringArray", "vtkDoubleArray", "vtkIntArray", "vtkPointData",
                "vtkTable"]
 
