@@ -243,3 +243,98 @@ def test_load_results_adds_the_qc_chart_for_synthseg(tmp_path):
     chart = nodes["charts"][0]
     assert chart.GetName() == "sub-01 synthseg QC" and chart.GetNumberOfPlotSeriesNodes() == 2
     assert scene.GetNodesByClass("vtkMRMLPlotSeriesNode").GetNumberOfItems() == 2
+
+
+# ----------------------------------------------------------------------------- scene close, self-test checks
+
+def test_scene_close_empties_the_parameter_node_and_the_defaults_come_back():
+    """Defect 6: MRML resets a singleton parameter node on close (QC, default on, read as off);
+    the widget's EndCloseEvent handler sets the defaults again."""
+    from segsuite_slicer.engine_run import ensure_parameter_defaults
+
+    scene = slicer.vtkMRMLScene()
+    node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+    node.UnRegister(None)
+    node.SetSingletonTag("SynthSeg")
+    scene.AddNode(node)
+    defaults = {"qc": "true", "device": "auto", "threads": "0"}
+    ensure_parameter_defaults(node, defaults)
+    node.SetParameter("device", "cpu")  # a user's choice is kept by later calls
+    ensure_parameter_defaults(node, defaults)
+    assert (node.GetParameter("qc"), node.GetParameter("device")) == ("true", "cpu")
+    scene.Clear(0)
+    assert run_rules.parse_bool(node.GetParameter("qc")) is False  # what the old widget then showed
+    ensure_parameter_defaults(node, defaults)
+    assert node.GetParameter("qc") == "true" and node.GetParameter("device") == "auto"
+
+
+def test_widget_removes_exactly_the_observer_it_added():
+    """Defect 6: the observer for vtkCommand.ModifiedEvent (33) must be removed with that event,
+    not 0x0; checked on module_gui's source (the widget itself needs the Slicer GUI)."""
+    import ast
+    import vtk
+
+    source = (Path(__file__).resolve().parents[1] / "SegmentationSuite" / "segsuite_slicer" / "module_gui.py").read_text()
+    calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and node.func.attr in ("addObserver", "removeObserver")]
+    events = {(call.func.attr, ast.unparse(call.args[1])) for call in calls}
+    assert ("removeObserver", "vtk.vtkCommand.ModifiedEvent") in events
+    assert ("addObserver", "vtk.vtkCommand.ModifiedEvent") in events
+    assert not any(event in ("0", "0x0", "33") for _, event in events)
+    assert vtk.vtkCommand.ModifiedEvent == 33
+    for event in ("slicer.mrmlScene.StartCloseEvent", "slicer.mrmlScene.EndCloseEvent"):
+        assert ("addObserver", event) in events
+    assert hasattr(slicer.vtkMRMLScene, "StartCloseEvent") and hasattr(slicer.vtkMRMLScene, "EndCloseEvent")
+
+
+def _apply_nodes(scene, result):
+    from segsuite_slicer.engine_run import EngineRunLogic  # noqa: F401 - same path as load_results
+
+    segmentation = mrml.add_segmentation_from_result(result, scene=scene, name="seg")
+    tables = [mrml.add_volumes_table(result, scene=scene, name="s volumes"), mrml.add_qc_table(result, scene=scene, name="s QC")]
+    return {"segmentations": [segmentation], "tables": tables, "charts": []}
+
+
+def test_self_test_checks_catch_what_is_wrong():
+    from segsuite.labels import freesurfer_lut
+    from segsuite_slicer import self_test
+
+    scene = slicer.vtkMRMLScene()
+    labels = self_test.samseg_test_labels()
+    assert set(np.unique(labels)) == {0, *self_test.SAMSEG_TEST_LABELS}
+    lut = freesurfer_lut()
+    kept = [v for v in self_test.SAMSEG_TEST_LABELS if lut.name(v) not in self_test.SAMSEG_REMOVED]
+    cleaned = np.where(np.isin(labels, kept), labels, 0)
+    result = SegmentationResult(labels=cleaned, affine=np.eye(4), label_table=lut.subset([0] + kept),
+                                volumes={lut.name(v): float((cleaned == v).sum()) for v in kept},
+                                measures={"BrainMask": 1.0}, units={"volumes": "mm3"}, subject="s")
+    nodes = _apply_nodes(scene, result)
+    good = dict(expected_segments=["Left-Cerebral-White-Matter"], forbidden_segments=self_test.SAMSEG_REMOVED,
+                expected_tables=["volumes", "QC"], expected_measures=["BrainMask"])
+    assert self_test.apply_problems(nodes, **good) == []
+    problems = self_test.apply_problems(nodes, expected_segments=["Left-Hippocampus"], forbidden_segments=["Left-Cerebral-Cortex"],
+                                        expected_tables=["volumes", "QC", "z-scores"], expected_measures=["eTIV"],
+                                        expected_charts=1)
+    assert problems == ["segment 'Left-Hippocampus' missing", "segment 'Left-Cerebral-Cortex' should not be there",
+                        "table 's volumes' lacks rows for ['Left-Hippocampus']",
+                        "table 's QC' lacks the measures ['eTIV']",
+                        "no table named '... z-scores' (tables: ['s QC', 's volumes'])", "expected 1 chart(s), got 0"]
+    assert self_test.apply_problems({"segmentations": []}) == ["expected one segmentation node, got 0"]
+    volume = self_test.make_samseg_volume(scene)
+    mrml.check_scalar_volume_node(volume)
+    array, _ = mrml.array_affine_from_volume_node(volume)
+    assert np.array_equal(array, labels)
+
+
+def test_samseg_self_test_input_runs_through_the_real_filter(tmp_path):
+    """The input the SAMSEG self-test makes gives what the self-test asserts (here without Slicer)."""
+    from segsuite.samseg.filter import SamsegBrainMask
+    from segsuite_slicer import self_test
+
+    scene = slicer.vtkMRMLScene()
+    path = EngineRunLogic.export_volume_node(self_test.make_samseg_volume(scene), str(tmp_path))
+    result = SamsegBrainMask().segment(path)
+    nodes = _apply_nodes(scene, result)
+    assert self_test.apply_problems(nodes, expected_segments=["Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter"],
+                                    forbidden_segments=self_test.SAMSEG_REMOVED, expected_tables=["volumes", "QC"],
+                                    expected_measures=["BrainMask", "RemovedLabels"]) == []

@@ -45,10 +45,21 @@ class RunPlan:
     existing: list  # <output>/<subject> folders that exist and would be replaced
 
 
+def ensure_parameter_defaults(node, defaults: dict) -> None:
+    """Give every empty parameter its default. Closing the scene empties a singleton parameter node
+    (MRML resets it), so this runs on module entry and again after every scene close."""
+    was_modifying = node.StartModify()
+    for key, value in defaults.items():
+        if not node.GetParameter(key):
+            node.SetParameter(key, str(value))
+    node.EndModify(was_modifying)
+
+
 class EngineRunLogic:
     """Run one engine over a volume node or a folder, in a child process."""
 
     engine = ""  # run-engine's --engine name, set by each module
+    accepts_label_maps = False  # the SAMSEG filter reads a segmentation, which may be a label map node
     default_parameters: dict[str, str] = {"device": "auto", "threads": "0", "posteriors": "false"}
 
     def __init__(self) -> None:
@@ -81,15 +92,15 @@ class EngineRunLogic:
         return arguments
 
     # -- input ----------------------------------------------------------------------------
-    @staticmethod
-    def export_volume_node(volume_node, folder: str) -> str:
+    @classmethod
+    def export_volume_node(cls, volume_node, folder: str) -> str:
         """Write a volume node (world geometry, parent transforms included) as NIfTI for the child."""
         import nibabel as nib
         import numpy as np
 
         from .mrml import array_affine_from_volume_node, check_scalar_volume_node
 
-        check_scalar_volume_node(volume_node)
+        check_scalar_volume_node(volume_node, allow_label_map=cls.accepts_label_maps)
         array, affine = array_affine_from_volume_node(volume_node)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (volume_node.GetName() or "input")) or "input"
         path = os.path.join(folder, f"{safe}.nii.gz")

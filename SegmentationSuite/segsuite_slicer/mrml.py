@@ -387,12 +387,15 @@ NOT_SCALAR_INPUT_CLASSES = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNod
                             "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLDiffusionTensorVolumeNode"]
 
 
-def check_scalar_volume_node(volume_node) -> None:
-    """A clear error unless ``volume_node`` is a plain scalar volume with one component."""
+def check_scalar_volume_node(volume_node, allow_label_map: bool = False) -> None:
+    """A clear error unless ``volume_node`` is a plain scalar volume with one component
+    (or, with ``allow_label_map``, a label map: the SAMSEG filter reads a segmentation)."""
     if volume_node is None:
         raise ValueError("choose an input volume")
     name = volume_node.GetName()
     for class_name in NOT_SCALAR_INPUT_CLASSES:
+        if allow_label_map and class_name == "vtkMRMLLabelMapVolumeNode":
+            continue
         if volume_node.IsA(class_name):
             kind = class_name[len("vtkMRML"):-len("VolumeNode")]
             raise ValueError(f"the input {name!r} is a {kind} volume: choose a scalar (grey-scale) image "
