@@ -338,3 +338,37 @@ def test_samseg_self_test_input_runs_through_the_real_filter(tmp_path):
     assert self_test.apply_problems(nodes, expected_segments=["Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter"],
                                     forbidden_segments=self_test.SAMSEG_REMOVED, expected_tables=["volumes", "QC"],
                                     expected_measures=["BrainMask", "RemovedLabels"]) == []
+
+
+# ----------------------------------------------------------------------------- the Models module's client
+
+def test_model_listing_is_polled_not_waited_for(monkeypatch, tmp_path):
+    """Defect 3 (GUI half): the listing is a child process the GUI polls; poll() never blocks."""
+    from segsuite_slicer import models_client
+
+    monkeypatch.setenv("SEGSUITE_HOME", str(tmp_path / "home"))
+    command = models_client.start_listing(python=sys.executable)
+    polls, started = 0, time.monotonic()
+    while True:
+        before = time.monotonic()
+        output = command.poll()
+        assert time.monotonic() - before < 0.2, "poll() blocked"
+        polls += 1
+        if output is not None:
+            break
+        assert time.monotonic() - started < 120
+        time.sleep(0.02)
+    assert polls > 1  # the first poll came back before the child had answered
+    by_id = {model["id"]: model for model in models_client.parse_listing(output)}
+    assert by_id["synthseg-2.0"]["status"] == "not installed"
+    folder = models_client.cache_folder(python=sys.executable)
+    assert os.path.isabs(folder)
+
+
+def test_a_failing_models_command_raises_its_own_message():
+    from segsuite_slicer import models_client
+
+    command = models_client.ModelsCommand(["models", "remove", "no-such-model"], python=sys.executable).start()
+    with pytest.raises(RuntimeError) as raised:
+        command.wait(timeout=120)
+    assert "no-such-model" in str(raised.value)
