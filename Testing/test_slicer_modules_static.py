@@ -36,7 +36,7 @@ APP_ONLY_SLICER_ATTRIBUTES = {"app", "mrmlScene", "modules", "packaging", "Scrip
 # checks them against Slicer 5.10's own headers.
 APP_ONLY_METHODS = {"GetLayoutWithTable", "ShowChartInLayout"}
 MODULE_NAMES = {"slicer", "qt", "ctk", "vtk", "np", "os", "sys", "json", "logging", "shutil", "subprocess",
-                "tempfile", "time", "importlib", "threading", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData"}
+                "tempfile", "time", "importlib", "threading", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData", "models_client"}
 CLASSES_USED = ["vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkSegmentation", "vtkSegment", "vtkMRMLTableNode",
                 "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode",
                 "vtkMRMLLinearTransformNode", "vtkOrientedImageData", "vtkSegmentationConverter",
