@@ -372,3 +372,13 @@ def test_a_failing_models_command_raises_its_own_message():
     with pytest.raises(RuntimeError) as raised:
         command.wait(timeout=120)
     assert "no-such-model" in str(raised.value)
+
+
+def test_default_input_is_the_first_readable_scalar_volume():
+    scene = slicer.vtkMRMLScene()
+    assert run_rules.first_input_volume(scene) is None
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    t1 = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "t1")
+    assert run_rules.first_input_volume(scene) is t1
+    assert run_rules.first_input_volume(scene, allow_label_map=True) is labels

@@ -19,7 +19,7 @@ import vtk
 
 from . import install
 from .engine_run import ensure_parameter_defaults
-from .run_rules import flagged_scores, overwrite_question, parse_bool
+from .run_rules import first_input_volume, flagged_scores, overwrite_question, parse_bool
 
 log = logging.getLogger("SegmentationSuite")
 
@@ -88,8 +88,8 @@ class EngineModuleWidgetMixin:
         node = self.logic.getParameterNode()
         ensure_parameter_defaults(node, dict(self.logic.default_parameters, **self.option_defaults))
         if not node.GetNodeReference("InputVolume"):
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+            first = first_input_volume(slicer.mrmlScene, allow_label_map=self.logic.accepts_label_maps)
+            if first is not None:
                 node.SetNodeReferenceID("InputVolume", first.GetID())
         self.setParameterNode(node)
 

@@ -23,6 +23,8 @@ from segsuite.labels import LabelTable
 from segsuite.result import SegmentationResult
 from segsuite.terminology import terminology_for
 
+from .run_rules import NOT_SCALAR_INPUT_CLASSES
+
 # Segment tag holding the FreeSurfer label value, so scripts can map segments back to labels.
 LABEL_VALUE_TAG = "SegmentationSuite.LabelValue"
 
@@ -382,9 +384,6 @@ def is_nan(value) -> bool:
 
 # ----------------------------------------------------------------------------- inputs and charts
 
-# Volume classes that derive from vtkMRMLScalarVolumeNode but are not one scalar image an engine can read.
-NOT_SCALAR_INPUT_CLASSES = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLTensorVolumeNode",
-                            "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLDiffusionTensorVolumeNode"]
 
 
 def check_scalar_volume_node(volume_node, allow_label_map: bool = False) -> None:

@@ -23,6 +23,21 @@ FLAG_THRESHOLDS = {
 }
 
 
+# Volume classes that derive from vtkMRMLScalarVolumeNode but are not one grey-scale image an engine reads.
+NOT_SCALAR_INPUT_CLASSES = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLTensorVolumeNode",
+                            "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLDiffusionTensorVolumeNode"]
+
+
+def first_input_volume(scene, allow_label_map: bool = False):
+    """The first scalar volume of the scene an engine can read (the default input), or None."""
+    refused = [c for c in NOT_SCALAR_INPUT_CLASSES if not (allow_label_map and c == "vtkMRMLLabelMapVolumeNode")]
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if not any(node.IsA(class_name) for class_name in refused):
+            return node
+    return None
+
+
 def parse_bool(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
