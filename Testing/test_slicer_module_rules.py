@@ -382,3 +382,21 @@ def test_default_input_is_the_first_readable_scalar_volume():
     t1 = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "t1")
     assert run_rules.first_input_volume(scene) is t1
     assert run_rules.first_input_volume(scene, allow_label_map=True) is labels
+
+
+@pytest.mark.parametrize("name", ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask"])
+def test_engine_self_tests_run_apply_and_have_no_dead_branches(name):
+    """Defect 4: the self-tests had `if "":`, `for name in []:` and an always-true `if "MRHead":`."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "SegmentationSuite" / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            assert not isinstance(node.test, ast.Constant), f"constant condition at line {node.lineno}"
+        if isinstance(node, ast.For):
+            assert not (isinstance(node.iter, (ast.List, ast.Tuple)) and not node.iter.elts), f"empty loop at {node.lineno}"
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{name}Test")
+    calls = {n.func.id for n in ast.walk(test_class) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "run_apply_self_test" in calls
+    keywords = {k.arg for n in ast.walk(test_class) if isinstance(n, ast.Call) for k in n.keywords}
+    assert {"expected_segments", "expected_tables"} <= keywords
