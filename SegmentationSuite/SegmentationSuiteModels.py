@@ -71,6 +71,7 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
     def startQuery(self, command, on_done):
         """Run a `segsuite models` query off the GUI thread; ``on_done(stdout)`` when it succeeded."""
         if self.listing is not None:
+            self.ui.statusLabel.text = "The model manager is still answering; try again in a moment."
             return
         try:
             self.listing = command.start()
@@ -86,6 +87,7 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
         except Exception as error:
             self.queryTimer.stop()
             self.listing = None
+            self.ui.refreshButton.enabled = True
             self.ui.statusLabel.text = f"The model manager failed: {error}"
             log.error("SegmentationSuite models: %s", error)
             return
@@ -103,8 +105,9 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
         row = self.ui.modelsTable.currentRow()
         return self.models[row].get("id", "") if 0 <= row < len(self.models) else ""
 
-    def refresh(self):
-        self.ui.statusLabel.text = "Reading the model list..."
+    def refresh(self, keep_status=False):
+        if not keep_status:  # after an action its outcome stays in the status line
+            self.ui.statusLabel.text = "Reading the model list..."
         self.ui.refreshButton.enabled = False
         self.startQuery(models_client.ModelsCommand(["models", "list", "--json"], python=slicer_python()),
                         self.showModels)
@@ -169,7 +172,7 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
                     slicer.util.errorDisplay(runner.error_message(), windowTitle="Model manager")
                 else:
                     self.ui.statusLabel.text = "Done. " + " ".join(runner.log[-2:])
-                self.refresh()
+                self.refresh(keep_status=True)
 
     def onInstallFromFile(self):
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model file to install")

@@ -195,6 +195,8 @@ class EngineModuleWidgetMixin:
                              on_progress=self.onProgress, on_finished=self.onFinished, on_error=self.onError)
         except Exception as error:  # shown to the user; the traceback goes to the log
             log.exception("SegmentationSuite: could not start")
+            if self.logic.runner is None or not self.logic.runner.running:
+                self.logic.cleanup()  # the exported input, if prepare() got that far
             slicer.util.errorDisplay(f"Could not start: {error}")
             return
         self.ui.applyButton.text = "Cancel"
