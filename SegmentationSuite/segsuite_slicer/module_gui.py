@@ -74,6 +74,7 @@ class EngineModuleWidgetMixin:
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.runner is not None and self.logic.runner.running:
             self.logic.cancel()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
