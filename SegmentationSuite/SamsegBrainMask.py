@@ -1,6 +1,9 @@
-"""SAMSEG brain mask: the 3D Slicer module (GUI wiring only; the engine runs in segsuite, in its own process)."""
+"""SAMSEG brain mask: the 3D Slicer module (GUI wiring only; the engine runs in segsuite, in its own process).
 
-import os
+The file follows Slicer 5.10's scripted-module template (module, widget, logic, test classes); the
+widget behaviour all engine modules share (parameter node, scene-close observers, enter / exit /
+cleanup, Apply / Cancel, showing results) is segsuite_slicer.module_gui.EngineModuleWidgetMixin.
+"""
 
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -30,24 +33,19 @@ class SamsegBrainMaskWidget(EngineModuleWidgetMixin, ScriptedLoadableModuleWidge
     option_parameters = ['keepCsf']
     option_defaults = {'keepCsf': 'false'}
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # the parameter node and the scene are observed
         self.logic = None
 
-    def setup(self):
+    def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.setupEngineWidget(SamsegBrainMaskLogic())
-
-    def cleanup(self):
-        self.cleanupEngineWidget()
-
-    def enter(self):
-        self.initializeParameterNode()
 
 
 class SamsegBrainMaskLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
     engine = ENGINE
+    accepts_label_maps = True  # a SAMSEG segmentation may be loaded as a label map
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -59,7 +57,7 @@ class SamsegBrainMaskLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
 
 
 class SamsegBrainMaskTest(ScriptedLoadableModuleTest):
-    """The whole Apply path in real Slicer: sample data -> child process -> segmentation and tables."""
+    """Apply in real Slicer on real input: child process, model from the model manager, nodes checked."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -69,30 +67,14 @@ class SamsegBrainMaskTest(ScriptedLoadableModuleTest):
         self.test_SamsegBrainMask_apply()
 
     def test_SamsegBrainMask_apply(self):
-        from segsuite_slicer.module_gui import run_logic_synchronously
+        from segsuite_slicer.self_test import run_apply_self_test, sample_volume
 
-        volume = self.input_volume()
-        if volume is None:
-            self.delayDisplay("No sample input for this module: set SEGSUITE_TEST_INPUT to an image to test it")
-            return
-        logic = SamsegBrainMaskLogic()
-        parameters = dict(logic.default_parameters, **{'keepCsf': 'false'})
-        parameters["device"] = "cpu"
-        nodes = run_logic_synchronously(logic, parameters, input_volume_node=volume)
-        self.assertEqual(len(nodes["segmentations"]), 1)
-        segmentation = nodes["segmentations"][0].GetSegmentation()
-        self.assertGreater(segmentation.GetNumberOfSegments(), 0)
-        for name in []:
-            self.assertIsNotNone(segmentation.GetSegment(name), name)
-        self.assertTrue(nodes["tables"])
+        from segsuite_slicer.self_test import SAMSEG_REMOVED, make_samseg_volume
+
+        # A SAMSEG segmentation given by environment, else one the test makes with every removed label.
+        volume = sample_volume(environment_variable="SEGSUITE_TEST_SAMSEG_INPUT") or make_samseg_volume()
+        run_apply_self_test(self, SamsegBrainMaskLogic(), {"device": "cpu"}, volume,
+                            expected_segments=["Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter"],
+                            forbidden_segments=SAMSEG_REMOVED, expected_tables=["volumes", "QC"],
+                            expected_measures=["BrainMask", "RemovedLabels"])
         self.delayDisplay("SAMSEG brain mask test passed")
-
-    def input_volume(self):
-        path = os.environ.get("SEGSUITE_TEST_INPUT")
-        if path:
-            return slicer.util.loadVolume(path)
-        if "":
-            import SampleData
-
-            return SampleData.SampleDataLogic().downloadSample("")
-        return None

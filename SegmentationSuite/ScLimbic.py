@@ -1,6 +1,9 @@
-"""ScLimbic: the 3D Slicer module (GUI wiring only; the engine runs in segsuite, in its own process)."""
+"""ScLimbic: the 3D Slicer module (GUI wiring only; the engine runs in segsuite, in its own process).
 
-import os
+The file follows Slicer 5.10's scripted-module template (module, widget, logic, test classes); the
+widget behaviour all engine modules share (parameter node, scene-close observers, enter / exit /
+cleanup, Apply / Cancel, showing results) is segsuite_slicer.module_gui.EngineModuleWidgetMixin.
+"""
 
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -30,20 +33,14 @@ class ScLimbicWidget(EngineModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
     option_parameters = ['etiv', 'keepAc', 'voxelCountVolumes', 'conform']
     option_defaults = {'etiv': 'false', 'keepAc': 'false', 'voxelCountVolumes': 'false', 'conform': 'false'}
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # the parameter node and the scene are observed
         self.logic = None
 
-    def setup(self):
+    def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.setupEngineWidget(ScLimbicLogic())
-
-    def cleanup(self):
-        self.cleanupEngineWidget()
-
-    def enter(self):
-        self.initializeParameterNode()
 
 
 class ScLimbicLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
@@ -61,7 +58,7 @@ class ScLimbicLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
 
 
 class ScLimbicTest(ScriptedLoadableModuleTest):
-    """The whole Apply path in real Slicer: sample data -> child process -> segmentation and tables."""
+    """Apply in real Slicer on real input: child process, model from the model manager, nodes checked."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -71,30 +68,10 @@ class ScLimbicTest(ScriptedLoadableModuleTest):
         self.test_ScLimbic_apply()
 
     def test_ScLimbic_apply(self):
-        from segsuite_slicer.module_gui import run_logic_synchronously
+        from segsuite_slicer.self_test import run_apply_self_test, sample_volume
 
-        volume = self.input_volume()
-        if volume is None:
-            self.delayDisplay("No sample input for this module: set SEGSUITE_TEST_INPUT to an image to test it")
-            return
-        logic = ScLimbicLogic()
-        parameters = dict(logic.default_parameters, **{'etiv': 'false', 'keepAc': 'false', 'voxelCountVolumes': 'false', 'conform': 'false'})
-        parameters["device"] = "cpu"
-        nodes = run_logic_synchronously(logic, parameters, input_volume_node=volume)
-        self.assertEqual(len(nodes["segmentations"]), 1)
-        segmentation = nodes["segmentations"][0].GetSegmentation()
-        self.assertGreater(segmentation.GetNumberOfSegments(), 0)
-        for name in ['Left-Fornix', 'Right-Fornix']:
-            self.assertIsNotNone(segmentation.GetSegment(name), name)
-        self.assertTrue(nodes["tables"])
+        volume = sample_volume("MRHead")
+        run_apply_self_test(self, ScLimbicLogic(), {"device": "cpu"}, volume,
+                            expected_segments=["Left-Fornix", "Right-Fornix"],
+                            expected_tables=["volumes", "QC"], expected_charts=1)
         self.delayDisplay("ScLimbic test passed")
-
-    def input_volume(self):
-        path = os.environ.get("SEGSUITE_TEST_INPUT")
-        if path:
-            return slicer.util.loadVolume(path)
-        if "MRHead":
-            import SampleData
-
-            return SampleData.SampleDataLogic().downloadSample("MRHead")
-        return None

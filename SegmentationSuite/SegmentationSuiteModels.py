@@ -1,4 +1,8 @@
-"""SegmentationSuite model manager: the 3D Slicer module (GUI wiring only; actions run in segsuite)."""
+"""SegmentationSuite model manager: the 3D Slicer module (GUI wiring only; actions run in segsuite).
+
+Every call to the model manager runs in a child process polled by a QTimer (the listing too), so
+the GUI never waits; the listing needs only the packages Slicer bundles.
+"""
 
 import logging
 
@@ -16,7 +20,7 @@ log = logging.getLogger("SegmentationSuite")
 class SegmentationSuiteModels(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Models"
+        self.parent.title = "SegmentationSuite Models"  # Slicer has a core "Models" module
         self.parent.categories = ["Segmentation.SegmentationSuite"]
         self.parent.dependencies = []
         self.parent.contributors = ["SegmentationSuite contributors"]
@@ -49,27 +53,78 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onPoll)
+        self.listing = None  # the running `segsuite models list` / `models path`, polled by queryTimer
+        self.listingDone = None
+        self.queryTimer = qt.QTimer()
+        self.queryTimer.setInterval(100)
+        self.queryTimer.timeout.connect(self.onQueryPoll)
         self.models = []
         self.refresh()
+
+    def enter(self):
+        if not self.models and self.listing is None:
+            self.refresh()
+
+    def exit(self):
+        pass  # a running action keeps running; its timer keeps updating the table
+
+    def startQuery(self, command, on_done):
+        """Run a `segsuite models` query off the GUI thread; ``on_done(stdout)`` when it succeeded."""
+        if self.listing is not None:
+            self.ui.statusLabel.text = "The model manager is still answering; try again in a moment."
+            return
+        try:
+            self.listing = command.start()
+        except Exception as error:
+            self.ui.statusLabel.text = f"Could not ask the model manager: {error}"
+            return
+        self.listingDone = on_done
+        self.queryTimer.start()
+
+    def onQueryPoll(self):
+        try:
+            output = self.listing.poll()
+        except Exception as error:
+            self.queryTimer.stop()
+            self.listing = None
+            self.ui.refreshButton.enabled = True
+            self.ui.statusLabel.text = f"The model manager failed: {error}"
+            log.error("SegmentationSuite models: %s", error)
+            return
+        if output is None:
+            return
+        self.queryTimer.stop()
+        self.listing = None
+        try:
+            self.listingDone(output)
+        except Exception as error:
+            self.ui.statusLabel.text = f"Could not read the model manager's answer: {error}"
+            log.error("SegmentationSuite models: %s", error)
 
     def selectedModelId(self):
         row = self.ui.modelsTable.currentRow()
         return self.models[row].get("id", "") if 0 <= row < len(self.models) else ""
 
-    def refresh(self):
-        try:
-            with slicer.util.WaitCursor():
-                self.models = models_client.list_models(python=slicer_python())
-        except Exception as error:
-            self.models = []
-            self.ui.statusLabel.text = f"Could not list the models: {error}"
-            log.error("SegmentationSuite models: %s", error)
+    def refresh(self, keep_status=False):
+        if not keep_status:  # after an action its outcome stays in the status line
+            self.ui.statusLabel.text = "Reading the model list..."
+        self.ui.refreshButton.enabled = False
+        self.startQuery(models_client.ModelsCommand(["models", "list", "--json"], python=slicer_python()),
+                        self.showModels)
+        if self.listing is None:
+            self.ui.refreshButton.enabled = True
+
+    def showModels(self, output):
+        self.ui.refreshButton.enabled = True
+        self.models = models_client.parse_listing(output)
         rows = models_client.model_rows(self.models)
         self.ui.modelsTable.setRowCount(len(rows))
         for row, values in enumerate(rows):
             for column, value in enumerate(values):
                 self.ui.modelsTable.setItem(row, column, qt.QTableWidgetItem(value))
         self.ui.modelsTable.resizeColumnsToContents()
+        if self.ui.statusLabel.text == "Reading the model list...":
+            self.ui.statusLabel.text = f"{len(self.models)} models."
         self.onSelectionChanged()
 
     def onSelectionChanged(self):
@@ -117,7 +172,7 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
                     slicer.util.errorDisplay(runner.error_message(), windowTitle="Model manager")
                 else:
                     self.ui.statusLabel.text = "Done. " + " ".join(runner.log[-2:])
-                self.refresh()
+                self.refresh(keep_status=True)
 
     def onInstallFromFile(self):
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model file to install")
@@ -135,15 +190,17 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
             self.runAction("remove")
 
     def onOpenCache(self):
-        try:
-            folder = models_client.cache_folder(python=slicer_python())
-        except Exception as error:
-            slicer.util.errorDisplay(str(error))
-            return
-        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
+        def open_folder(output):
+            folder = models_client.cache_folder_from_output(output)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
+
+        self.startQuery(models_client.ModelsCommand(["models", "path"], python=slicer_python()), open_folder)
 
     def cleanup(self):
         self.timer.stop()
+        self.queryTimer.stop()
+        if self.listing is not None:
+            self.listing.cancel()
         self.logic.cancel()
 
 
@@ -168,9 +225,28 @@ class SegmentationSuiteModelsTest(ScriptedLoadableModuleTest):
     def runTest(self):
         slicer.mrmlScene.Clear()
         self.test_list_models()
+        self.test_verify_and_cache_folder()
 
     def test_list_models(self):
-        models = models_client.list_models(python=slicer_python())
-        ids = [model.get("id") for model in models]
-        self.assertIn("synthseg-2.0", ids)
+        """The listing in Slicer's own Python, polled as the widget does (no requirement installed first)."""
+        command = models_client.start_listing(python=slicer_python())
+        while True:
+            output = command.poll()
+            if output is not None:
+                break
+            slicer.app.processEvents()
+        models = models_client.parse_listing(output)
+        by_id = {model.get("id"): model for model in models}
+        for model_id in ("synthseg-2.0", "sclimbic"):
+            self.assertIn(model_id, by_id)
+            self.assertIn(by_id[model_id].get("status"), ("installed", "not installed"))
+        self.assertEqual(len(models_client.model_rows(models)), len(models))
         self.delayDisplay("Model list test passed")
+
+    def test_verify_and_cache_folder(self):
+        import os
+
+        runner = models_client.start_action("verify", python=slicer_python())
+        runner.run(timeout=600)  # raises unless verify succeeds (nothing installed verifies too)
+        self.assertTrue(os.path.isabs(models_client.cache_folder(python=slicer_python())))
+        self.delayDisplay("Model verify test passed")

@@ -1,6 +1,9 @@
-"""SynthSeg: the 3D Slicer module (GUI wiring only; the engine runs in segsuite, in its own process)."""
+"""SynthSeg: the 3D Slicer module (GUI wiring only; the engine runs in segsuite, in its own process).
 
-import os
+The file follows Slicer 5.10's scripted-module template (module, widget, logic, test classes); the
+widget behaviour all engine modules share (parameter node, scene-close observers, enter / exit /
+cleanup, Apply / Cancel, showing results) is segsuite_slicer.module_gui.EngineModuleWidgetMixin.
+"""
 
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -30,20 +33,14 @@ class SynthSegWidget(EngineModuleWidgetMixin, ScriptedLoadableModuleWidget, VTKO
     option_parameters = ['parc', 'robust', 'fast', 'qc']
     option_defaults = {'parc': 'false', 'robust': 'false', 'fast': 'false', 'qc': 'true'}
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        VTKObservationMixin.__init__(self)  # the parameter node and the scene are observed
         self.logic = None
 
-    def setup(self):
+    def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.setupEngineWidget(SynthSegLogic())
-
-    def cleanup(self):
-        self.cleanupEngineWidget()
-
-    def enter(self):
-        self.initializeParameterNode()
 
 
 class SynthSegLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
@@ -59,7 +56,7 @@ class SynthSegLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
 
 
 class SynthSegTest(ScriptedLoadableModuleTest):
-    """The whole Apply path in real Slicer: sample data -> child process -> segmentation and tables."""
+    """Apply in real Slicer on real input: child process, model from the model manager, nodes checked."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -69,30 +66,10 @@ class SynthSegTest(ScriptedLoadableModuleTest):
         self.test_SynthSeg_apply()
 
     def test_SynthSeg_apply(self):
-        from segsuite_slicer.module_gui import run_logic_synchronously
+        from segsuite_slicer.self_test import run_apply_self_test, sample_volume
 
-        volume = self.input_volume()
-        if volume is None:
-            self.delayDisplay("No sample input for this module: set SEGSUITE_TEST_INPUT to an image to test it")
-            return
-        logic = SynthSegLogic()
-        parameters = dict(logic.default_parameters, **{'parc': 'false', 'robust': 'false', 'fast': 'false', 'qc': 'true'})
-        parameters["device"] = "cpu"
-        nodes = run_logic_synchronously(logic, parameters, input_volume_node=volume)
-        self.assertEqual(len(nodes["segmentations"]), 1)
-        segmentation = nodes["segmentations"][0].GetSegmentation()
-        self.assertGreater(segmentation.GetNumberOfSegments(), 0)
-        for name in ['Left-Hippocampus', 'Right-Hippocampus']:
-            self.assertIsNotNone(segmentation.GetSegment(name), name)
-        self.assertTrue(nodes["tables"])
+        volume = sample_volume("MRHead")
+        run_apply_self_test(self, SynthSegLogic(), {"qc": "true", "device": "cpu"}, volume,
+                            expected_segments=["Left-Hippocampus", "Right-Hippocampus", "Left-Lateral-Ventricle"],
+                            expected_tables=["volumes", "QC"], expected_charts=1)
         self.delayDisplay("SynthSeg test passed")
-
-    def input_volume(self):
-        path = os.environ.get("SEGSUITE_TEST_INPUT")
-        if path:
-            return slicer.util.loadVolume(path)
-        if "MRHead":
-            import SampleData
-
-            return SampleData.SampleDataLogic().downloadSample("MRHead")
-        return None

@@ -40,7 +40,12 @@ ENGINE_OPTIONS = {
 }
 
 TITLES = {"SynthSeg": "SynthSeg", "ScLimbic": "ScLimbic", "SpinalCordEPI": "Spinal cord EPI",
-          "SamsegBrainMask": "SAMSEG brain mask", "SegmentationSuiteModels": "Models"}
+          "SamsegBrainMask": "SAMSEG brain mask", "SegmentationSuiteModels": "SegmentationSuite Models"}
+
+# Subclasses of vtkMRMLScalarVolumeNode that are not one grey-scale image (as Slicer's Segmentations
+# and Models module .ui files hide child node types at v5.10.0).
+HIDDEN_INPUT_NODE_TYPES = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLTensorVolumeNode",
+                           "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLDiffusionTensorVolumeNode"]
 
 
 class Ui:
@@ -117,18 +122,28 @@ class Ui:
         return "\n".join(parts) + "\n"
 
 
+def hidden_input_node_types(module: str) -> list[str]:
+    """The SAMSEG brain mask reads a segmentation, which Slicer may have loaded as a label map."""
+    if module == "SamsegBrainMask":
+        return [name for name in HIDDEN_INPUT_NODE_TYPES if name != "vtkMRMLLabelMapVolumeNode"]
+    return HIDDEN_INPUT_NODE_TYPES
+
+
 def engine_ui(module: str) -> str:
     ui = Ui()
     ui.section("inputsCollapsibleButton", "Inputs")
     ui.row("Input volume:", "qMRMLNodeComboBox", "inputVolumeSelector",
-           nodeTypes=("stringlist", ["vtkMRMLScalarVolumeNode"]), addEnabled=("bool", False),
+           nodeTypes=("stringlist", ["vtkMRMLScalarVolumeNode"]),
+           hideChildNodeTypes=("stringlist", hidden_input_node_types(module)), addEnabled=("bool", False),
            removeEnabled=("bool", False), noneEnabled=("bool", True),
            toolTip=("string", "The image to segment (any orientation; it is not modified)"))
     ui.full_row("QCheckBox", "batchCheckBox", text=("string", "Batch: segment every image in a folder"))
     ui.row("Input folder:", "ctkPathLineEdit", "inputFolderPathLineEdit", filters=("set", "ctkPathLineEdit::Dirs"),
            toolTip=("string", "Every .nii, .nii.gz, .mgz and .mgh file in this folder is segmented"))
     ui.row("Output folder:", "ctkPathLineEdit", "outputFolderPathLineEdit", filters=("set", "ctkPathLineEdit::Dirs"),
-           toolTip=("string", "Where batch results are kept (one folder per subject); optional for one volume"))
+           toolTip=("string", "Where results are kept (one folder per subject); a batch without one goes to the "
+                               "default folder shown below; existing results are replaced only if you agree"))
+    ui.full_row("QLabel", "outputFolderHintLabel", text=("string", ""), wordWrap=("bool", True))
     ui.end_section()
     ui.counter = 0
     ui.section("optionsCollapsibleButton", "Options")
@@ -145,6 +160,8 @@ def engine_ui(module: str) -> str:
     ui.full_row("QCheckBox", "posteriorsCheckBox", text=("string", "Load posterior probabilities as volumes"))
     ui.row("Model file or folder:", "ctkPathLineEdit", "modelPathLineEdit",
            toolTip=("string", "Leave empty to use the model manager (downloads on first use)"))
+    ui.full_row("QPushButton", "modelFolderButton", text=("string", "Choose a model folder..."),
+                toolTip=("string", "For models that are a folder (the spinal cord nnU-Net model)"))
     ui.end_section()
     ui.add("<item>")
     ui.widget("QPushButton", "applyButton", text=("string", "Apply"), enabled=("bool", False),

@@ -2,7 +2,9 @@
 
 A module's Logic mixes this in and only says which engine it runs and how its GUI options map to
 engine options. The engine runs in ``segsuite run-engine`` in a separate process (see
-segsuite.runner); a timer polls it so the GUI stays responsive, Cancel kills the process tree.
+segsuite.runner); a timer polls it so the GUI stays responsive. Cancel stops the process tree from a
+worker thread (terminating can take seconds) while the timer keeps polling until the process is gone.
+Where results go, and whether an existing result may be replaced, follows run_rules.
 Qt is imported only when a timer is needed, and MRML only when results are loaded, so the
 option and argument building is testable without Slicer.
 """
@@ -14,10 +16,15 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from segsuite.runner import FinishedEvent, LogEvent, ProcessRunner, ProgressEvent
+
+from .run_rules import (FLAG_THRESHOLDS, OutputChoice, choose_output_folder, existing_outputs, overwrite_arguments,
+                        parse_bool, parse_threads, planned_subjects)
 
 log = logging.getLogger("SegmentationSuite")
 
@@ -27,14 +34,32 @@ def slicer_python() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def parse_bool(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+@dataclass
+class RunPlan:
+    """What one Apply will read and write, known before the process starts (so the GUI can ask)."""
+
+    work_dir: str
+    inputs: list
+    output: OutputChoice
+    subjects: list
+    existing: list  # <output>/<subject> folders that exist and would be replaced
+
+
+def ensure_parameter_defaults(node, defaults: dict) -> None:
+    """Give every empty parameter its default. Closing the scene empties a singleton parameter node
+    (MRML resets it), so this runs on module entry and again after every scene close."""
+    was_modifying = node.StartModify()
+    for key, value in defaults.items():
+        if not node.GetParameter(key):
+            node.SetParameter(key, str(value))
+    node.EndModify(was_modifying)
 
 
 class EngineRunLogic:
     """Run one engine over a volume node or a folder, in a child process."""
 
     engine = ""  # run-engine's --engine name, set by each module
+    accepts_label_maps = False  # the SAMSEG filter reads a segmentation, which may be a label map node
     default_parameters: dict[str, str] = {"device": "auto", "threads": "0", "posteriors": "false"}
 
     def __init__(self) -> None:
@@ -57,25 +82,25 @@ class EngineRunLogic:
                      "--device", parameters.get("device", "auto") or "auto"]
         for path in inputs:
             arguments += ["--input", path]
-        threads = int(parameters.get("threads", "0") or 0)
+        threads = parse_threads(parameters.get("threads", "0"))
         if threads > 0:
             arguments += ["--threads", str(threads)]
         if parameters.get("model"):
             arguments += ["--model", parameters["model"]]
         if parse_bool(parameters.get("posteriors", "false")):
             arguments.append("--posteriors")
-        arguments.append("--overwrite")  # the work folder is ours and fresh
         return arguments
 
     # -- input ----------------------------------------------------------------------------
-    @staticmethod
-    def export_volume_node(volume_node, folder: str) -> str:
+    @classmethod
+    def export_volume_node(cls, volume_node, folder: str) -> str:
         """Write a volume node (world geometry, parent transforms included) as NIfTI for the child."""
         import nibabel as nib
         import numpy as np
 
-        from .mrml import array_affine_from_volume_node
+        from .mrml import array_affine_from_volume_node, check_scalar_volume_node
 
+        check_scalar_volume_node(volume_node, allow_label_map=cls.accepts_label_maps)
         array, affine = array_affine_from_volume_node(volume_node)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (volume_node.GetName() or "input")) or "input"
         path = os.path.join(folder, f"{safe}.nii.gz")
@@ -86,25 +111,47 @@ class EngineRunLogic:
         return path
 
     # -- running ----------------------------------------------------------------------------
+    def prepare(self, parameters: dict, input_volume_node=None, input_folder: str = "",
+                default_base: Optional[str] = None) -> RunPlan:
+        """Export the input into a fresh work folder and decide the output folder; nothing runs yet."""
+        if self.runner is not None and self.runner.running:
+            raise RuntimeError("a segmentation is already running; cancel it first")
+        if input_volume_node is None and not input_folder:
+            raise ValueError("choose an input volume or an input folder")
+        self.cleanup()
+        self.work_dir = tempfile.mkdtemp(prefix=f"segsuite-{self.engine}-")
+        try:
+            if input_volume_node is not None:
+                inputs = [self.export_volume_node(input_volume_node, self.work_dir)]
+            else:
+                inputs = [input_folder]
+            output = choose_output_folder(input_volume_node is None, parameters.get("outputFolder", ""),
+                                          self.work_dir, self.engine, default_base)
+            subjects = planned_subjects(inputs)
+        except BaseException:
+            self.cleanup()
+            raise
+        return RunPlan(self.work_dir, inputs, output, subjects, existing_outputs(output.folder, subjects))
+
     def start(self, parameters: dict, input_volume_node=None, input_folder: str = "",
               on_progress: Optional[Callable[[float, str], None]] = None,
               on_finished: Optional[Callable[[str], None]] = None,
               on_error: Optional[Callable[[str], None]] = None,
-              use_timer: bool = True) -> ProcessRunner:
-        """Start the child process; callbacks run on the GUI thread (from the timer)."""
+              use_timer: bool = True, plan: Optional[RunPlan] = None, overwrite: bool = False) -> ProcessRunner:
+        """Start the child process; callbacks run on the GUI thread (from the timer).
+
+        Existing results in the output folder are replaced only with ``overwrite=True`` (the user's
+        consent, asked by the widget); without it an existing result stops the run before it starts.
+        """
         if self.runner is not None and self.runner.running:
             raise RuntimeError("a segmentation is already running; cancel it first")
-        self.work_dir = tempfile.mkdtemp(prefix=f"segsuite-{self.engine}-")
-        if input_volume_node is not None:
-            inputs = [self.export_volume_node(input_volume_node, self.work_dir)]
-        elif input_folder:
-            inputs = [input_folder]
-        else:
-            raise ValueError("choose an input volume or an input folder")
-        output_dir = parameters.get("outputFolder") or os.path.join(self.work_dir, "results")
-        self.runner = ProcessRunner.for_segsuite(self.build_arguments(inputs, output_dir, parameters),
-                                                 python=parameters.get("python") or slicer_python())
+        if plan is None:
+            plan = self.prepare(parameters, input_volume_node, input_folder)
+        output_dir = plan.output.folder
+        arguments = self.build_arguments(plan.inputs, output_dir, parameters) + overwrite_arguments(plan.existing, overwrite)
+        self.runner = ProcessRunner.for_segsuite(arguments, python=parameters.get("python") or slicer_python())
         self._callbacks = (on_progress, on_finished, on_error, output_dir)
+        self._cancel_thread = None
         log.info("Starting: %s", " ".join(self.runner.command))
         self.runner.start()
         if use_timer:
@@ -140,8 +187,14 @@ class EngineRunLogic:
         return True
 
     def cancel(self) -> None:
-        if self.runner is not None:
-            self.runner.cancel()
+        """Ask the process tree to stop and return at once; poll_once reports "Cancelled." when it is gone."""
+        if self.runner is None or not self.runner.running:
+            return
+        if getattr(self, "_cancel_thread", None) is not None and self._cancel_thread.is_alive():
+            return
+        self.runner.cancelled = True
+        self._cancel_thread = threading.Thread(target=self.runner.cancel, name="segsuite-cancel", daemon=True)
+        self._cancel_thread.start()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -167,7 +220,8 @@ class EngineRunLogic:
         parameters = parameters or {}
         manifest = json.loads(Path(output_dir, "manifest.json").read_text(encoding="utf-8"))
         results = [load_result_bundle(Path(output_dir, item["bundle"])) for item in manifest["results"]]
-        nodes: dict = {"segmentations": [], "tables": [], "posteriors": [], "failures": manifest.get("failures", [])}
+        nodes: dict = {"segmentations": [], "tables": [], "charts": [], "posteriors": [],
+                       "failures": manifest.get("failures", [])}
         batch = len(results) > 1
         for result in results:
             if load_segmentations and not batch:
@@ -189,5 +243,9 @@ class EngineRunLogic:
                 nodes["tables"].append(mrml.add_volumes_table(result, scene=scene, name=f"{result.subject} {self.engine} volumes"))
             if result.qc or result.measures:
                 nodes["tables"].append(mrml.add_qc_table(result, scene=scene, name=f"{result.subject} {self.engine} QC"))
+            if result.qc and self.engine in FLAG_THRESHOLDS:
+                nodes["charts"].append(mrml.add_score_chart(
+                    result.qc, f"{result.subject} {self.engine} QC", FLAG_THRESHOLDS[self.engine], scene=scene,
+                    y_title=result.units.get("qc") or "score")["chart"])
         nodes["results"] = results
         return nodes

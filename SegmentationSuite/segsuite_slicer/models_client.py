@@ -1,17 +1,19 @@
 """The model manager seen from Slicer: listing and actions through ``segsuite models`` (no Qt here).
 
-Actions run in a child process (download, install, import, verify, remove), so they show progress
-and can be cancelled like the engines. Listing expects ``segsuite models list --json`` to print a
-JSON list of objects with ``id``, ``status``, ``size`` (bytes), ``licence`` and ``citation``.
+Everything runs in a child process that the GUI polls with a timer, never waiting on it: actions
+(download, install, import, verify, remove) show progress and can be cancelled like the engines, and
+the listing (``ModelsCommand(["models", "list", "--json"])``) no longer blocks the GUI thread.
+Listing expects ``segsuite models list --json`` to print a JSON list of objects with ``id``,
+``status``, ``size`` (bytes), ``licence`` and ``citation``.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import time
 from typing import Optional
 
-from segsuite.runner import ProcessRunner
+from segsuite.runner import FinishedEvent, LogEvent, ProcessRunner, error_message_from_log
 
 COLUMNS = ["Model", "Status", "Size", "Licence", "Citation"]
 
@@ -37,19 +39,78 @@ def model_rows(models: list[dict]) -> list[list[str]]:
     return rows
 
 
-def list_models(python: Optional[str] = None, timeout: float = 60.0) -> list[dict]:
-    """The registry with each model's status, from a child process (keeps Slicer's imports clean)."""
-    runner = ProcessRunner.for_segsuite(["models", "list", "--json"], python=python)
-    result = subprocess.run(runner.command, env=runner.env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        from segsuite.runner import error_message_from_log
-
-        raise RuntimeError(error_message_from_log(result.stderr.splitlines())
-                           or f"'segsuite models list' failed with status {result.returncode}")
-    models = json.loads(result.stdout)
+def parse_listing(text: str) -> list[dict]:
+    """``segsuite models list --json`` output -> a list of model dicts."""
+    models = json.loads(text)
     if isinstance(models, dict):  # {"models": [...]} or {id: {...}}
         models = models.get("models") or [dict(value, id=key) for key, value in models.items()]
     return list(models)
+
+
+class ModelsCommand:
+    """One ``segsuite models ...`` child process whose stdout is collected; ``poll`` never blocks."""
+
+    def __init__(self, arguments: list, python: Optional[str] = None):
+        self.runner = ProcessRunner.for_segsuite(arguments, python=python)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.done = False
+
+    def start(self) -> "ModelsCommand":
+        self.runner.start()
+        return self
+
+    def poll(self) -> Optional[str]:
+        """None while running; the whole stdout once the command succeeded; raises if it failed."""
+        if self.done:
+            return "\n".join(self.stdout)
+        for event in self.runner.poll():
+            if isinstance(event, LogEvent):
+                (self.stdout if event.stream == "stdout" else self.stderr).append(event.line)
+            elif isinstance(event, FinishedEvent):
+                self.done = True
+                if event.returncode != 0:
+                    command = " ".join(self.runner.command[self.runner.command.index("segsuite") + 1:])
+                    raise RuntimeError(error_message_from_log(self.stderr)
+                                       or f"'segsuite {command}' failed with status {event.returncode}")
+                return "\n".join(self.stdout)
+        return None
+
+    def cancel(self) -> None:
+        if self.runner.running:
+            self.runner.cancel()
+
+    def wait(self, timeout: float = 60.0, poll_interval: float = 0.05) -> str:
+        """For scripts and self-tests (blocks): the stdout, or an error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            output = self.poll()
+            if output is not None:
+                return output
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise RuntimeError(f"the model manager did not answer within {timeout:.0f} s")
+            time.sleep(poll_interval)
+
+
+def start_listing(python: Optional[str] = None) -> ModelsCommand:
+    return ModelsCommand(["models", "list", "--json"], python=python).start()
+
+
+def list_models(python: Optional[str] = None, timeout: float = 60.0) -> list[dict]:
+    """Blocking listing, for scripts and self-tests (the GUI polls ``start_listing`` instead)."""
+    return parse_listing(start_listing(python).wait(timeout))
+
+
+def start_cache_folder(python: Optional[str] = None) -> ModelsCommand:
+    return ModelsCommand(["models", "path"], python=python).start()
+
+
+def cache_folder_from_output(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError("'segsuite models path' did not report the cache folder")
+    return lines[-1].strip()
 
 
 def action_arguments(action: str, model_id: str = "", path: str = "") -> list[str]:
@@ -74,9 +135,4 @@ def start_action(action: str, model_id: str = "", path: str = "", python: Option
 
 
 def cache_folder(python: Optional[str] = None, timeout: float = 60.0) -> str:
-    runner = ProcessRunner.for_segsuite(["models", "path"], python=python)
-    result = subprocess.run(runner.command, env=runner.env, capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError("'segsuite models path' did not report the cache folder")
-    return lines[-1].strip()
+    return cache_folder_from_output(start_cache_folder(python).wait(timeout))

@@ -23,6 +23,8 @@ from segsuite.labels import LabelTable
 from segsuite.result import SegmentationResult
 from segsuite.terminology import terminology_for
 
+from .run_rules import NOT_SCALAR_INPUT_CLASSES
+
 # Segment tag holding the FreeSurfer label value, so scripts can map segments back to labels.
 LABEL_VALUE_TAG = "SegmentationSuite.LabelValue"
 
@@ -378,3 +380,79 @@ def table_to_dict(table_node) -> dict[str, list]:
 
 def is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+# ----------------------------------------------------------------------------- inputs and charts
+
+
+
+def check_scalar_volume_node(volume_node, allow_label_map: bool = False) -> None:
+    """A clear error unless ``volume_node`` is a plain scalar volume with one component
+    (or, with ``allow_label_map``, a label map: the SAMSEG filter reads a segmentation)."""
+    if volume_node is None:
+        raise ValueError("choose an input volume")
+    name = volume_node.GetName()
+    for class_name in NOT_SCALAR_INPUT_CLASSES:
+        if allow_label_map and class_name == "vtkMRMLLabelMapVolumeNode":
+            continue
+        if volume_node.IsA(class_name):
+            kind = class_name[len("vtkMRML"):-len("VolumeNode")]
+            raise ValueError(f"the input {name!r} is a {kind} volume: choose a scalar (grey-scale) image "
+                             "such as a T1-weighted MRI")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        raise ValueError(f"the input {name!r} is a {volume_node.GetClassName()}, not a scalar volume")
+    image = volume_node.GetImageData()
+    if image is None:
+        raise ValueError(f"volume {name!r} has no image data")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise ValueError(f"the input {name!r} has {image.GetNumberOfScalarComponents()} components per voxel: "
+                         "choose a single-component scalar volume (extract one component first)")
+
+
+def add_score_chart(scores: dict, name: str, thresholds: Sequence[float] = (), scene=None,
+                    y_title: str = "score") -> dict:
+    """A bar chart of ``scores`` (one bar per name) with each flag threshold as a horizontal line.
+
+    Returns {"chart", "table", "series": [bar, line...]}: a vtkMRMLPlotChartNode drawing
+    vtkMRMLPlotSeriesNodes over one vtkMRMLTableNode (columns: Index, Name, Score, Threshold i).
+    """
+    scene = _scene(scene)
+    names = list(scores)
+    table = _table_node(scene, f"{name} table")
+    _add_column(table, "Index", list(range(len(names))))
+    _add_column(table, "Name", names, kind="string")
+    _add_column(table, "Score", [scores[n] for n in names])
+    threshold_columns = []
+    for index, value in enumerate(thresholds):
+        column = f"Threshold {index + 1}"
+        _add_column(table, column, [float(value)] * len(names))
+        threshold_columns.append((column, float(value)))
+    table.Modified()
+
+    bars = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} scores")
+    bars.SetAndObserveTableNodeID(table.GetID())
+    bars.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+    bars.SetXColumnName("Index")
+    bars.SetYColumnName("Score")
+    bars.SetLabelColumnName("Name")
+    bars.SetColor(0.2, 0.45, 0.8)
+    series = [bars]
+    for column, value in threshold_columns:
+        line = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} flag at {value:g}")
+        line.SetAndObserveTableNodeID(table.GetID())
+        line.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
+        line.SetXColumnName("Index")
+        line.SetYColumnName(column)
+        line.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        line.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+        line.SetColor(0.85, 0.1, 0.1)
+        series.append(line)
+
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    for node in series:
+        chart.AddAndObservePlotSeriesNodeID(node.GetID())
+    chart.SetTitle(name)
+    chart.SetXAxisTitle("structure")
+    chart.SetYAxisTitle(y_title)
+    chart.SetLegendVisibility(True)
+    return {"chart": chart, "table": table, "series": series}
