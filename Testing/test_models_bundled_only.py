@@ -30,7 +30,7 @@ runpy.run_module("segsuite", run_name="__main__", alter_sys=True)
 
 
 def run_blocked(tmp_path, *args) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSUITE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSUITE_") or k == "SEGSUITE_REGISTRY"}
     env.update(PYTHONPATH=str(REPO_ROOT / "SegmentationSuite"), SEGSUITE_HOME=str(tmp_path / "home"),
                SEGSUITE_CONFIG=str(tmp_path / "config.json"))
     return subprocess.run([sys.executable, "-c", BLOCKING_BOOTSTRAP, ",".join(NOT_BUNDLED), *args],
@@ -74,3 +74,38 @@ def test_user_folders_are_the_ones_platformdirs_names(monkeypatch, tmp_path):
                 monkeypatch.setenv(variable, f"{xdg}/{variable}")
         assert str(user_folder("data")) == platformdirs.user_data_dir(APP_NAME, appauthor=False)
         assert str(user_folder("config")) == platformdirs.user_config_dir(APP_NAME, appauthor=False)
+
+
+def test_model_actions_before_any_engine_need_only_filelock_beyond_the_bundle(tmp_path, monkeypatch):
+    """download (with progress), verify, remove and install from a file, in a fresh interpreter
+    where everything but filelock that Slicer does not bundle is blocked (what the Models module
+    has before any engine ran, after install.ensure_requirements("models"))."""
+    from model_server import ModelServer, file_entry, tiny_registry, write_registry
+
+    body = os.urandom(40_000)
+    server = ModelServer()
+    try:
+        server.add("/w.h5", body)
+        registry = write_registry(tmp_path / "registry.json",
+                                  tiny_registry([file_entry("w.h5", body, [server.url("/w.h5")])]))
+        monkeypatch.setenv("SEGSUITE_REGISTRY", str(registry))
+        monkeypatch.setattr(sys.modules[__name__], "NOT_BUNDLED", [n for n in NOT_BUNDLED if n != "filelock"])
+
+        done = run_blocked(tmp_path, "--progress", "json", "models", "download", "tiny")
+        assert done.returncode == 0, done.stderr
+        progress = [json.loads(line.split(" ", 1)[1]) for line in done.stderr.splitlines()
+                    if line.startswith("SEGSUITE_PROGRESS ")]
+        assert progress and progress[-1]["fraction"] == 1.0
+        installed = tmp_path / "home" / "models" / "tiny" / "w.h5"
+        assert installed.read_bytes() == body
+
+        assert run_blocked(tmp_path, "models", "verify", "tiny").stdout.strip() == "tiny: ok"
+        assert "removed" in run_blocked(tmp_path, "models", "remove", "tiny").stdout
+        assert not installed.exists()
+        source = tmp_path / "w.h5"
+        source.write_bytes(body)
+        done = run_blocked(tmp_path, "--progress", "none", "models", "install", "tiny", "--from", str(source))
+        assert done.returncode == 0, done.stderr
+        assert installed.read_bytes() == body
+    finally:
+        server.close()
