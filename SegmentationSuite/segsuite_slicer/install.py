@@ -1,81 +1,137 @@
-"""First use inside Slicer: install the Python requirements after asking, PyTorch via the PyTorch extension.
+"""First use inside Slicer: install what an engine lacks, never touching what Slicer bundles.
 
-Pinned versions live here so every module installs the same set. Checking what is missing needs
-no Slicer (tested anywhere); installing uses ``slicer.packaging`` (Slicer 5.12+) or
-``slicer.util.pip_install`` before that.
+Requirements are ranges that accept the versions Slicer 5.10 and 5.12 bundle (see
+Testing/slicer_constraints/). A package Slicer bundles (numpy, scipy, SimpleITK, requests, pillow,
+packaging, ...) is only checked: it is never installed, upgraded or downgraded, and every install
+runs under a constraints file pinning the versions present now, so pip cannot change them as a
+dependency either. The user is asked once, PyTorch included. On Slicer 5.12+ the install goes
+through ``slicer.packaging`` (which offers a restart when an imported package changed); on 5.10
+through ``slicer.util.pip_install``, with the same restart offer made here.
+
+Checking needs no Slicer: ``python -m segsuite_slicer.install --dry-run [--engine NAME]`` prints
+the requirement specs it would install, one per line (nothing when all are satisfied).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import re
-from typing import Optional
+import os
+import sys
+import tempfile
+from argparse import ArgumentParser
+from typing import Optional, Sequence
 
-# numpy, SimpleITK and requests come with Slicer: never replace Slicer's own copies.
-CORE_REQUIREMENTS = [
-    "nibabel==5.4.2",
-    "h5py==3.16.0",
-    "scipy==1.17.1",
-    "tqdm==4.70.1",
-    "pandas==3.1.1",
-    "filelock==4.2.11",
-    "platformdirs==4.14.7",
-]
-# The sc_epi engine (nnU-Net v2): installed without their dependency chain, which would pull a
-# CUDA torch through timm/torchvision.
-SCEPI_NO_DEPS_REQUIREMENTS = ["nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4"]
-SCEPI_REQUIREMENTS = ["acvl-utils==0.2.6", "batchgenerators==0.25.5", "batchgeneratorsv2==0.3.6", "blosc2==4.14.1",
-                      "einops==0.8.2", "scikit-image==0.26.0", "scikit-learn==1.9.1", "tifffile==2026.3.3",
-                      "imagecodecs==2026.3.6", "yacs==0.1.8", "connected-components-3d==4.1.1"]
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+# Bundled with Slicer 5.10 and 5.12 (SuperBuild/External_python-*.cmake, External_SimpleITK.cmake):
+# checked, never installed.
+SLICER_BUNDLED = frozenset(canonicalize_name(name) for name in (
+    "numpy", "scipy", "simpleitk", "vtk", "requests", "certifi", "idna", "charset-normalizer", "urllib3",
+    "pillow", "packaging", "pyparsing", "six", "pydicom", "dicomweb-client", "retrying", "dcmqi", "highdicom",
+    "pyjpegls", "typing-extensions", "setuptools", "pip", "wheel", "chardet", "couchdb", "gitdb", "smmap",
+    "gitpython", "cryptography", "pyjwt", "wrapt", "deprecated", "pycparser", "cffi", "pynacl",
+    "python-dateutil", "pygithub"))
+# What the engines need from Slicer's bundle (ranges that hold for 5.10 and 5.12).
+BUNDLED_REQUIREMENTS = ["numpy>=1.23", "scipy>=1.9", "SimpleITK>=2.2", "requests>=2.28"]
+# Listing models needs only the bundle; download/install/remove lock the cache with filelock.
+MODELS_REQUIREMENTS = ["filelock>=3.8"]
+CORE_REQUIREMENTS = ["nibabel>=5.0", "h5py>=3.7", "tqdm>=4.60", "pandas>=1.5"] + MODELS_REQUIREMENTS
+# The sc_epi engine (nnU-Net v2): nnunetv2 and dynamic-network-architectures without their
+# dependency chain, which would pull a CUDA torch through timm/torchvision.
+SCEPI_NO_DEPS_REQUIREMENTS = ["nnunetv2>=2.5", "dynamic-network-architectures>=0.3"]
+SCEPI_REQUIREMENTS = ["acvl-utils>=0.2", "batchgenerators>=0.25", "batchgeneratorsv2>=0.2", "blosc2>=2.0",
+                      "einops>=0.6", "scikit-image>=0.21", "scikit-learn>=1.3", "tifffile>=2023.1",
+                      "imagecodecs>=2023.1", "yacs>=0.1.8", "connected-components-3d>=3.12",
+                      "matplotlib>=3.5", "seaborn>=0.12", "graphviz>=0.20"]
 TORCH_REQUIREMENT = ">=2.1"
-
-ENGINE_EXTRAS = {"scepi": (SCEPI_REQUIREMENTS, SCEPI_NO_DEPS_REQUIREMENTS)}
-
-
-def _name_and_version(requirement: str) -> tuple[str, Optional[str]]:
-    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:==\s*([^;\s]+))?", requirement)
-    if not match:
-        raise ValueError(f"unsupported requirement {requirement!r}")
-    return match.group(1), match.group(2)
-
-
-def missing_requirements(requirements: list[str]) -> list[str]:
-    """The requirements not installed at exactly the pinned version."""
-    missing = []
-    for requirement in requirements:
-        name, version = _name_and_version(requirement)
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(requirement)
-            continue
-        if version is not None and installed != version:
-            missing.append(requirement)
-    return missing
+ENGINES = ("synthseg", "sclimbic", "scepi", "samseg", "models")
+REQUESTER = "SegmentationSuite"
 
 
 def requirements_for(engine: str) -> tuple[list[str], list[str]]:
-    """(normal, no-deps) requirements an engine needs beyond PyTorch."""
-    extra, no_deps = ENGINE_EXTRAS.get(engine, ([], []))
-    return CORE_REQUIREMENTS + list(extra), list(no_deps)
+    """(normal, no-deps) requirements ``engine`` needs beyond PyTorch and Slicer's bundle."""
+    if engine == "models":
+        return list(MODELS_REQUIREMENTS), []
+    if engine == "scepi":
+        return CORE_REQUIREMENTS + SCEPI_REQUIREMENTS, list(SCEPI_NO_DEPS_REQUIREMENTS)
+    return list(CORE_REQUIREMENTS), []
+
+
+def installed_version(name: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def satisfied(spec: str) -> bool:
+    requirement = Requirement(spec)
+    version = installed_version(requirement.name)
+    return version is not None and requirement.specifier.contains(version, prereleases=True)
+
+
+def missing_requirements(requirements: Sequence[str]) -> list[str]:
+    """The requirements not installed in an accepted version; bundled packages are never listed."""
+    return [spec for spec in requirements
+            if canonicalize_name(Requirement(spec).name) not in SLICER_BUNDLED and not satisfied(spec)]
+
+
+def bundled_problems() -> list[str]:
+    """Bundled packages the engines cannot use (these are reported, never replaced)."""
+    return [f"{spec} (found {installed_version(Requirement(spec).name) or 'none'})"
+            for spec in BUNDLED_REQUIREMENTS if not satisfied(spec)]
 
 
 def torch_installed() -> bool:
+    return installed_version("torch") is not None
+
+
+def plan(engine: str) -> tuple[list[str], list[str]]:
+    """(normal, no-deps) requirement specs that would be installed for ``engine``."""
+    requirements, no_deps = requirements_for(engine)
+    return missing_requirements(requirements), missing_requirements(no_deps)
+
+
+def bundled_constraints() -> str:
+    """Constraint lines pinning every bundled package present now at its current version."""
+    lines = []
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata.get("Name") or ""
+        if name and canonicalize_name(name) in SLICER_BUNDLED:
+            lines.append(f"{name}=={distribution.version}")
+    return "\n".join(sorted(set(lines))) + "\n"
+
+
+def _top_level_modules(spec: str) -> set[str]:
+    """Import names of an installed distribution (from its top_level.txt or file list)."""
+    name = Requirement(spec).name
     try:
-        importlib.metadata.version("torch")
-        return True
+        distribution = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
-        return False
+        return {name.replace("-", "_")}
+    text = distribution.read_text("top_level.txt")
+    if text:
+        return {line.strip() for line in text.splitlines() if line.strip()}
+    return {str(f).split("/")[0].removesuffix(".py") for f in (distribution.files or []) if "/" in str(f) or
+            str(f).endswith(".py")} or {name.replace("-", "_")}
+
+
+def needs_restart(changed: Sequence[str]) -> bool:
+    """True when a package that had to change is already imported in this process."""
+    return any(module in sys.modules for spec in changed for module in _top_level_modules(spec))
 
 
 def ensure_requirements(engine: str, ask: bool = True) -> bool:
-    """Inside Slicer: install what ``engine`` lacks, asking first. False if the user said no."""
+    """Inside Slicer: install what ``engine`` lacks, asking once (PyTorch included). False if declined."""
     import slicer
 
-    requirements, no_deps = requirements_for(engine)
-    missing = missing_requirements(requirements)
-    missing_no_deps = missing_requirements(no_deps)
-    need_torch = not torch_installed()
+    problems = bundled_problems()
+    if problems:
+        raise RuntimeError("SegmentationSuite needs newer versions of packages that come with Slicer: "
+                           + ", ".join(problems) + ". Install a newer Slicer (5.10 or later).")
+    missing, missing_no_deps = plan(engine)
+    need_torch = engine != "models" and not torch_installed()
     if not (missing or missing_no_deps or need_torch):
         return True
     listing = "\n".join(missing + missing_no_deps + (["torch (through the PyTorch extension)"] if need_torch else []))
@@ -85,31 +141,41 @@ def ensure_requirements(engine: str, ask: bool = True) -> bool:
         return False
     if need_torch:
         _install_torch()
-    pip_install = _pip_installer()
-    if missing_no_deps:
-        pip_install(["--no-deps"] + missing_no_deps)
-    if missing:
-        pip_install(missing)
+    already_imported = needs_restart(missing + missing_no_deps)
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = os.path.join(folder, "slicer-bundled-constraints.txt")
+        with open(constraints, "w", encoding="utf-8") as file:
+            file.write(bundled_constraints())
+        packaging = _slicer_packaging()
+        if packaging is not None and hasattr(packaging, "pip_ensure"):        # Slicer 5.12+
+            if missing_no_deps:
+                packaging.pip_install([], constraints=constraints, no_deps_requirements=missing_no_deps,
+                                      requester=REQUESTER)
+            if missing:
+                packaging.pip_ensure(missing, constraints=constraints, prompt_install=False, prompt_restart=True,
+                                     requester=REQUESTER)
+            return True
+        if missing_no_deps:                                                   # Slicer 5.10
+            slicer.util.pip_install(["--no-deps", "-c", constraints] + missing_no_deps)
+        if missing:
+            slicer.util.pip_install(["-c", constraints] + missing)
+    if already_imported and slicer.util.confirmYesNoDisplay(
+            "Python packages that were already loaded were updated. Restart Slicer now to use them?",
+            windowTitle="SegmentationSuite: restart"):
+        slicer.util.restart()
     return True
 
 
-def _pip_installer():
-    """slicer.packaging.pip_install (5.12+) or slicer.util.pip_install, taking a list of arguments."""
-    import slicer
-
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is None:
-        try:
-            import slicer.packaging as packaging  # noqa: F811 - a submodule not loaded yet
-        except ImportError:
-            packaging = None
-    if packaging is not None and hasattr(packaging, "pip_install"):
-        return lambda arguments: packaging.pip_install(arguments, requester="SegmentationSuite")
-    return lambda arguments: slicer.util.pip_install(arguments)
+def _slicer_packaging():
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        return None
+    return packaging
 
 
 def _install_torch() -> None:
-    """PyTorch through the PyTorch extension (it picks the CUDA build that fits the computer)."""
+    """PyTorch through the PyTorch extension, without its own confirmation (ours was asked)."""
     import slicer
 
     try:
@@ -119,7 +185,32 @@ def _install_torch() -> None:
                            "Manager, restart Slicer, and try again") from None
     logic = PyTorchUtils.PyTorchUtilsLogic()
     if not logic.torchInstalled():
-        torch = logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+        torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
         if torch is None:
             raise RuntimeError("PyTorch was not installed; SegmentationSuite cannot run without it")
     slicer.app.processEvents()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = ArgumentParser(prog="python -m segsuite_slicer.install",
+                                     description="What SegmentationSuite would install into this Python.")
+    parser.add_argument("--dry-run", action="store_true", required=True,
+                        help="print the requirement specs that would be installed, one per line")
+    parser.add_argument("--engine", choices=ENGINES, action="append",
+                        help="only what this engine needs (repeatable; default: every engine)")
+    args = parser.parse_args(argv)
+    problems = bundled_problems()
+    if problems:
+        print("incompatible bundled packages (never replaced): " + ", ".join(problems), file=sys.stderr)
+        return 1
+    specs: list[str] = []
+    for engine in args.engine or ENGINES:
+        normal, no_deps = plan(engine)
+        specs += [spec for spec in normal + no_deps if spec not in specs]
+    for spec in specs:
+        print(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

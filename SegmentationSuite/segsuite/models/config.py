@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -31,12 +32,24 @@ class DownloadSettings:
     min_free_bytes: int = 50 << 20   # keep this much disk free beyond the download
 
 
+def user_folder(kind: str) -> Path:
+    """The platform's per-user ``data`` or ``config`` folder for segsuite, as platformdirs names it
+    (``user_data_dir``/``user_config_dir`` with appauthor=False), without needing platformdirs:
+    listing models must work with only what Slicer bundles. Tested equal to platformdirs."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    else:
+        variable, default = ("XDG_CONFIG_HOME", "~/.config") if kind == "config" else ("XDG_DATA_HOME", "~/.local/share")
+        base = os.environ.get(variable, "").strip() or os.path.expanduser(default)
+    return Path(base) / APP_NAME
+
+
 def config_path() -> Path:
     if os.environ.get("SEGSUITE_CONFIG"):
         return Path(os.environ["SEGSUITE_CONFIG"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.json"
+    return user_folder("config") / "config.json"
 
 
 def read_config(path: Optional[Path] = None) -> dict:
@@ -58,9 +71,7 @@ def model_home(config: Optional[dict] = None) -> Path:
     config = read_config() if config is None else config
     if config.get("home"):
         return Path(config["home"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    return user_folder("data")
 
 
 def mirror_url(config: Optional[dict] = None) -> Optional[str]:

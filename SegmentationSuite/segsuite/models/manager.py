@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import filelock
-
 from ..errors import ModelError
 from ..progress import ProgressCallback, ensure_callback, sub_progress
 from . import archive as archives
@@ -335,6 +333,8 @@ class ModelManager:
     # ----- locks
     @contextmanager
     def _model_lock(self, model_id: str, progress):
+        import filelock   # not needed to list models (only what Slicer bundles is there then)
+
         lock = filelock.FileLock(str(self._lock_dir() / f"{model_id}.lock"))
         try:
             lock.acquire(timeout=0.2)
@@ -347,6 +347,8 @@ class ModelManager:
             lock.release()
 
     def _trust_lock(self):
+        import filelock
+
         return filelock.FileLock(str(self._lock_dir() / "trusted-hashes.lock"))
 
     def _lock_dir(self) -> Path:
