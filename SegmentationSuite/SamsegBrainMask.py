@@ -24,7 +24,7 @@ class SamsegBrainMask(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegmentationSuite contributors"]
         self.parent.helpText = ("Turns a SAMSEG segmentation into a brain mask and a cleaned aseg (brain labels only). Uses FreeSurfer's run_samseg when installed, else the samseg package, to segment a T1 first when needed. "
-                                "See <a href='https://github.com/SegmentationSuite/SegmentationSuite'>the documentation</a>.")
+                                "See <a href='https://github.com/SegmentationSuite/SlicerSegmentationSuite'>the documentation</a>.")
         self.parent.acknowledgementText = "SAMSEG: O Puonti et al., NeuroImage 2016; FreeSurfer."
 
 

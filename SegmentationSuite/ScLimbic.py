@@ -24,7 +24,7 @@ class ScLimbic(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegmentationSuite contributors"]
         self.parent.helpText = ("Segments the subcortical limbic structures (nucleus accumbens, hypothalamus, fornix, mammillary bodies, basal forebrain, septal nuclei) on T1-weighted MRI, with volumes, z-scores and confidences (FreeSurfer mri_sclimbic_seg). "
-                                "See <a href='https://github.com/SegmentationSuite/SegmentationSuite'>the documentation</a>.")
+                                "See <a href='https://github.com/SegmentationSuite/SlicerSegmentationSuite'>the documentation</a>.")
         self.parent.acknowledgementText = "ScLimbic: DN Greve et al., NeuroImage 2021. Weights: FreeSurfer licence."
 
 

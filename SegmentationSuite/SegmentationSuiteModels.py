@@ -140,6 +140,10 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
         if self.logic.busy():
             return
         model_id = self.selectedModelId()
+        # Actions that write the cache take its lock (filelock, not bundled with Slicer); listing needs nothing.
+        from segsuite_slicer.install import ensure_requirements
+        if not ensure_requirements("models"):
+            return
         try:
             self.logic.start(action, model_id, path)
         except Exception as error:

@@ -24,7 +24,7 @@ class SpinalCordEPI(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegmentationSuite contributors"]
         self.parent.helpText = ("Segments the spinal cord on gradient-echo EPI (fMRI) images with the Spinal Cord Toolbox sc_epi nnU-Net model (EPISeg). "
-                                "See <a href='https://github.com/SegmentationSuite/SegmentationSuite'>the documentation</a>.")
+                                "See <a href='https://github.com/SegmentationSuite/SlicerSegmentationSuite'>the documentation</a>.")
         self.parent.acknowledgementText = "EPISeg: R Banerjee et al., Imaging Neuroscience 2025; Spinal Cord Toolbox (De Leener et al. 2017). Model: MIT licence."
 
 

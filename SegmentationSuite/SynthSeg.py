@@ -24,7 +24,7 @@ class SynthSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegmentationSuite contributors"]
         self.parent.helpText = ("Segments brain MRI of any contrast and resolution into FreeSurfer's subcortical structures (and optionally cortical parcels), with volumes and QC scores. Runs SynthSeg 2.0 (robust: SynthSeg-robust). "
-                                "See <a href='https://github.com/SegmentationSuite/SegmentationSuite'>the documentation</a>.")
+                                "See <a href='https://github.com/SegmentationSuite/SlicerSegmentationSuite'>the documentation</a>.")
         self.parent.acknowledgementText = "SynthSeg: B Billot et al., Medical Image Analysis 2023 (SynthSeg) and PNAS 2023 (SynthSeg-robust). Weights: FreeSurfer licence."
 
 
