@@ -176,3 +176,60 @@ def test_morphometry_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "no brain voxel" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def _counted_rows(path):
+    lines = path.read_text().splitlines()
+    measures = sum(1 for line in lines if line.startswith("# Measure "))
+    rows = sum(1 for line in lines if line.strip() and not line.startswith("#"))
+    return measures, rows
+
+
+def test_stats_reader_keeps_every_row_and_header_measure_of_real_freesurfer_files(shared, tmp_path):
+    from segsuite.morphometry import stats_io
+
+    folder = shared("data", "freesurfer", "stats_soichi")
+    files = sorted(folder.glob("*.stats"))
+    assert {p.name for p in files} >= {"aseg.stats", "brainvol.stats", "wmparc.stats", "lh.aparc.stats",
+                                       "rh.aparc.a2009s.stats", "lh.aparc.DKTatlas.stats"}
+    table = stats_io.tidy_table(files)
+    for path in files:
+        measures, rows = _counted_rows(path)
+        part = table[table["file"] == str(path)]
+        assert (part["kind"] == "measure").sum() == measures and (part["kind"] == "structure").sum() == rows, path.name
+    aseg = table[(table["atlas"] == "aseg") & (table["region"] == "Left-Hippocampus")].iloc[0]
+    assert aseg["volume_mm3"] == pytest.approx(float(aseg["Volume_mm3"])) and aseg["SegId"] == 17
+    bankssts = table[(table["atlas"] == "aparc") & (table["hemi"] == "lh") & (table["region"] == "bankssts")].iloc[0]
+    assert (bankssts["volume_mm3"], bankssts["thickness_mm"], bankssts["surface_area_mm2"]) == (1536.0, 2.144, 732.0)
+    assert set(table["atlas"]) == {"aseg", "brainvol", "wmparc", "aparc", "aparc.a2009s", "aparc.DKTatlas"}
+    etiv = table[(table["region"] == "eTIV") & (table["atlas"] == "aseg")]["value"].iloc[0]
+    assert etiv == pytest.approx(1420434.160521)
+    # the CLI writes the same table
+    out = tmp_path / "tidy.tsv"
+    assert main(["stats2table", *map(str, files), "--o", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == len(table) + 1
+
+
+def test_aseg_stats_writer_round_trips_through_the_reader(tmp_path):
+    from segsuite.morphometry import stats_io
+
+    image, labels = _phantom()
+    result = SegmentationResult(labels=labels, affine=np.diag([1.0, 1.0, 1.0, 1.0]),
+                                label_table=freesurfer_lut().subset([0, 2, 3, 4]), subject="phantom")
+    morphometry = compute_morphometry((image, np.eye(4)), result)
+    path = tmp_path / "aseg.stats"
+    path.write_text(stats_io.aseg_stats_text(morphometry, result))
+    stats = stats_io.read_stats(path)
+    assert stats.subject == "phantom" and stats.columns == ["Index", "SegId", "NVoxels", "Volume_mm3", "StructName"]
+    by_name = {row["StructName"]: row for row in stats.rows}
+    for value, name in ((2, "Left-Cerebral-White-Matter"), (3, "Left-Cerebral-Cortex"), (4, "Left-Lateral-Ventricle")):
+        assert by_name[name]["SegId"] == value and by_name[name]["NVoxels"] == int((labels == value).sum())
+        assert by_name[name]["Volume_mm3"] == pytest.approx(morphometry.volumes[name], abs=1e-4)
+    measures = {m.name: m for m in stats.measures}
+    assert measures["eTIV"].value == pytest.approx(morphometry.tiv, abs=1e-6) and measures["eTIV"].unit == "mm^3"
+    # and the group step reads it through stats2table's tidy table
+    tidy = tmp_path / "tidy.tsv"
+    assert main(["stats2table", str(path), "--o", str(tidy)]) == 0
+    frame = group.read_subject_tables([tidy])
+    assert frame.loc[0, "TIV"] == pytest.approx(morphometry.tiv, abs=1e-6)
+    assert frame.loc[0, "Left-Cerebral-Cortex"] == pytest.approx(morphometry.volumes["Left-Cerebral-Cortex"], abs=1e-4)
