@@ -103,8 +103,13 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
             "n": float(np.sum(probability, dtype=np.float64))}
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator; NaN where MRIQC would divide by zero (e.g. GM and WM medians equal)."""
+    return float(numerator / denominator) if denominator != 0 and math.isfinite(denominator) else float("nan")
+
+
 def mriqc_snr(mu_fg: float, sigma_fg: float, n: float) -> float:
-    return float(mu_fg / (sigma_fg * math.sqrt(n / (n - 1))))
+    return _ratio(mu_fg, sigma_fg * math.sqrt(n / (n - 1))) if n > 1 else float("nan")
 
 
 def mriqc_snr_dietrich(mu_fg: float, mad_air: float = 0.0, sigma_air: float = 1.0) -> float:
@@ -114,11 +119,11 @@ def mriqc_snr_dietrich(mu_fg: float, mad_air: float = 0.0, sigma_air: float = 1.
 
 
 def mriqc_cnr(mu_wm: float, mu_gm: float, sigma_air: float, sigma_wm: float, sigma_gm: float) -> float:
-    return float(abs(mu_wm - mu_gm) / math.sqrt(sigma_air ** 2 + sigma_gm ** 2 + sigma_wm ** 2))
+    return _ratio(abs(mu_wm - mu_gm), math.sqrt(sigma_air ** 2 + sigma_gm ** 2 + sigma_wm ** 2))
 
 
 def mriqc_cjv(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float) -> float:
-    return float((sigma_wm + sigma_gm) / abs(mu_wm - mu_gm))
+    return _ratio(sigma_wm + sigma_gm, abs(mu_wm - mu_gm))
 
 
 def mriqc_fber(image: np.ndarray, head_mask: np.ndarray, decimals: int = 4) -> float:
