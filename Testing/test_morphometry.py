@@ -153,7 +153,7 @@ def test_morphometry_and_group_cli_on_a_real_scan(shared, tmp_path, capsys):
     assert outputs == sorted(["sub-1_label-GM_probseg.nii.gz", "sub-1_label-WM_probseg.nii.gz",
                               "sub-1_label-CSF_probseg.nii.gz", "sub-1_dseg.nii.gz", "sub-1_dseg.tsv",
                               "sub-1_desc-brain_mask.nii.gz", "sub-1_morphometry.tsv", "sub-1_morphometry.json",
-                              "sub-1_aseg.stats"])
+                              "sub-1_aseg.stats", "sub-1_desc-qc_mosaic.webp"])
     import nibabel as nib
 
     dseg = np.asarray(nib.load(str(tmp_path / "sub-1" / "sub-1_dseg.nii.gz")).dataobj)
@@ -162,9 +162,11 @@ def test_morphometry_and_group_cli_on_a_real_scan(shared, tmp_path, capsys):
     # existing outputs need consent; nothing is half-written
     assert main(["morphometry", "--i", image, "--seg", seg, "--o", str(tmp_path / "sub-1"), "--prefix", "sub-1"]) == 1
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["group", *tables, "--o", str(tmp_path / "group")]) == 0
+    assert main(["group", *tables, "--o", str(tmp_path / "group"), "--report"]) == 0
     wide = (tmp_path / "group" / "group_volumes.tsv").read_text().splitlines()
     assert wide[0].startswith("participant_id\tsession_id\tTIV\t") and len(wide) == 4
+    report = (tmp_path / "group" / "group_qc_report.html").read_text()
+    assert report.count('<img class="mosaic"') == 3 and "sub-2" in report
 
 
 def test_morphometry_cli_errors_are_one_line(tmp_path, capsys):

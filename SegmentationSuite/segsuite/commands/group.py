@@ -19,6 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qc-threshold", type=float, default=0.65, help="flag SynthSeg QC scores below this (0.65)")
     parser.add_argument("--mad", type=float, default=3.0, help="flag metrics beyond this many MADs (3)")
     parser.add_argument("--z", type=float, default=3.0, help="flag ScLimbic |z| above this (3)")
+    parser.add_argument("--report", action="store_true",
+                        help="also write group_qc_report.html (self-contained; mosaics from beside the tables)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -28,9 +30,24 @@ def run(args) -> int:
     from ..image import check_outputs
     from ..morphometry.group import GROUP_FILES, build_group_tables, read_subject_tables, write_group_tables
 
-    check_outputs([os.path.join(args.output, name) for name in GROUP_FILES.values()], args.overwrite, inputs=args.tables)
-    tables = build_group_tables(read_subject_tables(args.tables), args.qc_threshold, args.mad, args.z)
+    from ..morphometry.report import write_report
+    from ..morphometry.subject import mosaic_beside
+
+    report = os.path.join(args.output, "group_qc_report.html")
+    check_outputs([os.path.join(args.output, name) for name in GROUP_FILES.values()] + ([report] if args.report else []),
+                  args.overwrite, inputs=args.tables)
+    frame = read_subject_tables(args.tables)
+    tables = build_group_tables(frame, args.qc_threshold, args.mad, args.z)
     write_group_tables(tables, args.output, overwrite=args.overwrite, inputs=args.tables)
+    if args.report:
+        mosaics = {}
+        for path in args.tables:
+            picture = mosaic_beside(os.path.abspath(path))
+            if picture is not None:
+                ids = read_subject_tables([path])[["participant_id", "session_id"]].fillna("").astype(str).iloc[0]
+                mosaics[(ids["participant_id"], ids["session_id"])] = picture
+        size = write_report(report, tables, mosaics)
+        print(f"report {report}: {size / 1e6:.2f} MB, {len(mosaics)} mosaics")
     flagged = int((tables.flags["n_flags"] > 0).sum())
     print(f"{len(tables.wide)} subjects, {len(tables.volume_columns)} regions, {flagged} flagged -> {args.output}")
     return 0

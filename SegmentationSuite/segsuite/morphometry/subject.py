@@ -19,6 +19,7 @@ from ..result import SegmentationResult
 from . import quality, tissues
 
 TABLE_SUFFIX = "morphometry.tsv"
+MOSAIC_SUFFIX = "desc-qc_mosaic.webp"  # the bytes may be PNG where Pillow lacks WebP; browsers sniff it
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Morphometry:
     volumes: dict[str, float]
     qc: dict[str, float] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    mosaic: Optional[tuple[str, bytes]] = None  # (MIME type, bytes) of the report's 3-plane thumbnail
 
     def table_row(self, participant_id: Optional[str] = None, session_id: str = "") -> dict:
         """One row of the per-subject table the group step reads (see group.py for the columns)."""
@@ -108,6 +110,10 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     tiv, tiv_source = _tiv(result, sum(tissue_volumes.values()))
     volumes = _volumes_by_freesurfer_name(result) if result.volumes else _label_volumes(result)
     volumes.update(tissue_volumes)
+    from .report import subject_mosaic
+
+    same_grid = tuple(result.labels.shape) == tuple(shape) and np.allclose(result.affine, affine, atol=1e-4)
+    mosaic = subject_mosaic(data, result.labels if same_grid else dseg, affine)
     return Morphometry(
         subject=subject or result.subject or "subject", affine=np.asarray(affine, dtype=np.float64), tissue_maps=maps,
         dseg=dseg, brain_mask=brain, head_mask=head, air_mask=air, metrics=metrics, tissue_statistics=statistics,
@@ -116,6 +122,7 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
                     "segmentation": result.provenance.get("model", result.provenance.get("engine", "")),
                     "image_resampled": tuple(np.asarray(volume.data).shape[:3]) != tuple(shape)
                     or not np.allclose(volume.affine, affine, atol=1e-4)},
+        mosaic=mosaic,
     )
 
 
@@ -144,8 +151,21 @@ def output_paths(folder: str, prefix: str) -> dict[str, str]:
     join = lambda suffix: os.path.join(folder, f"{prefix}_{suffix}")  # noqa: E731
     paths = {f"probseg_{name}": join(f"label-{name}_probseg.nii.gz") for name in tissues.TISSUES}
     paths.update({"dseg": join("dseg.nii.gz"), "dseg_tsv": join("dseg.tsv"), "brain_mask": join("desc-brain_mask.nii.gz"),
-                  "table": join(TABLE_SUFFIX), "sidecar": join("morphometry.json"), "aseg_stats": join("aseg.stats")})
+                  "table": join(TABLE_SUFFIX), "sidecar": join("morphometry.json"), "aseg_stats": join("aseg.stats"),
+                  "mosaic": join(MOSAIC_SUFFIX)})
     return paths
+
+
+def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
+    """The QC mosaic write_morphometry wrote next to a per-subject table, if there is one."""
+    if not table_path.endswith(TABLE_SUFFIX):
+        return None
+    path = table_path[: -len(TABLE_SUFFIX)] + MOSAIC_SUFFIX
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return ("image/png" if data[:4] == b"\x89PNG" else "image/webp"), data
 
 
 def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
@@ -172,6 +192,11 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
         transaction.write_text(paths["table"], table_text([row]))
         transaction.write_text(paths["sidecar"], json.dumps(_json_ready(sidecar), indent=1))
         transaction.write_text(paths["aseg_stats"], aseg_stats_text(morphometry, result))
+        if morphometry.mosaic is not None:
+            with open(transaction.temp_path(paths["mosaic"]), "wb") as handle:
+                handle.write(morphometry.mosaic[1])
+        else:
+            del paths["mosaic"]
     return paths
 
 
