@@ -235,3 +235,4 @@ def test_aseg_stats_writer_round_trips_through_the_reader(tmp_path):
     frame = group.read_subject_tables([tidy])
     assert frame.loc[0, "TIV"] == pytest.approx(morphometry.tiv, abs=1e-6)
     assert frame.loc[0, "Left-Cerebral-Cortex"] == pytest.approx(morphometry.volumes["Left-Cerebral-Cortex"], abs=1e-4)
+

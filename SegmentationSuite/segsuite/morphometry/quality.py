@@ -76,8 +76,7 @@ def spec_cnr(image: np.ndarray, gm_mask: np.ndarray, wm_mask: np.ndarray) -> flo
 
 def weighted_quantiles(values: np.ndarray, weights: np.ndarray, probs) -> np.ndarray:
     """Weighted quantiles by the SAS definition (weights summed over ties; halfway on an exact hit)."""
-    distinct, inverse = np.unique(values, return_inverse=True)
-    tie_weights = np.bincount(inverse.ravel(), weights=weights, minlength=distinct.size)
+    distinct, tie_weights = _ties(values, weights)
     cumulative = np.cumsum(tie_weights)
     targets = np.asarray(probs, dtype=np.float64) * cumulative[-1]
     index = np.searchsorted(cumulative, targets)
@@ -87,9 +86,29 @@ def weighted_quantiles(values: np.ndarray, weights: np.ndarray, probs) -> np.nda
     return result
 
 
-def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int = 4) -> dict[str, float]:
-    """MRIQC's summary statistics of one tissue: weighted mean, median, p05, p95, stdv; MAD; n."""
-    data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0)
+def _ties(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values (sorted) and each one's summed weight; integer-valued data by counting
+    (a 256^3 head in a fraction of a second instead of a multi-second sort)."""
+    values = np.asarray(values).reshape(-1)
+    low = values.min() if values.size else 0
+    span = (values.max() - low) if values.size else 0
+    if values.size and span < 5e7 and np.all(np.mod(values[:: max(1, values.size // 4096)], 1) == 0) \
+            and np.array_equal(values, np.round(values)):
+        offsets = (values - low).astype(np.int64)
+        counts = np.bincount(offsets, minlength=int(span) + 1)
+        sums = np.bincount(offsets, weights=weights, minlength=int(span) + 1)
+        present = np.flatnonzero(counts)
+        return present.astype(np.float64) + low, sums[present]
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return distinct, np.bincount(inverse.ravel(), weights=weights, minlength=distinct.size)
+
+
+def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int = 4,
+                      rounded: Optional[np.ndarray] = None) -> dict[str, float]:
+    """MRIQC's summary statistics of one tissue: weighted mean, median, p05, p95, stdv; MAD; n.
+
+    ``rounded``: the image already rounded to integers and flattened (shared between tissues)."""
+    data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0) if rounded is None else rounded
     weights = np.round(np.asarray(probability, dtype=np.float32).reshape(-1), 3).astype(np.float64)
     total = float(weights.sum())
     mean = float(np.dot(weights, data) / total)
@@ -212,8 +231,10 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     }
     # MRIQC works on the image with NaNs as 0 and negative values clipped to 0
     clipped = np.clip(np.nan_to_num(image), 0, None)
-    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue]) for tissue in ("CSF", "GM", "WM")}
-    statistics["bg"] = tissue_statistics(clipped, air_mask.astype(np.uint8))
+    rounded = np.round(clipped.astype(np.float64).reshape(-1), 0)
+    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], rounded=rounded)
+                  for tissue in ("CSF", "GM", "WM")}
+    statistics["bg"] = tissue_statistics(clipped, air_mask.astype(np.uint8), rounded=rounded)
     snr = {tissue: mriqc_snr(statistics[tissue]["median"], statistics[tissue]["stdv"], statistics[tissue]["n"])
            for tissue in ("csf", "wm", "gm")}
     snrd = {tissue: mriqc_snr_dietrich(statistics[tissue]["median"], statistics["bg"]["mad"], statistics["bg"]["stdv"])

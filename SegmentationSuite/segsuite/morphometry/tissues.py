@@ -92,9 +92,13 @@ def dseg_from_maps(maps: dict[str, np.ndarray]) -> np.ndarray:
 
     Ties go to the first of background, GM, WM, CSF (numpy's argmax order)."""
     gm, wm, csf = (maps[tissue] for tissue in TISSUES)
-    background = 1.0 - (gm + wm + csf)
-    best = np.argmax(np.stack([background, gm, wm, csf]), axis=0).astype(np.uint8)
-    return best  # 0, 1 (GM), 2 (WM), 3 (CSF) are exactly DSEG_VALUES' order
+    best_value = 1.0 - (gm + wm + csf)  # background
+    best = np.zeros(gm.shape, dtype=np.uint8)
+    for value, probability in ((1, gm), (2, wm), (3, csf)):  # 1 GM, 2 WM, 3 CSF: DSEG_VALUES
+        better = probability > best_value  # strictly: the first maximum wins, as numpy's argmax
+        best[better] = value
+        np.maximum(best_value, probability, out=best_value)
+    return best
 
 
 def brain_mask_from_dseg(dseg: np.ndarray) -> np.ndarray:
