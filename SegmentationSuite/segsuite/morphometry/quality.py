@@ -103,19 +103,54 @@ def _ties(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return distinct, np.bincount(inverse.ravel(), weights=weights, minlength=distinct.size)
 
 
+class IntensityIndex:
+    """An integer-valued image's voxels as offsets into its value range, counted once and shared by the
+    tissues' statistics (each then costs in proportion to its own voxels, not the whole volume)."""
+
+    def __init__(self, rounded: np.ndarray):
+        self.rounded = rounded
+        self.low = float(rounded.min())
+        self.offsets = (rounded - self.low).astype(np.int64)
+        self.counts = np.bincount(self.offsets)
+        self.present = np.flatnonzero(self.counts)
+
+    @staticmethod
+    def usable(rounded: np.ndarray) -> bool:
+        return rounded.size > 0 and float(rounded.max() - rounded.min()) < 5e7
+
+    def quantiles(self, voxels: np.ndarray, weights: np.ndarray, probs) -> np.ndarray:
+        sums = np.bincount(self.offsets[voxels], weights=weights, minlength=self.counts.size)[self.present]
+        cumulative = np.cumsum(sums)
+        targets = np.asarray(probs, dtype=np.float64) * cumulative[-1]
+        index = np.searchsorted(cumulative, targets)
+        distinct = self.present.astype(np.float64) + self.low
+        result = distinct[index]
+        exact = (np.abs(targets - cumulative[index]) < 1e-10) & (index < cumulative.size - 1)
+        result[exact] = (distinct[index[exact]] + distinct[index[exact] + 1]) / 2
+        return result
+
+
 def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int = 4,
-                      rounded: Optional[np.ndarray] = None) -> dict[str, float]:
+                      index: Optional[IntensityIndex] = None) -> dict[str, float]:
     """MRIQC's summary statistics of one tissue: weighted mean, median, p05, p95, stdv; MAD; n.
 
-    ``rounded``: the image already rounded to integers and flattened (shared between tissues)."""
-    data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0) if rounded is None else rounded
+    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues."""
     weights = np.round(np.asarray(probability, dtype=np.float32).reshape(-1), 3).astype(np.float64)
-    total = float(weights.sum())
-    mean = float(np.dot(weights, data) / total)
-    stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
-    p05, median, p95 = weighted_quantiles(data, weights, [0.05, 0.5, 0.95])
+    if index is None:
+        data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0)
+        total = float(weights.sum())
+        mean = float(np.dot(weights, data) / total)
+        stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
+        p05, median, p95 = weighted_quantiles(data, weights, [0.05, 0.5, 0.95])
+    else:  # zero weights add nothing: only the tissue's voxels are visited
+        voxels = np.flatnonzero(weights)
+        weights, data = weights[voxels], index.rounded[voxels]
+        total = float(weights.sum())
+        mean = float(np.dot(weights, data) / total)
+        stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
+        p05, median, p95 = index.quantiles(voxels, weights, [0.05, 0.5, 0.95])
     probability = np.asarray(probability)
-    core = np.asarray(image, dtype=np.float64)[probability > 0.5 * probability.max()]
+    core = np.asarray(image)[probability > 0.5 * probability.max()].astype(np.float64)
     mad = float(np.median(np.abs(core - median) / GAUSSIAN_MAD_SCALE)) if core.size else float("nan")
     return {"mean": round(mean, decimals), "median": round(float(median), decimals), "p95": round(float(p95), decimals),
             "p05": round(float(p05), decimals), "stdv": round(stdv, decimals), "mad": round(mad, decimals),
@@ -232,9 +267,10 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     # MRIQC works on the image with NaNs as 0 and negative values clipped to 0
     clipped = np.clip(np.nan_to_num(image), 0, None)
     rounded = np.round(clipped.astype(np.float64).reshape(-1), 0)
-    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], rounded=rounded)
+    index = IntensityIndex(rounded) if IntensityIndex.usable(rounded) else None
+    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index)
                   for tissue in ("CSF", "GM", "WM")}
-    statistics["bg"] = tissue_statistics(clipped, air_mask.astype(np.uint8), rounded=rounded)
+    statistics["bg"] = tissue_statistics(clipped, air_mask.astype(np.uint8), index=index)
     snr = {tissue: mriqc_snr(statistics[tissue]["median"], statistics[tissue]["stdv"], statistics[tissue]["n"])
            for tissue in ("csf", "wm", "gm")}
     snrd = {tissue: mriqc_snr_dietrich(statistics[tissue]["median"], statistics["bg"]["mad"], statistics["bg"]["stdv"])
