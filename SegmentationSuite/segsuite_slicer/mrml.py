@@ -456,3 +456,23 @@ def add_score_chart(scores: dict, name: str, thresholds: Sequence[float] = (), s
     chart.SetYAxisTitle(y_title)
     chart.SetLegendVisibility(True)
     return {"chart": chart, "table": table, "series": series}
+
+
+def add_morphometry_columns(volumes_node, qc_node, tiv: float, metrics: dict, definitions: Optional[dict] = None,
+                            target_tiv: float = 1_500_000.0) -> None:
+    """Morphometry in the tables Slicer shows: a TIV-proportional column (volume / TIV x 1.5 L) in the
+    volumes table and one QC-table row per image-quality metric, whose unit cell names its definition
+    (spec_* the UK Biobank sMRI spec's, mriqc_* MRIQC's)."""
+    volume_column = volumes_node.GetTable().GetColumnByName("Volume")
+    proportional = [volume_column.GetValue(row) / tiv * target_tiv for row in range(volume_column.GetNumberOfTuples())]
+    _add_column(volumes_node, "Volume (TIV 1.5 L)", proportional, unit="mm3",
+                description=f"volume / TIV ({tiv:.0f} mm3) x {target_tiv:.0f} mm3 (proportional head-size correction)")
+    volumes_node.Modified()
+    table = qc_node.GetTable()
+    measure, value, unit = (table.GetColumnByName(n) for n in ("Measure", "Value", "Unit"))
+    for name, number in metrics.items():
+        measure.InsertNextValue(name)
+        value.InsertNextValue(float(number))
+        unit.InsertNextValue("ratio" if not definitions else "ratio (" + definitions.get(name, "") + ")")
+    table.Modified()
+    qc_node.Modified()

@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="PATH",
                         help="segmentation .h5, or a folder with synthseg_2.0.h5, synthseg_parc_2.0.h5, ... "
                              "(e.g. $FREESURFER_HOME/models); default: the model manager")
+    parser.add_argument("--morphometry", metavar="OUTDIR",
+                        help="also write tissue maps, dseg, brain mask, image-quality metrics, TIV and aseg.stats "
+                             "per image into this folder (see segsuite morphometry)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -62,7 +65,7 @@ def run(args) -> int:
     progress, close = progress_for(args, "SynthSeg")
     try:
         engine = SynthSegEngine(model=args.model, parc=args.parc, robust=args.robust, fast=args.fast, v1=args.v1,
-                                ct=args.ct, qc=bool(args.qc), posteriors=bool(args.post), crop=args.crop,
+                                ct=args.ct, qc=bool(args.qc), posteriors=bool(args.post or args.morphometry), crop=args.crop,
                                 device=device, threads=args.threads)
         volume_rows, qc_rows, failures = [], [], []
         volume_header = qc_header = None
@@ -88,6 +91,11 @@ def run(args) -> int:
                     if job.outputs.get("qc"):
                         transaction.write_text(job.outputs["qc"], csv_text(
                             list(result.qc), [qc_row(result.subject, result.qc)], shared=False))
+                if args.morphometry:  # its own all-or-nothing write, after the segmentation's
+                    from ..morphometry.subject import compute_morphometry, write_morphometry
+
+                    write_morphometry(compute_morphometry(job.image, result), args.morphometry, overwrite=args.overwrite,
+                                      inputs=[job.image], result=result)
                 if job.outputs.get("resample") and "resampled" not in result.images:
                     print(f"{job.image} is already at 1 mm: no resampled image written "
                           f"to {job.outputs['resample']}", file=sys.stderr)

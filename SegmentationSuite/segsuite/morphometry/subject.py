@@ -1,0 +1,225 @@
+"""Per-subject morphometry: (image, SegmentationResult) -> tissue maps, masks, image-quality metrics, TIV.
+
+The CLI (``segsuite morphometry``, ``segsuite synthseg --morphometry``), the cohort runner and the Slicer
+adapters all call ``compute_morphometry`` and ``write_morphometry``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..image import OutputTransaction, as_volume, squeeze_to_3d, voxel_sizes
+from ..result import SegmentationResult
+from . import quality, tissues
+
+TABLE_SUFFIX = "morphometry.tsv"
+MOSAIC_SUFFIX = "desc-qc_mosaic.webp"  # the bytes may be PNG where Pillow lacks WebP; browsers sniff it
+
+
+@dataclass
+class Morphometry:
+    """What the morphometry step measured for one subject, on the grid of ``affine``."""
+
+    subject: str
+    affine: np.ndarray
+    tissue_maps: dict[str, np.ndarray]
+    dseg: np.ndarray
+    brain_mask: np.ndarray
+    head_mask: np.ndarray
+    air_mask: np.ndarray
+    metrics: dict[str, float]
+    tissue_statistics: dict[str, dict[str, float]]
+    tiv: float
+    tiv_source: str
+    volumes: dict[str, float]
+    qc: dict[str, float] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    mosaic: Optional[tuple[str, bytes]] = None  # (MIME type, bytes) of the report's 3-plane thumbnail
+
+    def table_row(self, participant_id: Optional[str] = None, session_id: str = "") -> dict:
+        """One row of the per-subject table the group step reads (see group.py for the columns)."""
+        row = {"participant_id": participant_id or self.subject, "session_id": session_id, "TIV": self.tiv}
+        row.update(self.volumes)
+        row.update({f"qc_{name}": value for name, value in self.qc.items()})
+        row.update(self.metrics)
+        return row
+
+
+def _volumes_by_freesurfer_name(result: SegmentationResult) -> dict[str, float]:
+    """The result's structure volumes under FreeSurfer names (SynthSeg names them in lower case)."""
+    from ..labels import freesurfer_lut
+    from ..synthseg import labels as synthseg_labels
+
+    lut = freesurfer_lut()
+    synthseg_values = {name: value for value, name in synthseg_labels.NAMES.items()}
+    synthseg_values.update({name: value for value, name in synthseg_labels.PARC_NAMES.items()})
+    volumes = {}
+    for name, value in result.volumes.items():
+        if name == synthseg_labels.TOTAL_INTRACRANIAL:
+            continue
+        label = synthseg_values.get(name)
+        volumes[lut.get(label).name if label is not None and lut.get(label) else name] = float(value)
+    return volumes
+
+
+def _image_on_grid(image, shape, affine) -> np.ndarray:
+    """The image's intensities on the segmentation's voxel grid (trilinear when the grids differ)."""
+    from scipy import ndimage
+
+    data = squeeze_to_3d(np.asarray(image.data), "the image")
+    if tuple(data.shape) == tuple(shape) and np.allclose(image.affine, affine, atol=1e-4):
+        return np.asarray(data, dtype=np.float32)
+    mapping = np.linalg.inv(image.affine) @ affine
+    return ndimage.affine_transform(np.asarray(data, dtype=np.float32), mapping[:3, :3], mapping[:3, 3],
+                                    output_shape=tuple(shape), order=1, mode="constant", cval=0.0)
+
+
+def compute_morphometry(image, result: SegmentationResult, subject: Optional[str] = None,
+                        tissue_table: Optional[dict[int, str]] = None) -> Morphometry:
+    """Tissue maps, dseg, brain/head/air masks, image-quality metrics, TIV and volumes for one subject.
+
+    ``image``: the scan (path, Volume, nibabel image or (array, affine)); it is resampled onto the
+    segmentation's grid when they differ. The tissue maps come from the posteriors when the result has
+    them, else from the hard labels."""
+    volume = as_volume(image)
+    if result.posteriors is not None:
+        if not result.posterior_labels:
+            raise InputError("the segmentation's posteriors come without their channel labels")
+        maps, unknown = tissues.tissue_maps_from_posteriors(result.posteriors, result.posterior_labels, tissue_table)
+        affine, source = np.asarray(result.posteriors_affine), "posteriors"
+    else:
+        maps, unknown = tissues.tissue_maps_from_labels(result.labels, tissue_table)
+        affine, source = result.affine, "labels"
+    shape = maps["GM"].shape
+    data = _image_on_grid(volume, shape, affine)
+    dseg = tissues.dseg_from_maps(maps)
+    brain = tissues.brain_mask_from_dseg(dseg)
+    if not brain.any():
+        raise InputError("the segmentation has no brain voxel (every voxel is background); check --seg")
+    head, air = quality.head_and_air_masks(data, brain)
+    metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air)
+    voxel_volume = float(np.prod(voxel_sizes(affine)))
+    tissue_volumes = {f"tissue-{name}": float(np.sum(maps[name], dtype=np.float64) * voxel_volume)
+                      for name in tissues.TISSUES}
+    tiv, tiv_source = _tiv(result, sum(tissue_volumes.values()))
+    volumes = _volumes_by_freesurfer_name(result) if result.volumes else _label_volumes(result)
+    volumes.update(tissue_volumes)
+    from .report import subject_mosaic
+
+    same_grid = tuple(result.labels.shape) == tuple(shape) and np.allclose(result.affine, affine, atol=1e-4)
+    mosaic = subject_mosaic(data, result.labels if same_grid else dseg, affine)
+    return Morphometry(
+        subject=subject or result.subject or "subject", affine=np.asarray(affine, dtype=np.float64), tissue_maps=maps,
+        dseg=dseg, brain_mask=brain, head_mask=head, air_mask=air, metrics=metrics, tissue_statistics=statistics,
+        tiv=tiv, tiv_source=tiv_source, volumes=volumes, qc=dict(result.qc),
+        provenance={"tissue_maps_from": source, "labels_without_tissue": unknown,
+                    "segmentation": result.provenance.get("model", result.provenance.get("engine", "")),
+                    "image_resampled": tuple(np.asarray(volume.data).shape[:3]) != tuple(shape)
+                    or not np.allclose(volume.affine, affine, atol=1e-4)},
+        mosaic=mosaic,
+    )
+
+
+def _tiv(result: SegmentationResult, tissue_total: float) -> tuple[float, str]:
+    """ScLimbic's eTIV where that ran, else SynthSeg's total intracranial volume, else the tissue sum."""
+    from ..synthseg.labels import TOTAL_INTRACRANIAL
+
+    if "eTIV" in result.measures:
+        return float(result.measures["eTIV"]), "eTIV (ScLimbic)"
+    if TOTAL_INTRACRANIAL in result.measures:
+        return float(result.measures[TOTAL_INTRACRANIAL]), "SynthSeg total intracranial"
+    return float(tissue_total), "sum of the GM, WM and CSF maps"
+
+
+def _label_volumes(result: SegmentationResult) -> dict[str, float]:
+    """Voxel-count volumes (mm3) of the labels present, under the label table's names."""
+    counts = np.bincount(np.clip(result.labels, 0, None).ravel())
+    voxel_volume = float(np.prod(voxel_sizes(result.affine)))
+    names = {label.value: label.name for label in result.label_table}
+    return {names.get(value, f"Label-{value}"): float(counts[value] * voxel_volume)
+            for value in np.flatnonzero(counts) if value != 0}
+
+
+def output_paths(folder: str, prefix: str) -> dict[str, str]:
+    """The files write_morphometry writes, by kind, with BIDS-Derivatives entities."""
+    join = lambda suffix: os.path.join(folder, f"{prefix}_{suffix}")  # noqa: E731
+    paths = {f"probseg_{name}": join(f"label-{name}_probseg.nii.gz") for name in tissues.TISSUES}
+    paths.update({"dseg": join("dseg.nii.gz"), "dseg_tsv": join("dseg.tsv"), "brain_mask": join("desc-brain_mask.nii.gz"),
+                  "table": join(TABLE_SUFFIX), "sidecar": join("morphometry.json"), "aseg_stats": join("aseg.stats"),
+                  "mosaic": join(MOSAIC_SUFFIX)})
+    return paths
+
+
+def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
+    """The QC mosaic write_morphometry wrote next to a per-subject table, if there is one."""
+    if not table_path.endswith(TABLE_SUFFIX):
+        return None
+    path = table_path[: -len(TABLE_SUFFIX)] + MOSAIC_SUFFIX
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return ("image/png" if data[:4] == b"\x89PNG" else "image/webp"), data
+
+
+def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
+                      inputs=(), result: Optional[SegmentationResult] = None, participant_id: Optional[str] = None,
+                      session_id: str = "") -> dict[str, str]:
+    """Write every output of one subject atomically (all or nothing); returns the paths by kind."""
+    from .stats_io import aseg_stats_text
+
+    prefix = prefix or morphometry.subject
+    paths = output_paths(folder, prefix)
+    row = morphometry.table_row(participant_id, session_id)
+    sidecar = {
+        "definitions": quality.DEFINITIONS, "units": {"TIV": "mm3", "volumes": "mm3"},
+        "TIV_source": morphometry.tiv_source, "mriqc_tissue_statistics": morphometry.tissue_statistics,
+        "provenance": morphometry.provenance,
+    }
+    with OutputTransaction(overwrite=overwrite, inputs=inputs) as transaction:
+        for name in tissues.TISSUES:
+            transaction.save_image(paths[f"probseg_{name}"], morphometry.tissue_maps[name], morphometry.affine)
+        transaction.save_image(paths["dseg"], morphometry.dseg.astype(np.uint8), morphometry.affine)
+        transaction.write_text(paths["dseg_tsv"], "index\tname\n" + "".join(
+            f"{value}\t{name}\n" for name, value in tissues.DSEG_VALUES.items()))
+        transaction.save_image(paths["brain_mask"], morphometry.brain_mask.astype(np.uint8), morphometry.affine)
+        transaction.write_text(paths["table"], table_text([row]))
+        transaction.write_text(paths["sidecar"], json.dumps(_json_ready(sidecar), indent=1))
+        transaction.write_text(paths["aseg_stats"], aseg_stats_text(morphometry, result))
+        if morphometry.mosaic is not None:
+            with open(transaction.temp_path(paths["mosaic"]), "wb") as handle:
+                handle.write(morphometry.mosaic[1])
+        else:
+            del paths["mosaic"]
+    return paths
+
+
+def table_text(rows: list[dict]) -> str:
+    """Rows as a TSV (columns in first-seen order; 'n/a' for missing, as BIDS tables write it)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [name for name in row if name not in columns]
+    lines = ["\t".join(columns)]
+    for row in rows:
+        lines.append("\t".join(_cell(row.get(name)) for name in columns))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _json_ready(value):
+    from ..result_io import _json_safe
+
+    return _json_safe(value)

@@ -1,0 +1,238 @@
+"""Morphometry: tissue maps, spec SNR/CNR, MRIQC-style metrics, group TIV corrections, CLI on real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segsuite.cli import main
+from segsuite.labels import freesurfer_lut
+from segsuite.morphometry import group, quality, tissues
+from segsuite.morphometry.subject import compute_morphometry
+from segsuite.result import SegmentationResult
+from segsuite.synthseg import labels as synthseg_labels
+
+
+def _phantom(shape=(60, 60, 60), seed=0, noise=4.0, gm_mean=60.0, wm_mean=110.0):
+    """A head: air with noise, a scalp shell, a GM shell around a WM core; known means and noise."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(np.float64) - (np.array(shape)[:, None, None, None] - 1) / 2
+    radius = np.sqrt((grid ** 2).sum(axis=0))
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[radius < 20] = 3     # cortex (GM)
+    labels[radius < 14] = 2     # white matter
+    labels[(radius < 8) & (grid[0] > 0)] = 4  # a ventricle (CSF)
+    image = rng.normal(0, noise, shape)
+    image[radius < 25] += 40    # scalp/skull
+    image[labels == 3] = gm_mean + rng.normal(0, noise, (labels == 3).sum())
+    image[labels == 2] = wm_mean + rng.normal(0, noise, (labels == 2).sum())
+    image[labels == 4] = 20 + rng.normal(0, noise, (labels == 4).sum())
+    return image.astype(np.float32), labels
+
+
+def test_tissue_table_covers_every_synthseg_label():
+    table = tissues.tissue_table()
+    assert all(value in table for value in synthseg_labels.LABELS_V2 if value != 0)
+    assert all(value in table for value in synthseg_labels.PARC_LABELS if value != 0)
+    # fMRIPrep's classes for a few well-known labels
+    assert (table[3], table[2], table[4], table[17], table[16], table[24]) == ("GM", "WM", "CSF", "GM", "WM", "CSF")
+    with pytest.raises(Exception, match="tissue table line"):
+        tissues.parse_tissue_table("label\ttissue\n2\tBONE\n")
+
+
+def test_tissue_maps_sum_to_the_brain_posterior_mass():
+    rng = np.random.default_rng(1)
+    channel_labels = [int(v) for v in synthseg_labels.LABELS_V2]
+    logits = rng.normal(size=(12, 10, 8, len(channel_labels))).astype(np.float32)
+    posteriors = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    maps, unknown = tissues.tissue_maps_from_posteriors(posteriors, channel_labels)
+    assert unknown == []
+    total = maps["GM"] + maps["WM"] + maps["CSF"]
+    assert np.max(np.abs(total - (1 - posteriors[..., 0]))) < 1e-5
+    # each map is exactly its labels' sum
+    gm_channels = [i for i, v in enumerate(channel_labels) if v and tissues.tissue_table()[v] == "GM"]
+    assert np.allclose(maps["GM"], posteriors[..., gm_channels].sum(axis=-1), atol=1e-5)
+    dseg = tissues.dseg_from_maps(maps)
+    assert set(np.unique(dseg)) <= {0, 1, 2, 3}
+
+
+def test_spec_snr_and_cnr_match_the_known_means_and_noise():
+    image, labels = _phantom(noise=4.0, gm_mean=60.0, wm_mean=110.0)
+    brain = labels > 0
+    outside = image[~brain]
+    # the spec's formula, evaluated with the phantom's known truth: mean brain / std outside
+    expected_snr = image[brain].mean() / outside.std()
+    assert quality.spec_snr(image, brain) == pytest.approx(expected_snr, rel=1e-6)
+    # CNR: |60 - 110| / 4 by construction
+    assert quality.spec_cnr(image, labels == 3, labels == 2) == pytest.approx(50 / 4.0, rel=0.01)
+    # over air only (pure noise of sd 4, outside the scalp): mean brain / 4
+    head, air = quality.head_and_air_masks(image, brain)
+    assert quality.spec_snr(image, brain, air) == pytest.approx(image[brain].mean() / 4.0, rel=0.01)
+    assert head[30, 30, 30] and not head[0, 0, 0] and air[0, 0, 0]
+
+
+def test_mriqc_style_metrics_on_the_phantom():
+    image, labels = _phantom(noise=4.0)
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    dseg = tissues.dseg_from_maps(maps)
+    brain = dseg > 0
+    head, air = quality.head_and_air_masks(image, brain)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, brain, head, air)
+    assert set(metrics) == set(quality.DEFINITIONS)
+    assert statistics["wm"]["median"] == pytest.approx(110, abs=1)
+    assert statistics["gm"]["median"] == pytest.approx(60, abs=1)
+    # cjv = (MAD_wm + MAD_gm) / |110 - 60| with Gaussian MADs of ~4
+    assert metrics["mriqc_cjv"] == pytest.approx(8 / 50, rel=0.1)
+    assert metrics["mriqc_snr_wm"] == pytest.approx(110 / 4, rel=0.1)
+    noisier, _ = _phantom(noise=12.0)
+    worse, _ = quality.image_quality_metrics(noisier, maps, dseg, brain, head, air)
+    assert worse["mriqc_snr_wm"] < metrics["mriqc_snr_wm"] and worse["mriqc_cjv"] > metrics["mriqc_cjv"]
+
+
+def test_weighted_quantiles_follow_the_sas_definition():
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    assert quality.weighted_quantiles(values, np.ones(4), [0.5])[0] == 2.5  # exact hit: halfway
+    assert quality.weighted_quantiles(values, np.array([1, 1, 1, 5.0]), [0.5])[0] == 4.0
+    assert quality.weighted_quantiles(values, np.array([0, 0, 1, 0.0]), [0.05, 0.95]).tolist() == [3.0, 3.0]
+
+
+def test_compute_morphometry_on_a_result_with_posteriors():
+    image, labels = _phantom()
+    channel_labels = [0, 2, 3, 4]
+    posteriors = np.stack([(labels == v).astype(np.float32) for v in channel_labels], axis=-1)
+    posteriors = 0.9 * posteriors + 0.025  # soft, still summing to 1
+    result = SegmentationResult(labels=labels, affine=np.eye(4), label_table=freesurfer_lut().subset([0, 2, 3, 4]),
+                                posteriors=posteriors, posterior_labels=channel_labels, qc={"general grey matter": 0.9},
+                                measures={"total intracranial": 12345.0}, subject="phantom")
+    morphometry = compute_morphometry((image, np.eye(4)), result)
+    total = sum(morphometry.tissue_maps[t] for t in tissues.TISSUES)
+    assert np.max(np.abs(total - (1 - posteriors[..., 0]))) < 1e-5
+    assert morphometry.tiv == 12345.0 and morphometry.tiv_source.startswith("SynthSeg")
+    assert morphometry.volumes["tissue-GM"] == pytest.approx(posteriors[..., 2].sum(), rel=1e-6)
+    row = morphometry.table_row("sub-1", "01")
+    assert row["participant_id"] == "sub-1" and row["qc_general grey matter"] == 0.9 and "spec_snr" in row
+    result.measures["eTIV"] = 999.0
+    assert compute_morphometry((image, np.eye(4)), result).tiv == 999.0
+
+
+def test_tiv_corrections_equal_a_direct_numpy_computation():
+    rng = np.random.default_rng(7)
+    n = 50
+    tiv = rng.uniform(1.2e6, 1.8e6, n)
+    slope, intercept = 0.003, 500.0
+    hippocampus = intercept + slope * tiv + rng.normal(0, 50, n)
+    import pandas as pd
+
+    table = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(n)], "session_id": "",
+                          "TIV": tiv, "Left-Hippocampus": hippocampus, "qc_general grey matter": rng.uniform(0.7, 1, n),
+                          "spec_snr": rng.normal(20, 1, n)})
+    table.loc[3, "qc_general grey matter"] = 0.4
+    table.loc[5, "spec_snr"] = 60.0
+    tables = group.build_group_tables(table)
+    assert np.allclose(tables.proportional["Left-Hippocampus"], hippocampus / tiv * 1.5e6)
+    fitted_slope, fitted_intercept = np.polyfit(tiv, hippocampus, 1)
+    fit = tables.residual_fit.set_index("region").loc["Left-Hippocampus"]
+    assert fit["slope"] == pytest.approx(fitted_slope, rel=1e-9)
+    assert fit["intercept"] == pytest.approx(fitted_intercept, rel=1e-9)
+    assert fit["slope"] == pytest.approx(slope, rel=0.1)
+    assert np.allclose(tables.residual["Left-Hippocampus"], hippocampus - (fitted_intercept + fitted_slope * tiv))
+    flagged = tables.ranking[tables.ranking["n_flags"] > 0]["participant_id"].tolist()
+    assert set(flagged) == {"sub-03", "sub-05"} and tables.ranking["participant_id"].iloc[:2].tolist() == flagged
+    assert "SynthSeg QC" in tables.flags.set_index("participant_id").loc["sub-03", "reasons"]
+
+
+def test_morphometry_and_group_cli_on_a_real_scan(shared, tmp_path, capsys):
+    folder = shared("data", "samseg", "t1_crop_2mm")
+    image, seg = str(folder / "mode01_bias_corrected.mgz"), str(folder / "seg.mgz")
+    tables = []
+    for number in (1, 2, 3):
+        out = tmp_path / f"sub-{number}"
+        assert main(["morphometry", "--i", image, "--seg", seg, "--o", str(out), "--prefix", f"sub-{number}"]) == 0
+        tables.append(str(out / f"sub-{number}_morphometry.tsv"))
+    outputs = sorted(p.name for p in (tmp_path / "sub-1").iterdir())
+    assert outputs == sorted(["sub-1_label-GM_probseg.nii.gz", "sub-1_label-WM_probseg.nii.gz",
+                              "sub-1_label-CSF_probseg.nii.gz", "sub-1_dseg.nii.gz", "sub-1_dseg.tsv",
+                              "sub-1_desc-brain_mask.nii.gz", "sub-1_morphometry.tsv", "sub-1_morphometry.json",
+                              "sub-1_aseg.stats", "sub-1_desc-qc_mosaic.webp"])
+    import nibabel as nib
+
+    dseg = np.asarray(nib.load(str(tmp_path / "sub-1" / "sub-1_dseg.nii.gz")).dataobj)
+    samseg = np.asarray(nib.load(seg).dataobj)
+    assert np.all(dseg[samseg == 2] == 2) and np.all(dseg[samseg == 3] == 1) and np.all(dseg[samseg == 4] == 3)
+    # existing outputs need consent; nothing is half-written
+    assert main(["morphometry", "--i", image, "--seg", seg, "--o", str(tmp_path / "sub-1"), "--prefix", "sub-1"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["group", *tables, "--o", str(tmp_path / "group"), "--report"]) == 0
+    wide = (tmp_path / "group" / "group_volumes.tsv").read_text().splitlines()
+    assert wide[0].startswith("participant_id\tsession_id\tTIV\t") and len(wide) == 4
+    report = (tmp_path / "group" / "group_qc_report.html").read_text()
+    assert report.count('<img class="mosaic"') == 3 and "sub-2" in report
+
+
+def test_morphometry_cli_errors_are_one_line(tmp_path, capsys):
+    image = tmp_path / "image.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(image))
+    assert main(["morphometry", "--i", str(image), "--seg", str(image), "--o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no brain voxel" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def _counted_rows(path):
+    lines = path.read_text().splitlines()
+    measures = sum(1 for line in lines if line.startswith("# Measure "))
+    rows = sum(1 for line in lines if line.strip() and not line.startswith("#"))
+    return measures, rows
+
+
+def test_stats_reader_keeps_every_row_and_header_measure_of_real_freesurfer_files(shared, tmp_path):
+    from segsuite.morphometry import stats_io
+
+    folder = shared("data", "freesurfer", "stats_soichi")
+    files = sorted(folder.glob("*.stats"))
+    assert {p.name for p in files} >= {"aseg.stats", "brainvol.stats", "wmparc.stats", "lh.aparc.stats",
+                                       "rh.aparc.a2009s.stats", "lh.aparc.DKTatlas.stats"}
+    table = stats_io.tidy_table(files)
+    for path in files:
+        measures, rows = _counted_rows(path)
+        part = table[table["file"] == str(path)]
+        assert (part["kind"] == "measure").sum() == measures and (part["kind"] == "structure").sum() == rows, path.name
+    aseg = table[(table["atlas"] == "aseg") & (table["region"] == "Left-Hippocampus")].iloc[0]
+    assert aseg["volume_mm3"] == pytest.approx(float(aseg["Volume_mm3"])) and aseg["SegId"] == 17
+    bankssts = table[(table["atlas"] == "aparc") & (table["hemi"] == "lh") & (table["region"] == "bankssts")].iloc[0]
+    assert (bankssts["volume_mm3"], bankssts["thickness_mm"], bankssts["surface_area_mm2"]) == (1536.0, 2.144, 732.0)
+    assert set(table["atlas"]) == {"aseg", "brainvol", "wmparc", "aparc", "aparc.a2009s", "aparc.DKTatlas"}
+    etiv = table[(table["region"] == "eTIV") & (table["atlas"] == "aseg")]["value"].iloc[0]
+    assert etiv == pytest.approx(1420434.160521)
+    # the CLI writes the same table
+    out = tmp_path / "tidy.tsv"
+    assert main(["stats2table", *map(str, files), "--o", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == len(table) + 1
+
+
+def test_aseg_stats_writer_round_trips_through_the_reader(tmp_path):
+    from segsuite.morphometry import stats_io
+
+    image, labels = _phantom()
+    result = SegmentationResult(labels=labels, affine=np.diag([1.0, 1.0, 1.0, 1.0]),
+                                label_table=freesurfer_lut().subset([0, 2, 3, 4]), subject="phantom")
+    morphometry = compute_morphometry((image, np.eye(4)), result)
+    path = tmp_path / "aseg.stats"
+    path.write_text(stats_io.aseg_stats_text(morphometry, result))
+    stats = stats_io.read_stats(path)
+    assert stats.subject == "phantom" and stats.columns == ["Index", "SegId", "NVoxels", "Volume_mm3", "StructName"]
+    by_name = {row["StructName"]: row for row in stats.rows}
+    for value, name in ((2, "Left-Cerebral-White-Matter"), (3, "Left-Cerebral-Cortex"), (4, "Left-Lateral-Ventricle")):
+        assert by_name[name]["SegId"] == value and by_name[name]["NVoxels"] == int((labels == value).sum())
+        assert by_name[name]["Volume_mm3"] == pytest.approx(morphometry.volumes[name], abs=1e-4)
+    measures = {m.name: m for m in stats.measures}
+    assert measures["eTIV"].value == pytest.approx(morphometry.tiv, abs=1e-6) and measures["eTIV"].unit == "mm^3"
+    # and the group step reads it through stats2table's tidy table
+    tidy = tmp_path / "tidy.tsv"
+    assert main(["stats2table", str(path), "--o", str(tidy)]) == 0
+    frame = group.read_subject_tables([tidy])
+    assert frame.loc[0, "TIV"] == pytest.approx(morphometry.tiv, abs=1e-6)
+    assert frame.loc[0, "Left-Cerebral-Cortex"] == pytest.approx(morphometry.volumes["Left-Cerebral-Cortex"], abs=1e-4)
+
