@@ -272,6 +272,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines as they come, also into a file
     args.modes = [normal_mode(mode, parser) for mode in args.modes]
     if args.vs_reference and not args.reference_python:
         parser.error("--vs-reference needs --reference-python (the TensorFlow environment's python)")
