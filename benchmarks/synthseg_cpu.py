@@ -1,6 +1,6 @@
 """SynthSeg CPU benchmark: the modes users run, named by their command-line flags.
 
-    python benchmarks/synthseg_cpu.py [--modes "--vol --qc" "--vol" ...] [--threads 2] [--repeats 1]
+    python benchmarks/synthseg_cpu.py [--modes "--vol --qc" vol "robust vol qc" ...] [--threads 2] [--repeats 1]
                                       [--model FOLDER] [--image PATH] [--full-head] [--device cpu|cuda]
                                       [--vs-reference SYNTHSEG_DIR --reference-python TF_ENV/bin/python]
 
