@@ -82,6 +82,28 @@ def test_qc_net_layer_names_and_output():
     assert out.shape == (1, 9) and torch.all(out >= 0)
 
 
+@pytest.mark.parametrize("shape, negative_scale", [((22, 19, 24), False), ((17, 16, 21), True)])
+def test_qc_fast_path_equals_plain_forward(shape, negative_scale):
+    """The look-up level 0, channels-last convs and pooled batch norms of ``scores`` give the
+    plain layer-by-layer forward of the one-hot input, within 1e-5 (odd sizes: ceil pooling and
+    the zero padding at every border)."""
+    torch.manual_seed(3)
+    net = KerasQCNet()
+    randomise_batch_norm(net, seed=4)
+    if negative_scale:  # a negative BN scale: the batch norm must run before the max-pool
+        net.layers["qc_bn_down_1"].weight.data[::3] *= -1
+    for conv in net.modules():
+        if isinstance(conv, torch.nn.Conv3d):
+            conv.bias.data.uniform_(-0.05, 0.05)
+    labels = torch.randint(0, 9, shape)
+    labels[: shape[0] // 3] = 0  # a uniform background region, as around a brain
+    with torch.inference_mode():
+        fast = net.scores(labels)
+        plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
+    assert fast.shape == (9,) and float(plain.abs().max()) > 1e-3
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
+
+
 def test_resolve_weights_folder_and_file(tmp_path):
     (tmp_path / "synthseg_2.0.h5").write_bytes(b"x")
     (tmp_path / "synthseg_qc_2.0.h5").write_bytes(b"x")

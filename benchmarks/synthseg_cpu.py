@@ -1,13 +1,25 @@
-"""SynthSeg CPU benchmark: wall time per scan and peak RSS for the default and --robust modes.
+"""SynthSeg CPU benchmark: the modes users run, named by their command-line flags.
 
-    python benchmarks/synthseg_cpu.py [--threads 2] [--repeats 1] [--model FOLDER] [--image PATH]
-                                      [--modes default robust] [--full-head] [--device cpu|cuda]
+    python benchmarks/synthseg_cpu.py [--modes "--vol --qc" vol "robust vol qc" ...] [--threads 2] [--repeats 1]
+                                      [--model FOLDER] [--image PATH] [--full-head] [--device cpu|cuda]
+                                      [--vs-reference SYNTHSEG_DIR --reference-python TF_ENV/bin/python]
 
-Each mode runs in its own process so that its peak RSS is its own. Weights: --model (a folder with
-the standard file names), else the fixture weights in ../shared/fixtures/synthseg/models (unpacked
-to a temporary folder); the random fixture weights cost the same time as the real ones.
-Reference (TF 2.15, same weights, 192x224x192 padded input, 2 threads, quiet machine): default
-73-79 s per scan (predict 54-60 s), 14.8-15.0 GiB; --robust 76-97 s, 9.1 GiB.
+Prints the CPU model and ISA (AVX2 / AVX-512 / AMX from /proc/cpuinfo), the float32 FMA peak
+(vector width x 2 FMA units x 2 flops x cores x clock, and measured by a 4096^2 sgemm), then per mode
+and run: wall time, per-stage times (model load, preprocess, each network pass, QC, post-processing,
+writing), each network pass's achieved GFLOP/s (operations counted as direct convolutions would
+do them; the fast paths do fewer) against both peaks, and peak RSS. Each mode runs in
+its own process, so its peak RSS is its own.
+
+--vs-reference DIR times the reference CLI (DIR/scripts/commands/SynthSeg_predict.py, BBillot/SynthSeg
+66342c1, under the TensorFlow environment --reference-python points to) on the same image with the
+same flags and threads, interleaved with ours run by run (paired), and prints the ratios of the medians.
+The reference reads its weights from DIR/models: without --model, the fixture weights
+(../shared/fixtures/synthseg/models) are unpacked there when absent.
+
+Weights: --model (a folder with the standard file names), else the fixture weights (unpacked to a
+temporary folder); the random fixture weights cost the same time as the real ones. Timings on a
+shared machine are noisy: run the pairs when it is quiet, or read the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -16,8 +28,10 @@ import argparse
 import gzip
 import json
 import os
+import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,18 +40,120 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGSUITE_SHARED", REPO.parent / "shared"))
-MODES = {"default": {}, "robust": {"robust": True}, "fast": {"fast": True}, "parc": {"parc": True},
-         "qc": {"qc": True}}
+# the command line's flags -> the engine's options (--vol is always computed)
+MODES = {"--vol": {}, "--vol --qc": {"qc": True}, "--robust --vol --qc": {"robust": True, "qc": True},
+         "--parc --vol --qc": {"parc": True, "qc": True}, "--fast": {"fast": True},
+         "--robust --vol": {"robust": True}, "--parc --vol": {"parc": True}}
+DEFAULT_MODES = ["--vol --qc", "--vol", "--robust --vol --qc"]
+# the engine's progress messages that start each stage, in order, and the stage they start
+STAGES = [("preprocessing", "preprocess"), ("segmenting", "unet pass 1"),
+          ("segmenting the flipped image", "unet pass 2 (flipped)"),
+          ("robust: denoising the labels", "robust l2l"), ("robust: segmenting", "robust unet2"),
+          ("parcellating the cortex", "parcellation"), ("quality control", "qc"),
+          ("postprocessing", "postprocess"), ("done", None)]
 
 
+# ---- the CPU ------------------------------------------------------------------------------------
+def cpu_info() -> dict:
+    """Model, ISA and a nominal clock from /proc/cpuinfo (Linux; elsewhere what platform says)."""
+    model, flags, mhz = platform.processor() or platform.machine(), set(), None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model in ("", platform.machine(), platform.processor()):
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz" and mhz is None:
+            mhz = float(value)
+    isa = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags]
+    width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4  # float32 lanes
+    return {"model": model, "isa": isa, "fma": "fma" in flags, "lanes": width, "mhz": mhz}
+
+
+def nominal_peak_gflops(info: dict, threads: int) -> float | None:
+    """lanes x 2 FMA units x 2 flops x cores x clock (the clock /proc/cpuinfo reports; turbo and
+    AVX-512 down-clocking move it, and some parts have one AVX-512 FMA unit)."""
+    if not info["mhz"]:
+        return None
+    return info["lanes"] * 2 * (2 if info["fma"] else 1) * threads * info["mhz"] / 1000
+
+
+def measured_peak_gflops(threads: int, size: int = 4096) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+# ---- network operation counts -------------------------------------------------------------------
+def _conv_gflop(conv, voxels: int) -> float:
+    k = conv.kernel_size
+    return 2 * k[0] * k[1] * k[2] * conv.in_channels * conv.out_channels * voxels / 1e9
+
+
+def unet_gflop(net, shape) -> float:
+    """Multiply-adds x 2 of a KerasUNet's convolutions on an input of ``shape`` (X, Y, Z)."""
+    def voxels(level):
+        count = 1
+        for size in shape:
+            for _ in range(level):
+                size = -(-size // 2)
+            count *= size
+        return count
+
+    total = 0.0
+    for name, layer in net.layers.items():
+        if not hasattr(layer, "kernel_size"):
+            continue
+        parts = name[len(net.prefix) + 1:].split("_")
+        if parts[0] == "likelihood":
+            level = 0
+        elif parts[1] == "downarm":
+            level = int(parts[2])
+        else:  # uparm_<n_levels + step>: level n_levels - 2 - step
+            level = 2 * net.n_levels - 2 - int(parts[2])
+        total += _conv_gflop(layer, voxels(level))
+    return total
+
+
+def qc_gflop(net, size: int = 224) -> float:
+    """The QC network's convolutions as a direct convolution would count them (the fast path does
+    level 0's one-hot convolutions as look-ups, so its real operation count is lower)."""
+    total = 0.0
+    for name, layer in net.layers.items():
+        if not hasattr(layer, "kernel_size"):
+            continue
+        parts = name[len(net.prefix) + 1:].split("_")
+        level = net.n_levels if parts[0] == "final" else int(parts[2]) if parts[0] == "conv" else int(parts[-1])
+        total += _conv_gflop(layer, (-(-size // 2 ** level)) ** 3)
+    return total
+
+
+# ---- one mode in its own process ----------------------------------------------------------------
 def child(args) -> None:
     sys.path.insert(0, str(REPO / "SegmentationSuite"))
+    import nibabel as nib
+    import numpy as np
+
     from segsuite.synthseg import SynthSegEngine
+    from segsuite.synthseg import labels as L
 
     started = time.perf_counter()
     engine = SynthSegEngine(model=args.model, device=args.device, threads=args.threads, **MODES[args.child])
     load = time.perf_counter() - started
-    times = []
+    runs = []
     for _ in range(args.repeats):
         marks = {}
         begin = time.perf_counter()
@@ -46,67 +162,158 @@ def child(args) -> None:
             marks.setdefault(message, time.perf_counter() - begin)
 
         result = engine.segment(args.image, progress=progress)
-        times.append({"wall_s": round(time.perf_counter() - begin, 2),
-                      "network_s": round(marks.get("postprocessing", 0) - marks.get("segmenting", 0), 2)})
+        before_write = time.perf_counter()
+        with tempfile.TemporaryDirectory() as folder:
+            nib.save(nib.Nifti1Image(result.labels, result.affine), os.path.join(folder, "seg.nii.gz"))
+            with open(os.path.join(folder, "volumes.csv"), "w") as handle:
+                handle.write(",".join(result.volumes) + "\n" + ",".join(f"{v:.6f}" for v in result.volumes.values()))
+        end = time.perf_counter()
+        known = [(marks[m], stage) for m, stage in STAGES if m in marks]
+        stages = {stage: round(known[i + 1][0] - t, 2) for i, (t, stage) in enumerate(known[:-1]) if stage}
+        stages["write"] = round(end - before_write, 2)
+        runs.append({"wall_s": round(end - begin, 2), "stages": stages})
+    shape = result.provenance["network_input_shape"]
+    gflop = {}
+    if engine.robust:
+        gflop["robust unet"] = unet_gflop(engine.unet, shape)
+        gflop["robust l2l"] = unet_gflop(engine.l2l, shape)
+        gflop["robust unet2"] = unet_gflop(engine.unet2, shape)
+    else:
+        gflop["unet pass 1"] = unet_gflop(engine.unet, shape)
+        if engine.flip is not None:
+            gflop["unet pass 2 (flipped)"] = gflop["unet pass 1"]
+    if engine.unet_parc is not None:
+        gflop["parcellation"] = unet_gflop(engine.unet_parc, shape)
+    if engine.qc_net is not None:
+        gflop["qc"] = qc_gflop(engine.qc_net, L.QC_INPUT_SHAPE)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-    gpu_peak = None
-    if args.device.startswith("cuda"):
-        import torch
-
-        gpu_peak = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-    print(json.dumps({"mode": args.child, "load_s": round(load, 2), "runs": times, "peak_rss_gib": round(peak, 2),
-                      "peak_gpu_gib": gpu_peak,
-                      "labels_shape": list(result.labels.shape),
-                      "network_input": result.provenance.get("network_input_shape")}))
+    print(json.dumps({"mode": args.child, "load_s": round(load, 2), "runs": runs, "peak_rss_gib": round(peak, 2),
+                      "gflop": gflop, "network_input": shape}))
 
 
-def fixture_models() -> str:
+def run_ours(args, mode: str) -> dict:
+    command = [sys.executable, __file__, "--child", mode, "--device", args.device, "--threads", str(args.threads),
+               "--repeats", "1", "--model", args.model, "--image", args.image]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
+def run_reference(args, mode: str) -> dict:
+    """Wall time and peak RSS of the reference CLI with the same flags (outputs in a temporary folder)."""
+    script = Path(args.vs_reference) / "scripts" / "commands" / "SynthSeg_predict.py"
+    with tempfile.TemporaryDirectory() as folder:
+        command = [args.reference_python, str(script), "--i", args.image, "--o", folder, "--threads", str(args.threads)]
+        for flag in mode.split():
+            command.append(flag)
+            if flag in ("--vol", "--qc"):
+                command.append(os.path.join(folder, flag[2:] + ".csv"))
+        log = open(os.path.join(folder, "log.txt"), "w+")
+        begin = time.perf_counter()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # this process's own peak RSS
+        wall = time.perf_counter() - begin
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            log.seek(0)
+            lines = log.read().strip().splitlines()
+            sys.exit(f"the reference failed ({mode}): {lines[-1] if lines else process.returncode}")
+        log.close()
+    return {"wall_s": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss / 2 ** 20, 2)}
+
+
+def unpack_fixture_models(folder: Path) -> None:
     source = SHARED / "fixtures" / "synthseg" / "models"
     if not source.is_dir():
         sys.exit(f"no --model given and {source} is absent")
-    folder = tempfile.mkdtemp(prefix="synthseg_bench_models_")
+    folder.mkdir(parents=True, exist_ok=True)
     for packed in source.glob("*.h5.gz"):
-        with gzip.open(packed, "rb") as reader, open(os.path.join(folder, packed.name[:-3]), "wb") as writer:
-            shutil.copyfileobj(reader, writer)
-    return folder
+        target = folder / packed.name[:-3]
+        if not target.exists():
+            with gzip.open(packed, "rb") as reader, open(target, "wb") as writer:
+                shutil.copyfileobj(reader, writer)
+
+
+def report_run(mode: str, report: dict, run: dict, nominal, measured) -> None:
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
+    print(f"  ours {mode:22s} wall {run['wall_s']:6.1f} s, peak RSS {report['peak_rss_gib']:.2f} GiB, "
+          f"load {report['load_s']:.1f} s; stages (s): {stages}")
+    for net, gflop in report["gflop"].items():
+        seconds = run["stages"].get(net) or (run["stages"].get("unet pass 1") if net == "robust unet" else None)
+        if not seconds:
+            continue
+        rate = gflop / seconds
+        shares = f"{100 * rate / measured:.0f}% of measured" + (f", {100 * rate / nominal:.0f}% of nominal" if nominal else "")
+        print(f"       {net:22s} {gflop:7.0f} GFLOP in {seconds:5.1f} s = {rate:6.1f} GFLOP/s ({shares})")
+
+
+def normal_mode(text: str, parser) -> str:
+    """'robust vol qc' or '--robust --vol --qc' -> '--robust --vol --qc' (argparse takes a lone
+    '--vol' for an option, so the dashes may be left out)."""
+    mode = " ".join(word if word.startswith("--") else "--" + word for word in text.split())
+    if mode not in MODES:
+        parser.error(f"unknown mode {text!r}; choose from {', '.join(MODES)}")
+    return mode
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu (the figures in the docs), cuda or cuda:N")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per mode (paired with the reference's)")
     parser.add_argument("--model")
     parser.add_argument("--image")
-    parser.add_argument("--modes", nargs="+", default=["default", "robust"], choices=sorted(MODES))
+    parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES,
+                        help='flag sets, quoted: --modes "--vol --qc" "robust vol qc" vol (a lone flag without '
+                             f'its dashes); one of {", ".join(MODES)}')
     parser.add_argument("--full-head", action="store_true", help="segment data/t1/t1_crop.nii.gz (256^3) instead")
-    parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--vs-reference", metavar="DIR", help="a BBillot/SynthSeg checkout (66342c1) to time beside ours")
+    parser.add_argument("--reference-python", help="the python of the TensorFlow environment for --vs-reference")
+    parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines as they come, also into a file
+    args.modes = [normal_mode(mode, parser) for mode in args.modes]
+    if args.vs_reference and not args.reference_python:
+        parser.error("--vs-reference needs --reference-python (the TensorFlow environment's python)")
     if args.image is None:
         args.image = str(SHARED / "data" / "t1" / "t1_crop.nii.gz") if args.full_head else \
             str(SHARED / "fixtures" / "synthseg" / "inputs" / "t1_crop_fov.nii.gz")
     cleanup = None
     if args.model is None:
-        args.model = cleanup = fixture_models()
+        cleanup = tempfile.mkdtemp(prefix="synthseg_bench_models_")
+        unpack_fixture_models(Path(cleanup))
+        args.model = cleanup
+        if args.vs_reference:
+            unpack_fixture_models(Path(args.vs_reference) / "models")
+    info = cpu_info()
+    nominal = nominal_peak_gflops(info, args.threads)
+    measured = measured_peak_gflops(args.threads)
     try:
-        print(f"image {args.image}, {args.device}, {args.threads} threads, {args.repeats} repeat(s); "
-              "timings on a shared machine are noisy")
+        print(f"CPU {info['model']}, ISA {' / '.join(info['isa']) or 'SSE'}, {args.threads} threads; float32 FMA peak "
+              + (f"nominal {nominal:.0f} GFLOP/s ({info['lanes']} lanes x 2 FMA units x 2 x {args.threads} cores x "
+                 f"{info['mhz']:.0f} MHz), " if nominal else "")
+              + f"measured {measured:.0f} GFLOP/s (4096^2 sgemm)")
+        print(f"image {args.image}, {args.device}, {args.repeats} run(s) per mode"
+              + (", paired with the reference (ours, reference, ours, ...)" if args.vs_reference else "")
+              + "; timings on a shared machine are noisy")
         for mode in args.modes:
-            command = [sys.executable, __file__, "--child", mode, "--device", args.device, "--threads",
-                       str(args.threads), "--repeats", str(args.repeats), "--model", args.model, "--image", args.image]
-            begin = time.perf_counter()
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            report = json.loads(output.strip().splitlines()[-1])
-            for run in report["runs"]:
-                print(f"{mode:8s} wall {run['wall_s']:7.1f} s/scan (networks {run['network_s']:6.1f} s), "
-                      f"peak RSS {report['peak_rss_gib']:.2f} GiB"
-                      + (f", peak GPU {report['peak_gpu_gib']:.2f} GiB" if report["peak_gpu_gib"] is not None else "")
-                      + f", model load {report['load_s']:.1f} s, "
-                      f"network input {report['network_input']}")
-            print(f"{mode:8s} process total {time.perf_counter() - begin:.1f} s")
+            ours, reference = [], []
+            for _ in range(args.repeats):
+                report = run_ours(args, mode)
+                ours.append(report)
+                report_run(mode, report, report["runs"][0], nominal, measured)
+                if args.vs_reference:
+                    reference.append(run_reference(args, mode))
+                    print(f"  ref  {mode:22s} wall {reference[-1]['wall_s']:6.1f} s")
+            median = statistics.median(r["runs"][0]["wall_s"] for r in ours)
+            rss = max(r["peak_rss_gib"] for r in ours)
+            line = f"{mode:22s} ours median {median:.1f} s (peak RSS {rss:.2f} GiB)"
+            if reference:
+                ref_median = statistics.median(r["wall_s"] for r in reference)
+                line += (f", reference median {ref_median:.1f} s (peak RSS {max(r['peak_rss_gib'] for r in reference):.2f} "
+                         f"GiB), ratio {median / ref_median:.2f}")
+            print(line, flush=True)
     finally:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)

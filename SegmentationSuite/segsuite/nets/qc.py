@@ -4,6 +4,9 @@ Per level L: conv ``qc_conv_downarm_L_0`` + ReLU, conv ``qc_conv_downarm_L_1`` W
 ``qc_expand_down_merge_L`` (conv + ReLU of the level's input, to match the feature count), add,
 ReLU, batch norm ``qc_bn_down_L``, max-pool 2 (Keras 'same' padding == ceil mode).
 After the encoder: max-pool ``qc_maxpool_3``, ``qc_final_conv_0/1`` (conv + ReLU), spatial mean.
+
+``forward`` is the plain layer-by-layer network on a one-hot (N, C, X, Y, Z) tensor. ``scores``
+takes the label volume itself and computes the same thing faster (see ``scores``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,131 @@ class KerasQCNet(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module]:
         return dict(self.layers.items())
+
+    # ---- fast path: the label volume in, channels-last throughout -------------------------------
+    def _one_hot_tables(self):
+        """The level-0 convolutions of the one-hot input (``conv_downarm_0_0`` and
+        ``expand_down_merge_0``, side by side) as lookup tables: row ``(a, b, code)`` holds the
+        kernel columns of taps (a, b, c) for the labels encoded in ``code``, summed over a group of
+        z taps (3 + 2 for a 5-tap kernel). Label ``C`` (one past the last) is the zero padding."""
+        p = self.prefix
+        weights = [self.layers[f"{p}_conv_downarm_0_0"].weight]
+        if self.expands[0]:
+            weights.append(self.layers[f"{p}_expand_down_merge_0"].weight)
+        weight = torch.cat(weights, 0)  # (out, C, k, k, k)
+        out, channels, k = weight.shape[0], weight.shape[1], weight.shape[2]
+        base = channels + 1
+        # (k, k, k, base, out): the kernel column of each tap and label, a zero row for the padding
+        columns = torch.cat([weight.permute(2, 3, 4, 1, 0), weight.new_zeros((k, k, k, 1, out))], 3)
+        groups = [(start, min(start + 3, k)) for start in range(0, k, 3)]
+        tables = []
+        for start, stop in groups:
+            table = columns.new_zeros((k, k) + (base,) * (stop - start) + (out,))
+            for offset, c in enumerate(range(start, stop)):
+                shape = [k, k] + [1] * (stop - start) + [out]
+                shape[2 + offset] = base
+                table = table + columns[:, :, c].reshape(shape)
+            tables.append(table.reshape(-1, out))
+        return torch.cat(tables), groups, base
+
+    def _level0_lookup(self, labels: torch.Tensor, slab: int = 8):
+        """relu(conv_downarm_0_0(onehot)) and relu(expand_down_merge_0(onehot)) as channels-last
+        (1, width, X, Y, Z) tensors, computed from the label volume by summing table rows: a
+        convolution of a one-hot input only ever multiplies kernel weights by 0 or 1."""
+        p = self.prefix
+        conv0 = self.layers[f"{p}_conv_downarm_0_0"]
+        k = conv0.kernel_size[0]
+        pad = k // 2
+        table, groups, base = self._one_hot_tables()
+        padded = F.pad(labels.to(torch.int64), (pad,) * 6, value=base - 1)
+        size = labels.shape
+        codes = []  # per z-group, the labels of its taps as one base-`base` number, at each start
+        for start, stop in groups:
+            code = torch.zeros_like(padded[:, :, : padded.shape[2] - (stop - start) + 1])
+            for c in range(start, stop):
+                code = code * base + padded[:, :, c - start: c - start + code.shape[2]]
+            codes.append(code.to(torch.int32))
+        offsets, row = [], 0
+        for (start, stop) in groups:
+            offsets.append(row)
+            row += k * k * base ** (stop - start)
+        width0 = conv0.out_channels
+        bias = torch.cat([conv0.bias] + ([self.layers[f"{p}_expand_down_merge_0"].bias] if self.expands[0] else []))
+        h = torch.empty((1, width0) + tuple(size), dtype=table.dtype, device=labels.device,
+                        memory_format=torch.channels_last_3d)
+        h_view = h[0].permute(1, 2, 3, 0)  # (X, Y, Z, C) view of the channels-last storage
+        r = r_view = None
+        if self.expands[0]:
+            r = torch.empty_like(h, memory_format=torch.channels_last_3d)
+            r_view = r[0].permute(1, 2, 3, 0)
+        # the look-up rows of every voxel of a slab, (slab, Y, Z, group, a, b), written in one pass per
+        # group from a strided view of the group's codes: [x, y, z, a, b] -> code[x + a, y + b, z + start]
+        index = torch.empty((slab, size[1], size[2], len(groups), k, k), dtype=torch.int32, device=labels.device)
+        tap_rows = torch.arange(k * k, dtype=torch.int32, device=labels.device).view(k, k)
+        for x0 in range(0, size[0], slab):
+            x1 = min(x0 + slab, size[0])
+            rows = index[: x1 - x0]
+            for g, ((start, stop), code, offset) in enumerate(zip(groups, codes, offsets)):
+                s0, s1, s2 = code.stride()
+                view = code.as_strided((x1 - x0, size[1], size[2], k, k), (s0, s1, s2, s0, s1),
+                                       code.storage_offset() + x0 * s0 + start * s2)
+                torch.add(view, tap_rows * base ** (stop - start) + offset, out=rows[:, :, :, g])
+            summed = F.embedding_bag(rows.view(-1, len(groups) * k * k), table, mode="sum")  # (voxels, out)
+            summed = summed.add_(bias).relu_().view(x1 - x0, size[1], size[2], -1)
+            h_view[x0:x1] = summed[..., :width0]
+            if r is not None:
+                r_view[x0:x1] = summed[..., width0:]
+            del summed
+        return h, r
+
+    def _bn_after_pool(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """batch_norm then max-pool 2: pooled first when every scale is positive (the affine map
+        is then monotone and commutes with the max), on the 8x smaller tensor."""
+        bn = self.layers[name]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        shape = (1, -1, 1, 1, 1)
+        if bool((scale > 0).all()):
+            x = F.max_pool3d(x, 2, ceil_mode=True)
+            return x.mul_(scale.view(shape)).add_(shift.view(shape))
+        x = x.mul_(scale.view(shape)).add_(shift.view(shape))
+        return F.max_pool3d(x, 2, ceil_mode=True)
+
+    def scores(self, labels: torch.Tensor) -> torch.Tensor:
+        """The network's output (n_outputs,) for the one-hot encoding of ``labels`` (an integer
+        (X, Y, Z) volume of channel indices), without building the one-hot tensor: level 0's two
+        convolutions of the one-hot input are table look-ups (``_level0_lookup``), every other
+        convolution runs on channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs
+        and batch norms work in place, and the batch norms run after the max-pools."""
+        p = self.prefix
+        x = None
+        for level in range(self.n_levels):
+            if level == 0:
+                h, residual = self._level0_lookup(labels)
+                first = 1
+            else:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+                h, residual, first = x, None, 0
+            for conv in range(first, self.n_conv):
+                h = self.layers[f"{p}_conv_downarm_{level}_{conv}"](h)
+                if conv < self.n_conv - 1:
+                    h = h.relu_()
+            if level > 0:
+                if self.expands[level]:
+                    residual = self.layers[f"{p}_expand_down_merge_{level}"](x).relu_()
+                else:
+                    residual = x
+            elif not self.expands[0]:
+                raise ValueError("the fast QC path needs level 0's matching convolution")
+            del x
+            h = h.add_(residual).relu_()
+            del residual
+            x = self._bn_after_pool(f"{p}_bn_down_{level}", h)
+            del h
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = self.layers[f"{p}_final_conv_0"](x).relu_()
+        x = self.layers[f"{p}_final_conv_1"](x).relu_()
+        return x.mean(dim=(2, 3, 4))[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.prefix

@@ -255,13 +255,13 @@ class SynthSegEngine:
 
     def _qc_scores(self, argmax) -> np.ndarray:
         import torch
-        import torch.nn.functional as F
 
         crop = qc_crop(argmax.cpu().numpy(), L.QC_INPUT_SHAPE, L.QC_EXCLUDED_INDEX)
         groups = torch.from_numpy(L.qc_groups(self.labels)[crop]).to(self.device)
-        onehot = F.one_hot(groups, L.N_QC_GROUPS).permute(3, 0, 1, 2).float()[None]
+        # the fast path takes the label window itself (its level-0 convolutions are look-ups)
+        with reuse_freed_memory():
+            scores = self.qc_net.scores(groups).cpu().numpy().astype(np.float64)
         del groups
-        scores = self.qc_net(onehot)[0].cpu().numpy().astype(np.float64)
         return np.around(np.clip(scores[1:], 0, 1), 4)
 
     def segment(self, source, progress: Optional[ProgressCallback] = None,
