@@ -10,6 +10,7 @@ the CMake lists leave out fails here (a second case removes registry.json from a
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -145,7 +146,7 @@ def test_installed_folder_imports_lists_and_serves_the_models_client(installed, 
 
 @pytest.mark.slow
 def test_engines_run_from_the_installed_folder_on_real_input(installed, tmp_path):
-    """ScLimbic (fixture weights, 64 mm FOV), sc_epi (tiny nnU-Net), samseg-filter (real SAMSEG)."""
+    """ScLimbic (fixture weights, 64 mm FOV), SynthSeg (fixture weights, 64^3 patch), sc_epi (tiny nnU-Net), samseg-filter (real SAMSEG)."""
     folder, _ = installed
     home = tmp_path / "home"
     t1 = shared_path("data", "t1", "t1_crop.nii.gz")
@@ -162,6 +163,18 @@ def test_engines_run_from_the_installed_folder_on_real_input(installed, tmp_path
     done = segsuite_cli(folder, home, tmp_path, "samseg-filter", "--i", seg, "--o", mask)
     assert done.returncode == 0, done.stderr[-3000:]
     assert mask.stat().st_size > 0
+
+    # SynthSeg --fast on a centred 64^3 patch keeps the full-size networks to a few seconds.
+    weights = tmp_path / "synthseg_2.0.h5"
+    with gzip.open(shared_path("fixtures", "synthseg", "models", "synthseg_2.0.h5.gz"), "rb") as reader, \
+            open(weights, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
+    labels, volumes = tmp_path / "t1.synthseg.nii.gz", tmp_path / "t1.volumes.csv"
+    done = segsuite_cli(folder, home, tmp_path, "synthseg", "--i", shared_path("fixtures", "synthseg", "inputs",
+                        "t1_crop_fov.nii.gz"), "--o", labels, "--vol", volumes, "--fast", "--crop", "64",
+                        "--threads", "1", "--model", weights)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert labels.stat().st_size > 0 and "total intracranial" in volumes.read_text()
 
     pytest.importorskip("nnunetv2")
     from segsuite.scepi.tiny import build_tiny_model
