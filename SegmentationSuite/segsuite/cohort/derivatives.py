@@ -29,7 +29,8 @@ BIDS_VERSION = "1.10.0"
 CODE_URL = "https://github.com/SegmentationSuite/SegmentationSuite"
 STAGING = ".staging"
 PROVENANCE_SUFFIX = "_segsuite.json"
-BIDSIGNORE = ["logs/", "work/", ".staging/", "*_segsuite.json", "group_failures.tsv"]
+# What BIDS does not define (yet): per-subject volume/QC tables, group tables, logs, the work folder.
+BIDSIGNORE = ["logs/", "work/", "work", ".staging/", "*_segsuite.json", "*_morph.tsv", "*_qc.tsv", "group_*.tsv"]
 PARC_TO_CORTEX = ((1000, 1999, 3), (2000, 2999, 42))  # DK parcels back to SynthSeg's cortex labels
 
 
@@ -63,7 +64,9 @@ def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
 
     from ..image import make_image
 
-    nib.save(make_image(data, affine, str(path)), str(path))
+    image = make_image(data, affine, str(path))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
 
 
 def cortex_labels(parcellated: np.ndarray) -> np.ndarray:
