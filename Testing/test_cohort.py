@@ -22,7 +22,7 @@ pytest.importorskip("bids2table")
 nib = pytest.importorskip("nibabel")
 torch = pytest.importorskip("torch")
 
-from synthseg_helpers import write_keras_h5  # noqa: E402
+from synthseg_helpers import write_random_synthseg_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "t1"
 SCANS = ["t1_crop.nii.gz", "seg3d_MR_T1_clinical.nii.gz", "stroke_T1_brainextracted.nii.gz"]
@@ -79,12 +79,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from segsuite.nets.unet import KerasUNet
-
-    folder = tmp_path_factory.mktemp("synthseg_model")
-    torch.manual_seed(0)
-    write_keras_h5(folder / "synthseg_2.0.h5", KerasUNet("unet", 1, 33).keras_layers())
-    return folder
+    return write_random_synthseg_model(tmp_path_factory.mktemp("synthseg_model"))
 
 
 def segsuite(*arguments, **options):

@@ -49,13 +49,11 @@ def synthetic_tree(root: Path, subjects: int) -> None:
 
 def main() -> None:
     import nibabel as nib
-    import numpy as np
     import torch
 
     from segsuite.cohort.index import index_bids, select_t1w
-    from segsuite.nets.unet import KerasUNet
     from segsuite.synthseg import SynthSegEngine
-    from synthseg_helpers import write_keras_h5
+    from synthseg_helpers import write_random_synthseg_model
     import test_cohort
 
     parser = argparse.ArgumentParser()
@@ -69,8 +67,7 @@ def main() -> None:
     if model is None:
         model = temp / "model"
         model.mkdir()
-        torch.manual_seed(0)
-        write_keras_h5(model / "synthseg_2.0.h5", KerasUNet("unet", 1, 33).keras_layers())
+        write_random_synthseg_model(model)
     dataset = temp / "raw"
     (dataset).mkdir()
     (dataset / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.10.0"}')
