@@ -268,3 +268,15 @@ def test_joins_a_running_scheduler(model, tmp_path):
         out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert (tmp_path / "out" / "sub-01" / "anat" / "sub-01_seg-synthseg_dseg.nii.gz").is_file()
+
+
+def test_input_is_checked_by_the_real_bids_validator(model, tmp_path):
+    root = tmp_path / "raw"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "bad", "BIDSVersion": "1.10.0"}))
+    data, affine = crop_of(0, 0)
+    nib.save(nib.Nifti1Image(data, affine), str(root / "sub-01" / "anat" / "sub-01_T1weighted.nii.gz"))
+    process = segsuite("bids", root, tmp_path / "out", "participant", "--synthseg-model", model)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and "is not valid BIDS" in err, err
+    assert not (tmp_path / "out" / "sub-01").exists()
