@@ -35,3 +35,12 @@ def randomise_batch_norm(module, seed: int = 0) -> None:
             sub.bias.data = 0.2 * torch.rand(n, generator=generator) - 0.1
             sub.running_mean.data = 0.2 * torch.rand(n, generator=generator) - 0.1
             sub.running_var.data = 0.5 + torch.rand(n, generator=generator)
+
+
+def write_random_synthseg_model(folder):
+    """A synthseg_2.0.h5 with random weights (seed 0) in the Keras layout, in ``folder``."""
+    from segsuite.nets.unet import KerasUNet
+
+    torch.manual_seed(0)
+    write_keras_h5(folder / "synthseg_2.0.h5", KerasUNet("unet", 1, 33).keras_layers())
+    return folder

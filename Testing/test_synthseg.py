@@ -24,7 +24,7 @@ from segsuite.synthseg.postprocess import (blur_weights, gaussian_blur_, hard_la
                                            postprocess_segmentation, soft_volumes)
 from segsuite.synthseg.preprocess import (centre_crop_indices, pad_shape_for, pad_volume, prepare, ras_alignment,
                                           resample_to_1mm)
-from synthseg_helpers import randomise_batch_norm, write_keras_h5
+from synthseg_helpers import randomise_batch_norm, write_keras_h5, write_random_synthseg_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -415,10 +415,7 @@ def test_csv_text_layout():
 @pytest.fixture(scope="session")
 def random_synthseg_model(tmp_path_factory):
     """A synthseg_2.0.h5 with random weights in the Keras layout (no download, nothing from ../shared)."""
-    folder = tmp_path_factory.mktemp("synthseg_model")
-    torch.manual_seed(0)
-    write_keras_h5(folder / "synthseg_2.0.h5", KerasUNet("unet", 1, 33).keras_layers())
-    return folder
+    return write_random_synthseg_model(tmp_path_factory.mktemp("synthseg_model"))
 
 
 def _save(path, data, affine=None):

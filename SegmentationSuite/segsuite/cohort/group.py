@@ -1,0 +1,68 @@
+"""Group level: the per-subject tables gathered into wide group tables, and the failures.
+
+``collect_group_tables`` returns plain DataFrames (participant_id, session_id first) so that
+later group steps (TIV correction, QC flags, reports) take them from here;
+``write_group_tables`` writes them as group_seg-<seg>_<table>.tsv at the dataset root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..image import OutputTransaction
+
+TABLE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?(?P<rest>(?:_[a-z]+-[A-Za-z0-9]+)*?)"
+                   r"_seg-(?P<seg>[A-Za-z0-9]+)_(?P<table>morph|qc)\.tsv$")
+
+
+@dataclass
+class GroupTables:
+    """{"morph"|"qc": {seg: DataFrame}} and the failures of the last participant run."""
+
+    tables: dict = field(default_factory=dict)
+    failures: object = None
+
+
+def _wide(path: Path, table: str, match):
+    import pandas as pd
+
+    long = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    column, value = ("name", "volume-mm3") if table == "morph" else ("name", "score")
+    row = {"participant_id": f"sub-{match['sub']}", "session_id": f"ses-{match['ses']}" if match["ses"] else "n/a"}
+    extra = match["rest"].strip("_")
+    if extra:
+        row["entities"] = extra
+    row.update(zip(long[column].astype(str), long[value]))
+    return row
+
+
+def collect_group_tables(output_dir: str | os.PathLike) -> GroupTables:
+    import pandas as pd
+
+    output_dir = Path(output_dir)
+    rows: dict = {}
+    for subject in sorted(output_dir.glob("sub-*")):
+        for path in sorted(subject.rglob("*_seg-*_*.tsv")):
+            match = TABLE.match(path.name)
+            if match:
+                rows.setdefault(match["table"], {}).setdefault(match["seg"], []).append(_wide(path, match["table"], match))
+    tables = {table: {seg: pd.DataFrame(found) for seg, found in by_seg.items()} for table, by_seg in rows.items()}
+    failed = output_dir / "logs" / "failed.tsv"
+    failures = pd.read_csv(failed, sep="\t", dtype=str, keep_default_na=False) if failed.is_file() else None
+    return GroupTables(tables, failures)
+
+
+def write_group_tables(output_dir: str | os.PathLike, group: GroupTables) -> list[str]:
+    output_dir = Path(output_dir)
+    with OutputTransaction(overwrite=True) as transaction:
+        for table, by_seg in group.tables.items():
+            for seg, frame in by_seg.items():
+                transaction.write_text(output_dir / f"group_seg-{seg}_{table}.tsv",
+                                       frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+        if group.failures is not None:
+            transaction.write_text(output_dir / "group_failures.tsv",
+                                   group.failures.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+        return sorted(os.path.basename(path) for path in transaction._pending)
