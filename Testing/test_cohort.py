@@ -33,7 +33,9 @@ GOOD = [("01", None, 0, 0), ("02", None, 1, 0), ("03", None, 2, 0), ("04", "1", 
 BAD = {"08": "unreadable", "09": "4d"}
 OPTIONS = ["--fast", "--crop", "64", "--omp-nthreads", "1", "--skip-bids-validation"]
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/t1 (real scans)")
+# Real Dask clusters and the BIDS validator: CI's slow step.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/t1 (real scans)")]
 
 
 def crop_of(scan: int, shift: int):
