@@ -63,10 +63,21 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
 
+    import os
+
+    from ..faults import checkpoint
+    from ..image import check_writable_locations
+    from ..preflight import check_input_image
+
+    check_input_image(args.input)
+    if os.path.isfile(args.output):
+        raise UsageError(f"--o {args.output} is a file; give a folder for SAMSEG's outputs")
+    check_writable_locations([os.path.join(args.output, "seg.mgz")])
     runner = SamsegRunner(threads=args.threads, executable=args.samseg,
                           exclude_labels=parse_labels(args.labels) if args.labels else None, preset=args.preset)
     print(f"SAMSEG: {runner.samseg.origin}; threads: {runner.threads}; brain mask removes "
           f"{describe_labels(runner.filter.excluded_labels)}", file=sys.stderr)
+    checkpoint("before-network")
     progress, close = progress_for(args, "SAMSEG")
     log = _log_writer(args)
     try:
