@@ -267,11 +267,11 @@ class OutputTransaction:
         even when the outputs lie in several folders."""
         from .faults import checkpoint, temp_prefix
 
-        checkpoint("writing")
         umask = os.umask(0)
         os.umask(umask)
         placed: list[tuple[str, Optional[str]]] = []   # (final path, where its old version was moved)
         try:
+            checkpoint("writing")
             for final_path, temp in self._pending.items():
                 os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
                 backup = None

@@ -64,6 +64,12 @@ def run(args) -> int:
     if action is None:
         raise UsageError("give an action: list, download, install, import-freesurfer, verify, remove, path, info")
     models = manager()
+    if action in ("download", "install", "import-freesurfer"):
+        from ..faults import checkpoint
+        from ..image import check_writable_locations
+
+        check_writable_locations([models.models_dir / "probe"])  # read-only or full cache: before anything
+        checkpoint("before-network")
     if action == "list":
         return _list(models, args.json)
     if action == "download":
