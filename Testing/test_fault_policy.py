@@ -90,6 +90,10 @@ def test_download_all_goes_on_after_a_failure_and_reports_all(registry, capsys, 
     assert "broken: FAILED" in captured.out
     assert manager().state("tiny") == "installed" and manager().state("tofu") == "installed"
     assert "1 of 3 models failed to download: broken" in captured.err
+    failure = captured.out[captured.out.index("broken: FAILED"):]
+    assert failure.count("/missing.h5") == 1                     # the URL once
+    for way in ("--model", "SEGSUITE_MIRROR", "models import-freesurfer", "models install broken --from FILE"):
+        assert way in failure
 
 
 def test_commit_across_folders_restores_what_it_moved(tmp_path, monkeypatch):

@@ -51,6 +51,8 @@ def add_arguments(parser) -> None:
 
     path = actions.add_parser("path", help="print the folder of an installed model (or the cache folder)")
     path.add_argument("model_id", nargs="?", metavar="ID")
+    path.add_argument("--file", action="store_true",
+                      help="the model's file instead of its folder (one-file models, e.g. sample-t1)")
 
     info = actions.add_parser("info", help="a model's files, sources, licence and citations")
     info.add_argument("model_id", metavar="ID")
@@ -140,6 +142,12 @@ def run(args) -> int:
             return 0
         if not models.is_installed(args.model_id):
             raise ModelError(f"{args.model_id} is not installed; run `segsuite models download {args.model_id}`")
+        if getattr(args, "file", False):
+            files = models.registry.get(args.model_id).files
+            if len(files) != 1:
+                raise UsageError(f"{args.model_id} has {len(files)} files; --file is for one-file models")
+            print(models.path(args.model_id) / files[0].name)
+            return 0
         print(models.path(args.model_id))
         return 0
     if action == "info":

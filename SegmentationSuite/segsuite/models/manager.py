@@ -608,15 +608,13 @@ def _what_to_give(spec: ModelSpec) -> str:
 
 
 def _failure_message(spec: ModelSpec, file: FileSpec, tried: list[str]) -> str:
-    urls = list(dict.fromkeys(s.url for s in file.sources))
-    lines = [f"could not download {file.name} for {spec.id}; tried:"]
+    """Each URL once, with why it failed, then the ways round the download."""
+    what = "FILE" if len(spec.files) == 1 else "FOLDER"
+    lines = [f"could not download {file.name} for {spec.id}:"]
     lines += [f"  {line}" for line in tried]
-    lines.append("To install it without this download, fetch it on a computer with access "
-                 f"({' or '.join(urls)}) and run:")
-    if len(spec.files) == 1:
-        lines.append(f"  segsuite models install {spec.id} --from FILE")
-    else:
-        lines.append(f"  segsuite models install {spec.id} --from FOLDER   ({_what_to_give(spec)})")
+    lines.append(f"Fetch it where the network allows and run `segsuite models install {spec.id} --from {what}`, "
+                 "copy it from FreeSurfer with `segsuite models import-freesurfer`, set SEGSUITE_MIRROR to an "
+                 "institution mirror, or pass the weights with --model.")
     return "\n".join(lines)
 
 
