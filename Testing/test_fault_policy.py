@@ -13,21 +13,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model_server import ModelServer, file_entry, tiny_registry, write_registry
+from model_server import file_entry, tiny_registry, write_registry
 from segsuite import cli
 from segsuite.errors import ModelError, SegSuiteError
 from segsuite.faults import clean_stale_temporaries, temp_prefix
 from segsuite.image import OutputTransaction, list_images
 from segsuite.models import manager
+from test_models_cli import server  # noqa: F401  (the local model server fixture)
 
 BODY = os.urandom(40_000)
-
-
-@pytest.fixture
-def server():
-    server = ModelServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.fake_engine import FakeEngine  # noqa: F401  (keeps the helpers importable here)
 from model_server import ModelServer, file_entry, tiny_registry, write_registry
 from synthseg_helpers import write_keras_h5
 
@@ -167,12 +166,6 @@ def _needs(command, assets):
         pytest.skip(f"{command} needs its optional packages (nnunetv2)")
 
 
-@pytest.fixture
-def workspace(tmp_path, assets, request):
-    command = request.param if hasattr(request, "param") else None
-    return tmp_path
-
-
 # ---------------------------------------------------------------------------------- mounts
 def _mount_tmpfs(folder: Path, options: str):
     if os.geteuid() != 0:
@@ -218,7 +211,7 @@ def _prepare(command, assets, tmp_path):
     inp = tmp_path / "in" / source.name
     inp.parent.mkdir()
     inp.write_bytes(source.read_bytes())
-    return inp, (list(snapshot(inp.parent)) and [inp.parent], snapshot(inp.parent))
+    return inp, ([inp.parent], snapshot(inp.parent))
 
 
 # ---------------------------------------------------------------------------------- output faults

@@ -52,23 +52,30 @@ def strip_image_suffix(path: str | os.PathLike) -> str:
     return str(path)[: -len(suffix)] if suffix else os.path.splitext(str(path))[0]
 
 
+def check_image_path(path: str) -> None:
+    """An input image path that exists and is a file, else InputError saying which."""
+    if not os.path.exists(path):
+        raise InputError(f"input not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"expected an image file but {path} is a folder")
+
+
+def unreadable_image(path: str, error: Exception) -> InputError:
+    return InputError(f"cannot read {path} as an image ({type(error).__name__}: {error}); "
+                      "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file")
+
+
 def load_volume(path: str | os.PathLike, dtype=np.float32) -> Volume:
     """Load an image file; a missing or unreadable file raises InputError saying so."""
     import nibabel as nib
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"input not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"expected an image file but {path} is a folder")
+    check_image_path(path)
     try:
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for unreadable files
-        raise InputError(
-            f"cannot read {path} as an image ({type(error).__name__}: {error}); "
-            "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file"
-        ) from error
+        raise unreadable_image(path, error) from error
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     return Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64), path=path, header=image.header)

@@ -38,19 +38,17 @@ def check_input_image(path: str | os.PathLike) -> None:
     import nibabel as nib
     import numpy as np
 
+    from .image import check_image_path, unreadable_image
+
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"input not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"expected an image file but {path} is a folder")
+    check_image_path(path)
     try:
         image = nib.load(path)
         header = image.header
         offset = int(header.get_data_offset())
         needed = offset + int(np.prod(image.shape)) * np.dtype(header.get_data_dtype()).itemsize
     except Exception as error:  # nibabel raises many types for unreadable files
-        raise InputError(f"cannot read {path} as an image ({type(error).__name__}: {error}); "
-                         "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file") from None
+        raise unreadable_image(path, error) from None
     stored = _stored_bytes(path)
     if stored < needed:
         raise InputError(f"{path} is truncated: it holds {stored} bytes but its header needs {needed}; "
