@@ -311,9 +311,10 @@ def test_samseg_signal_before_the_run(assets, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     before = snapshot(out)
-    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-        result = run_cli(argv_for("samseg", assets, inp, out), fault_at="before-network", fault_signal=name)
-        check_fault(f"{name} at before-network", "samseg", result, 128 + getattr(signal, name), [name], before,
+    for name, point in (("SIGTERM", "before-network"), ("SIGINT", "before-network"), ("SIGHUP", "before-network"),
+                        ("SIGTERM", "network"), ("SIGINT", "network")):   # network: while SAMSEG runs
+        result = run_cli(argv_for("samseg", assets, inp, out), fault_at=point, fault_signal=name)
+        check_fault(f"{name} at {point}", "samseg", result, 128 + getattr(signal, name), [name], before,
                     [out], inputs)
 
 

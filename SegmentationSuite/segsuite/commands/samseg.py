@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..errors import UsageError
 
@@ -85,7 +86,10 @@ def run(args) -> int:
     finally:
         close()
     print(f"brain mask: {result.measures['BrainMask'] / 1000:.1f} cm3, intracranial volume (SAMSEG): "
-          f"{result.measures.get('Intra-Cranial', float('nan')) / 1000:.1f} cm3; wrote {args.output}", file=sys.stderr)
+          f"{result.measures.get('Intra-Cranial', float('nan')) / 1000:.1f} cm3", file=sys.stderr)
+    from ..cli import print_written
+
+    print_written(sorted(str(p) for p in Path(args.output).rglob("*") if p.is_file()))
     return 0
 
 
