@@ -37,10 +37,17 @@ def randomise_batch_norm(module, seed: int = 0) -> None:
             sub.running_var.data = 0.5 + torch.rand(n, generator=generator)
 
 
-def write_random_synthseg_model(folder):
-    """A synthseg_2.0.h5 with random weights (seed 0) in the Keras layout, in ``folder``."""
+def write_random_synthseg_model(folder, winning_channel: int | None = None):
+    """A synthseg_2.0.h5 with random weights (seed 0) in the Keras layout, in ``folder``.
+
+    ``winning_channel``: its output bias is raised so that it wins nearly everywhere (random weights
+    alone label everything background, which leaves nothing to measure downstream)."""
     from segsuite.nets.unet import KerasUNet
 
     torch.manual_seed(0)
-    write_keras_h5(folder / "synthseg_2.0.h5", KerasUNet("unet", 1, 33).keras_layers())
+    layers = KerasUNet("unet", 1, 33).keras_layers()
+    if winning_channel is not None:
+        with torch.no_grad():
+            layers["unet_likelihood"].bias[winning_channel] += 50.0
+    write_keras_h5(folder / "synthseg_2.0.h5", layers)
     return folder

@@ -24,7 +24,7 @@ SYNTHSEG_TABLE = [
     ("synthseg_robust_2.0.h5", 214606800, "7bc30bf5c3d204f20c4a6cb5a283aedbcab6af1de927cda783f59b67d19cb01c", "187/db4"),
 ]
 MODEL_IDS = ["synthseg-2.0", "synthseg-parc-2.0", "synthseg-qc-2.0", "synthseg-robust-2.0", "synthseg-1.0",
-             "sclimbic", "sc-epi", "mni-icbm152-2009a"]
+             "sclimbic", "sc-epi", "mni-icbm152-2009a", "sample-t1"]
 
 
 @pytest.mark.parametrize("name, size, sha256, folder", SYNTHSEG_TABLE)

@@ -605,3 +605,36 @@ def test_networks_run_without_tf32(random_synthseg_model, monkeypatch):
     engine.segment((rng.random((24, 24, 24)).astype(np.float32), np.eye(4)))
     assert seen and all(state == ieee_state() for state in seen)
     assert tf32_state() == before
+
+
+@pytest.mark.slow
+def test_cli_morphometry_commits_with_the_segmentation(tmp_path_factory, tmp_path):
+    """synthseg --morphometry: the morphometry of the engine's own result, written with the labels; an
+    existing morphometry output stops the run before the network, and nothing is written."""
+    from segsuite.morphometry.subject import compute_morphometry, output_paths, table_text
+    from segsuite.synthseg import SynthSegEngine
+
+    # channel 1 is left cerebral white matter: a brain to measure
+    random_synthseg_model = write_random_synthseg_model(tmp_path_factory.mktemp("wm_model"), winning_channel=1)
+    rng = np.random.default_rng(1)
+    data = np.zeros((40, 44, 40), dtype=np.float32)
+    data[8:32, 8:36, 8:32] = rng.random((24, 28, 24)) * 100 + 50
+    image = tmp_path / "t1.nii.gz"
+    _save(image, data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    out, morph = tmp_path / "out", tmp_path / "morph"
+    common = ["--progress", "none", "synthseg", "--i", str(image), "--fast", "--model", str(random_synthseg_model),
+              "--cpu", "--threads", "2", "--morphometry", str(morph)]
+    assert cli.main(common + ["--o", str(out / "t1_synthseg.nii.gz")]) == 0
+    paths = output_paths(str(morph), "t1")
+    written = {kind for kind, path in paths.items() if os.path.exists(path)}
+    assert written >= set(paths) - {"mosaic"}
+    engine = SynthSegEngine(model=random_synthseg_model, fast=True, posteriors=True, device="cpu", threads=2)
+    direct = compute_morphometry(str(image), engine.segment(str(image)))
+    with open(paths["table"]) as handle:
+        assert handle.read() == table_text([direct.table_row()])
+    assert np.allclose(nib.load(paths["probseg_GM"]).get_fdata(), direct.tissue_maps["GM"], atol=1e-6)
+
+    # a second run into a new segmentation folder, the morphometry already there: refused up front
+    again = tmp_path / "again"
+    assert cli.main(common + ["--o", str(again / "t1_synthseg.nii.gz")]) == 1
+    assert not again.exists() or not any(again.iterdir())

@@ -52,23 +52,30 @@ def strip_image_suffix(path: str | os.PathLike) -> str:
     return str(path)[: -len(suffix)] if suffix else os.path.splitext(str(path))[0]
 
 
+def check_image_path(path: str) -> None:
+    """An input image path that exists and is a file, else InputError saying which."""
+    if not os.path.exists(path):
+        raise InputError(f"input not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"expected an image file but {path} is a folder")
+
+
+def unreadable_image(path: str, error: Exception) -> InputError:
+    return InputError(f"cannot read {path} as an image ({type(error).__name__}: {error}); "
+                      "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file")
+
+
 def load_volume(path: str | os.PathLike, dtype=np.float32) -> Volume:
     """Load an image file; a missing or unreadable file raises InputError saying so."""
     import nibabel as nib
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"input not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"expected an image file but {path} is a folder")
+    check_image_path(path)
     try:
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for unreadable files
-        raise InputError(
-            f"cannot read {path} as an image ({type(error).__name__}: {error}); "
-            "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file"
-        ) from error
+        raise unreadable_image(path, error) from error
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     return Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64), path=path, header=image.header)
@@ -143,8 +150,69 @@ def check_outputs(paths: Sequence[str | os.PathLike], overwrite: bool,
         if real in seen:
             raise InputError(f"two outputs have the same path {path}")
         seen.add(real)
+        if os.path.isdir(real):
+            raise InputError(f"the output {path} is a folder; give a file name")
         if os.path.exists(real) and not overwrite:
             raise OutputExistsError(f"output exists: {path}; pass --overwrite to replace it or choose another name")
+    check_writable_locations(paths)
+
+
+def _nearest_existing_folder(path: str) -> tuple[str, str]:
+    """(the nearest folder above ``path`` that exists, the first missing component or '')."""
+    folder = os.path.dirname(os.path.abspath(path))
+    missing = ""
+    while not os.path.exists(folder):
+        missing = folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder, missing
+
+
+def write_error(error: OSError, path) -> SegSuiteError:
+    """A one-line error for a failed write, naming the user's path (never a temporary)."""
+    import errno
+
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        what = "the disk is full; free some space or choose another folder"
+    elif error.errno == errno.EROFS:
+        what = "the folder is on a read-only file system; choose another folder"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        what = "permission denied; make the folder writable or choose another one"
+    else:
+        what = (error.strerror or str(error)) + "; choose another folder"
+    return SegSuiteError(f"cannot write {path}: {what}")
+
+
+def check_writable_locations(paths: Sequence[str | os.PathLike]) -> None:
+    """Pre-flight: every output's folder (or the nearest existing folder above it) takes a file.
+
+    A probe file is written and removed, which finds read-only mounts, missing permissions and
+    full disks even for root (for whom permission bits say nothing)."""
+    from .faults import temp_prefix
+
+    probed = set()
+    for path in paths:
+        if not path:
+            continue
+        folder, _ = _nearest_existing_folder(os.fspath(path))
+        if folder in probed:
+            continue
+        probed.add(folder)
+        if not os.path.isdir(folder):
+            raise InputError(f"cannot write {path}: {folder} is a file, not a folder")
+        probe = os.path.join(folder, temp_prefix() + "probe")
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise write_error(error, path) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(probe)
 
 
 class OutputTransaction:
@@ -159,6 +227,7 @@ class OutputTransaction:
         self.inputs = [os.fspath(p) for p in inputs if p]
         self._pending: dict[str, str] = {}
         self._created_dirs: list[str] = []
+        self._cleaned: set[str] = set()
 
     def temp_path(self, final_path: str | os.PathLike) -> str:
         """A temporary path to write ``final_path`` to (same folder, same extension)."""
@@ -166,10 +235,18 @@ class OutputTransaction:
         check_outputs([final_path], self.overwrite, self.inputs)
         if final_path in self._pending:
             raise InputError(f"two outputs have the same path {final_path}")
+        from .faults import clean_stale_temporaries, temp_prefix
+
         folder = os.path.dirname(final_path)
         self._make_dirs(folder)
+        if folder not in self._cleaned:
+            clean_stale_temporaries(folder)  # left by a killed run: never outputs
+            self._cleaned.add(folder)
         suffix = image_suffix(final_path) or os.path.splitext(final_path)[1]
-        handle, temp = tempfile.mkstemp(prefix=".segsuite-", suffix=suffix, dir=folder)
+        try:
+            handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=folder)
+        except OSError as error:
+            raise write_error(error, final_path) from None
         os.close(handle)
         self._pending[final_path] = temp
         return temp
@@ -178,19 +255,53 @@ class OutputTransaction:
         import nibabel as nib
 
         temp = self.temp_path(final_path)
-        nib.save(make_image(data, affine, os.fspath(final_path)), temp)
+        image = make_image(data, affine, os.fspath(final_path))
+        try:
+            nib.save(image, temp)
+        except OSError as error:
+            raise write_error(error, final_path) from None
 
     def write_text(self, final_path: str | os.PathLike, text: str) -> None:
         temp = self.temp_path(final_path)
-        with open(temp, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
+        try:
+            with open(temp, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+        except OSError as error:
+            raise write_error(error, final_path) from None
 
     def commit(self) -> list[str]:
+        """Rename every temporary into place; if one rename fails, undo the others (all or nothing),
+        even when the outputs lie in several folders."""
+        from .faults import checkpoint, temp_prefix
+
         umask = os.umask(0)
         os.umask(umask)
-        for final_path, temp in self._pending.items():
-            os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
-            os.replace(temp, final_path)
+        placed: list[tuple[str, Optional[str]]] = []   # (final path, where its old version was moved)
+        try:
+            checkpoint("writing")
+            for final_path, temp in self._pending.items():
+                os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+                backup = None
+                if os.path.lexists(final_path):
+                    backup = os.path.join(os.path.dirname(final_path), temp_prefix() + "old-" + os.path.basename(final_path))
+                    os.replace(final_path, backup)
+                placed.append((final_path, backup))
+                os.replace(temp, final_path)
+        except BaseException as error:
+            for final_path, backup in reversed(placed):
+                with contextlib.suppress(OSError):
+                    if backup is not None:
+                        os.replace(backup, final_path)
+                    elif final_path in self._pending and not os.path.exists(self._pending[final_path]):
+                        os.remove(final_path)
+            self.rollback()
+            if isinstance(error, OSError):
+                raise write_error(error, placed[-1][0] if placed else "the outputs") from None
+            raise
+        for _, backup in placed:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(backup)
         written = list(self._pending)
         self._pending.clear()
         self._created_dirs.clear()
@@ -242,4 +353,5 @@ def output_transaction(overwrite: bool = False, inputs: Sequence[str | os.PathLi
 def list_images(folder: str | os.PathLike) -> list[str]:
     """Image files in a folder, sorted by name."""
     folder = Path(folder)
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and image_suffix(p.name))
+    return sorted(str(p) for p in folder.iterdir()
+                  if p.is_file() and image_suffix(p.name) and not p.name.startswith("."))

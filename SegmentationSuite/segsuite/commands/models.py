@@ -51,6 +51,8 @@ def add_arguments(parser) -> None:
 
     path = actions.add_parser("path", help="print the folder of an installed model (or the cache folder)")
     path.add_argument("model_id", nargs="?", metavar="ID")
+    path.add_argument("--file", action="store_true",
+                      help="the model's file instead of its folder (one-file models, e.g. sample-t1)")
 
     info = actions.add_parser("info", help="a model's files, sources, licence and citations")
     info.add_argument("model_id", metavar="ID")
@@ -64,17 +66,32 @@ def run(args) -> int:
     if action is None:
         raise UsageError("give an action: list, download, install, import-freesurfer, verify, remove, path, info")
     models = manager()
+    if action in ("download", "install", "import-freesurfer"):
+        from ..faults import checkpoint
+        from ..image import check_writable_locations
+
+        check_writable_locations([models.models_dir / "probe"])  # read-only or full cache: before anything
+        checkpoint("before-network")
     if action == "list":
         return _list(models, args.json)
     if action == "download":
         ids = _ids(models, args.model_ids, args.all, "download")
-        for model_id in ids:
+        failed = []
+        for model_id in ids:   # go on after a failure and report them all at the end
             progress, close = progress_for(args, f"Downloading {model_id}")
             try:
                 folder = models.download(model_id, progress, force=args.force)
+            except ModelError as error:
+                if len(ids) == 1:
+                    raise
+                failed.append(model_id)
+                print(f"{model_id}: FAILED: {error}", flush=True)
+                continue
             finally:
                 close()
             print(f"{model_id}: {folder}")
+        if failed:
+            raise ModelError(f"{len(failed)} of {len(ids)} models failed to download: {', '.join(failed)} (see above)")
         return 0
     if action == "install":
         progress, close = progress_for(args, f"Installing {args.model_id}")
@@ -100,17 +117,24 @@ def run(args) -> int:
             return 0
         failed = 0
         for model_id in ids:
+            state = models.state(model_id)
+            if state.startswith("trust"):
+                print(f"{model_id}: {models.repair_hint(model_id, state)}")
+                continue
             problems = models.verify(model_id)
             print(f"{model_id}: " + ("ok" if not problems else "FAILED: " + "; ".join(problems)))
-            failed += bool(problems)
-        if failed:
-            print("Repair with: segsuite models download --force ID", flush=True)
+            if problems:
+                failed += 1
+                print(f"  {models.repair_hint(model_id, 'corrupt (sha256 mismatch)')}", flush=True)
         return 1 if failed else 0
     if action == "remove":
         ids = _ids(models, args.model_ids, args.all, "remove")
         for model_id in ids:
             removed = models.remove(model_id, forget=args.forget)
-            print(f"{model_id}: " + ("removed" if removed else "was not installed"))
+            note = ""
+            if not args.forget and models.state(model_id).startswith("trust"):
+                note = f" (its first-use sha256 record is kept; `segsuite models remove {model_id} --forget` drops it)"
+            print(f"{model_id}: " + ("removed" if removed else "was not installed") + note)
         return 0
     if action == "path":
         if args.model_id is None:
@@ -118,6 +142,12 @@ def run(args) -> int:
             return 0
         if not models.is_installed(args.model_id):
             raise ModelError(f"{args.model_id} is not installed; run `segsuite models download {args.model_id}`")
+        if getattr(args, "file", False):
+            files = models.registry.get(args.model_id).files
+            if len(files) != 1:
+                raise UsageError(f"{args.model_id} has {len(files)} files; --file is for one-file models")
+            print(models.path(args.model_id) / files[0].name)
+            return 0
         print(models.path(args.model_id))
         return 0
     if action == "info":
@@ -137,7 +167,10 @@ def _ids(models, given, every: bool, verb: str) -> list[str]:
     return list(given)
 
 
-def _size(n) -> str:
+def _size(n, spec=None) -> str:
+    if n is None and spec is not None:   # some files' sizes are unpublished: the known part, approximately
+        known = sum(f.size for f in spec.files if f.size)
+        return f"~{known / 1e6:.1f} MB" if known else "?"
     return "?" if n is None else f"{n / 1e6:.1f} MB"
 
 
@@ -145,13 +178,13 @@ def _list(models, as_json: bool) -> int:
     statuses = models.statuses()
     if as_json:
         print(json.dumps([{"id": s.spec.id, "version": s.spec.version, "title": s.spec.title,
-                           "installed": s.installed, "status": "installed" if s.installed else "not installed",
+                           "installed": s.installed, "status": models.state(s.spec.id),
                            "size": s.size, "check": s.trust, "path": str(s.path),
                            "licence": s.spec.licence.get("name", ""), "licence_url": s.spec.licence.get("url", ""),
                            "citation": " ".join(s.spec.citations)} for s in statuses], indent=1))
         return 0
     rows = [("ID", "VERSION", "STATUS", "SIZE", "CHECK", "PATH")]
-    rows += [(s.spec.id, s.spec.version, "installed" if s.installed else "not installed", _size(s.size),
+    rows += [(s.spec.id, s.spec.version, models.state(s.spec.id), _size(s.size, s.spec),
               s.trust, str(s.path)) for s in statuses]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:

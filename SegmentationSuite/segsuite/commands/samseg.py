@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..errors import UsageError
 
@@ -63,10 +64,21 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
 
+    import os
+
+    from ..faults import checkpoint
+    from ..image import check_writable_locations
+    from ..preflight import check_input_image
+
+    check_input_image(args.input)
+    if os.path.isfile(args.output):
+        raise UsageError(f"--o {args.output} is a file; give a folder for SAMSEG's outputs")
+    check_writable_locations([os.path.join(args.output, "seg.mgz")])
     runner = SamsegRunner(threads=args.threads, executable=args.samseg,
                           exclude_labels=parse_labels(args.labels) if args.labels else None, preset=args.preset)
     print(f"SAMSEG: {runner.samseg.origin}; threads: {runner.threads}; brain mask removes "
           f"{describe_labels(runner.filter.excluded_labels)}", file=sys.stderr)
+    checkpoint("before-network")
     progress, close = progress_for(args, "SAMSEG")
     log = _log_writer(args)
     try:
@@ -74,7 +86,10 @@ def run(args) -> int:
     finally:
         close()
     print(f"brain mask: {result.measures['BrainMask'] / 1000:.1f} cm3, intracranial volume (SAMSEG): "
-          f"{result.measures.get('Intra-Cranial', float('nan')) / 1000:.1f} cm3; wrote {args.output}", file=sys.stderr)
+          f"{result.measures.get('Intra-Cranial', float('nan')) / 1000:.1f} cm3", file=sys.stderr)
+    from ..cli import print_written
+
+    print_written(sorted(str(p) for p in Path(args.output).rglob("*") if p.is_file()))
     return 0
 
 

@@ -67,7 +67,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..cli import progress_for
+    from ..cli import print_written, progress_for
     from ..image import OutputTransaction, check_outputs
     from ..samseg import SamsegBrainMask, describe_labels, install_cleaned_aseg, restore_original_aseg
     from ..samseg.runner import volumes_csv_text
@@ -88,6 +88,12 @@ def run(args) -> int:
     check_outputs(outputs, args.overwrite, inputs=[args.input] if args.input else [])
 
     engine = SamsegBrainMask(exclude_labels=parse_labels(args.labels) if args.labels else None, preset=args.preset)
+    from ..faults import checkpoint
+    from ..preflight import check_input_image
+
+    if args.input:
+        check_input_image(args.input)
+    checkpoint("before-network")
     print(f"removing labels ({engine.preset}): {describe_labels(engine.excluded_labels)}", file=sys.stderr)
     progress, close = progress_for(args, "SAMSEG filter")
     try:
@@ -111,8 +117,7 @@ def run(args) -> int:
     print(f"brain mask: {result.measures['BrainMask'] / 1000:.1f} cm3; removed "
           f"{result.measures['RemovedLabels'] / 1000:.1f} cm3 ({', '.join(f'{k}: {v} voxels' for k, v in removed.items()) or 'nothing'})",
           file=sys.stderr)
-    for path in outputs:
-        print(f"wrote {path}", file=sys.stderr)
+    print_written(outputs)
     if args.subject_dir:
         print(f"{update.action} {update.aseg} (original kept as {update.original or 'none: there was no aseg.mgz'}; "
               f"record {update.record}); undo with: segsuite samseg-filter --subject-dir {args.subject_dir} --restore",

@@ -102,7 +102,7 @@ def _suffixes(model_folder) -> list[str]:
 
 
 def run(args) -> int:
-    from ..cli import progress_for
+    from ..cli import print_written, progress_for
     from ..image import OutputTransaction, check_outputs
     from ..progress import sub_progress
     from ..scepi.modelfolder import resolve_model
@@ -112,8 +112,16 @@ def run(args) -> int:
         raise UsageError(f"-thr must be in [0, 1), got {args.thr}")
     remove_small = parse_remove_small(args.remove_small)
     inputs = list(args.input)
+    from ..faults import checkpoint
+    from ..image import check_writable_locations
+    from ..preflight import check_input_image
+
     for path in inputs:
         _check_input(path, args.mean)
+        check_input_image(path)
+    # the file names depend on the model's classes; the folders can be checked now
+    check_writable_locations(output_paths(inputs, args.output, ["_seg"])[0] + ([os.path.join(args.qc, "index.html")] if args.qc else []))
+    checkpoint("before-network")
 
     progress, close = progress_for(args, "sc_epi")
     try:
@@ -157,6 +165,5 @@ def run(args) -> int:
             raise
     finally:
         close()
-    for path in written:
-        print(path)
+    print_written(written)
     return 0

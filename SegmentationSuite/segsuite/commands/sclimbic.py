@@ -167,7 +167,7 @@ def plan_image_jobs(args, want_etiv: bool) -> tuple[list[Job], str, bool]:
 
 
 def run(args) -> int:
-    from ..cli import progress_for
+    from ..cli import print_written, progress_for
     from ..image import check_outputs, output_transaction
     from ..progress import sub_progress
     from ..sclimbic import ScLimbicEngine
@@ -194,6 +194,11 @@ def run(args) -> int:
     outputs = [p for job in jobs for p in (job.segmentation, job.posteriors, job.stats) if p] + summary_paths
     inputs = [job.input for job in jobs]
     check_outputs(outputs, args.overwrite, inputs)
+    from ..faults import checkpoint
+    from ..preflight import check_input_images
+
+    check_input_images(inputs)
+    checkpoint("before-network")
 
     device = f"cuda:{args.cuda_device}" if args.cuda_device is not None else args.device
     progress, close = progress_for(args, "ScLimbic")
@@ -230,8 +235,7 @@ def run(args) -> int:
                 transaction.write_text(summary["confidences"], format_case_csv(names, confidence_rows))
     finally:
         close()
-    for path in outputs:
-        print(f"wrote {path}")
+    print_written(outputs)
     return 0
 
 

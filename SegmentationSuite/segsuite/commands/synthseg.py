@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..cli import progress_for
+    from ..cli import print_written, progress_for
     from ..errors import SegSuiteError, UsageError
     from ..image import OutputTransaction, check_outputs, make_image
     from ..synthseg import SynthSegEngine
@@ -59,10 +59,21 @@ def run(args) -> int:
     plan = plan_outputs(args.input, {"seg": args.output, "post": args.post, "resample": args.resample,
                                      "vol": args.vol, "qc": args.qc})
     every_output = [p for job in plan.jobs for p in job.outputs.values()] + list(plan.shared_csv.values())
+    if args.morphometry:
+        from ..morphometry.subject import output_paths
+
+        every_output += [p for job in plan.jobs for p in output_paths(args.morphometry, subject_name(job.image)).values()]
     check_outputs(every_output, args.overwrite, inputs=[job.image for job in plan.jobs])
 
+    from ..faults import checkpoint
+    from ..preflight import check_input_images
+
+    check_input_images([job.image for job in plan.jobs])
+    checkpoint("before-network")
     device = "cpu" if args.cpu else args.device
     progress, close = progress_for(args, "SynthSeg")
+    # one transaction for the whole run: every subject's files and the shared CSVs, or nothing
+    transaction = OutputTransaction(overwrite=args.overwrite, inputs=[job.image for job in plan.jobs])
     try:
         engine = SynthSegEngine(model=args.model, parc=args.parc, robust=args.robust, fast=args.fast, v1=args.v1,
                                 ct=args.ct, qc=bool(args.qc), posteriors=bool(args.post or args.morphometry), crop=args.crop,
@@ -76,26 +87,25 @@ def run(args) -> int:
             try:
                 result = engine.segment(job.image, progress=report, resample_output=args.keepgeom,
                                         subject=subject_name(job.image))
-                with OutputTransaction(overwrite=args.overwrite, inputs=[job.image]) as transaction:
-                    seg_path = job.outputs["seg"]
-                    transaction.save_image(seg_path, result.labels.astype(np.int32, copy=False), result.affine)
-                    if job.outputs.get("post"):
-                        transaction.save_image(job.outputs["post"], result.posteriors.astype(np.float32, copy=False),
-                                               result.posteriors_affine)
-                    if job.outputs.get("resample") and "resampled" in result.images:
-                        transaction.save_image(job.outputs["resample"], result.images["resampled"],
-                                               np.array(result.provenance["grid_affine"]))
-                    if job.outputs.get("vol"):
-                        transaction.write_text(job.outputs["vol"], csv_text(
-                            list(result.volumes), [volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64"))], shared=False))
-                    if job.outputs.get("qc"):
-                        transaction.write_text(job.outputs["qc"], csv_text(
-                            list(result.qc), [qc_row(result.subject, result.qc)], shared=False))
-                if args.morphometry:  # its own all-or-nothing write, after the segmentation's
+                seg_path = job.outputs["seg"]
+                transaction.save_image(seg_path, result.labels.astype(np.int32, copy=False), result.affine)
+                if job.outputs.get("post"):
+                    transaction.save_image(job.outputs["post"], result.posteriors.astype(np.float32, copy=False),
+                                           result.posteriors_affine)
+                if job.outputs.get("resample") and "resampled" in result.images:
+                    transaction.save_image(job.outputs["resample"], result.images["resampled"],
+                                           np.array(result.provenance["grid_affine"]))
+                if job.outputs.get("vol"):
+                    transaction.write_text(job.outputs["vol"], csv_text(
+                        list(result.volumes), [volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64"))], shared=False))
+                if job.outputs.get("qc"):
+                    transaction.write_text(job.outputs["qc"], csv_text(
+                        list(result.qc), [qc_row(result.subject, result.qc)], shared=False))
+                if args.morphometry:  # staged in the run's transaction: committed with the segmentation or not at all
                     from ..morphometry.subject import compute_morphometry, write_morphometry
 
-                    write_morphometry(compute_morphometry(job.image, result), args.morphometry, overwrite=args.overwrite,
-                                      inputs=[job.image], result=result)
+                    write_morphometry(compute_morphometry(job.image, result), args.morphometry, result=result,
+                                      transaction=transaction)
                 if job.outputs.get("resample") and "resampled" not in result.images:
                     print(f"{job.image} is already at 1 mm: no resampled image written "
                           f"to {job.outputs['resample']}", file=sys.stderr)
@@ -109,13 +119,17 @@ def run(args) -> int:
                 failures.append(f"{job.image}: {error}")
                 print(f"segsuite synthseg: {job.image}: {error}", file=sys.stderr)
         if volume_rows and plan.shared_csv:
-            with OutputTransaction(overwrite=args.overwrite) as transaction:
-                if "vol" in plan.shared_csv:
-                    transaction.write_text(plan.shared_csv["vol"], csv_text(volume_header, volume_rows, shared=True))
-                if "qc" in plan.shared_csv:
-                    transaction.write_text(plan.shared_csv["qc"], csv_text(qc_header, qc_rows, shared=True))
+            if "vol" in plan.shared_csv:
+                transaction.write_text(plan.shared_csv["vol"], csv_text(volume_header, volume_rows, shared=True))
+            if "qc" in plan.shared_csv:
+                transaction.write_text(plan.shared_csv["qc"], csv_text(qc_header, qc_rows, shared=True))
+        written = transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
     finally:
         close()
+    print_written(written)
     if failures:
         raise SegSuiteError(f"{len(failures)} of {count} images failed: " + "; ".join(failures))
     return 0

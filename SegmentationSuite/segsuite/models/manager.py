@@ -88,6 +88,42 @@ class ModelManager:
                     return False
         return True
 
+    def state(self, model_id: str) -> str:
+        """'installed', 'not installed', 'corrupt (sha256 mismatch)' or 'trust-on-first-use record only'.
+
+        Corrupt: a manifest is there but a file is missing, has another size, or (for files whose
+        modification time changed since the install) another sha256."""
+        spec = self.registry.get(model_id)
+        manifest = self._manifest(model_id)
+        if manifest is None:
+            records = self._trust_records()
+            if any(f"{spec.id}/{f.name}" in records for f in spec.files if not f.sha256):
+                return "trust-on-first-use record only"
+            return "not installed"
+        if not self.is_installed(model_id):
+            return "corrupt (sha256 mismatch)"
+        root = self.path(model_id)
+        for file in spec.files:
+            record = manifest["files"].get(file.name, {})
+            for relpath, (size, sha) in _contents(record, file).items():
+                target = root / relpath
+                if record.get("mtime_ns", {}).get(relpath) != target.stat().st_mtime_ns and sha256_of(target) != sha:
+                    return "corrupt (sha256 mismatch)"
+        return "installed"
+
+    def repair_hint(self, model_id: str, state: str) -> str:
+        """The offline command that repairs ``state`` (and the online one)."""
+        what = "FOLDER" if len(self.registry.get(model_id).files) > 1 else "FILE"
+        if state.startswith("corrupt"):
+            return (f"the installed {model_id} is corrupt (sha256 mismatch); repair it offline with "
+                    f"`segsuite models install {model_id} --from {what}` (or `segsuite models import-freesurfer`), "
+                    f"online with `segsuite models download --force {model_id}`")
+        if state.startswith("trust"):
+            return (f"{model_id} is not installed but its first-use sha256 is recorded; install the same files with "
+                    f"`segsuite models install {model_id} --from {what}`, or drop the record with "
+                    f"`segsuite models remove {model_id} --forget` to accept different ones")
+        return f"{model_id} is {state}"
+
     def status(self, model_id: str) -> ModelStatus:
         spec = self.registry.get(model_id)
         installed = self.is_installed(model_id)
@@ -116,7 +152,12 @@ class ModelManager:
         """The installed folder of ``model_id``, downloading it first if needed."""
         spec = self.registry.get(model_id)
         if self.is_installed(model_id):
+            state = self.state(model_id)
+            if state != "installed":
+                raise ModelError(self.repair_hint(model_id, state))
             return self.path(model_id)
+        if self._manifest(model_id) is not None:   # there, but not intact: never silently downloaded over
+            raise ModelError(self.repair_hint(model_id, "corrupt (sha256 mismatch)"))
         with self._model_lock(model_id, progress):
             if not self.is_installed(model_id):          # another process may have finished it
                 self._install(spec, self._download_file, progress, "download")
@@ -191,6 +232,10 @@ class ModelManager:
                 part_progress = sub_progress(report, done / total, (done + weight) / total)
                 records[file.name] = obtain(context, file, staging, part_progress)
                 done += weight
+            for name, record in records.items():   # what verification-free state checks compare
+                file = next(f for f in spec.files if f.name == name)
+                record["mtime_ns"] = {relpath: (staging / relpath).stat().st_mtime_ns
+                                      for relpath in _contents(record, file)}
             manifest = {"model": spec.id, "version": spec.version, "action": action,
                         "installed": _now(), "files": records}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -255,7 +300,8 @@ class ModelManager:
         expected = file.sha256 or (self._trust_records().get(f"{spec.id}/{file.name}") or {}).get("sha256")
         if expected and record["sha256"] != expected:
             origin = "the registry" if file.sha256 else "the first install (trust on first use)"
-            raise DownloadError(f"sha256 {record['sha256']} does not match {expected} from {origin}")
+            hint = "" if file.sha256 else f"; `segsuite models remove {spec.id} --forget` drops that record"
+            raise DownloadError(f"sha256 {record['sha256']} does not match {expected} from {origin}{hint}")
         record["trust"] = file.trust
         return record
 
@@ -564,15 +610,13 @@ def _what_to_give(spec: ModelSpec) -> str:
 
 
 def _failure_message(spec: ModelSpec, file: FileSpec, tried: list[str]) -> str:
-    urls = list(dict.fromkeys(s.url for s in file.sources))
-    lines = [f"could not download {file.name} for {spec.id}; tried:"]
+    """Each URL once, with why it failed, then the ways round the download."""
+    what = "FILE" if len(spec.files) == 1 else "FOLDER"
+    lines = [f"could not download {file.name} for {spec.id}:"]
     lines += [f"  {line}" for line in tried]
-    lines.append("To install it without this download, fetch it on a computer with access "
-                 f"({' or '.join(urls)}) and run:")
-    if len(spec.files) == 1:
-        lines.append(f"  segsuite models install {spec.id} --from FILE")
-    else:
-        lines.append(f"  segsuite models install {spec.id} --from FOLDER   ({_what_to_give(spec)})")
+    lines.append(f"Fetch it where the network allows and run `segsuite models install {spec.id} --from {what}`, "
+                 "copy it from FreeSurfer with `segsuite models import-freesurfer`, set SEGSUITE_MIRROR to an "
+                 "institution mirror, or pass the weights with --model.")
     return "\n".join(lines)
 
 

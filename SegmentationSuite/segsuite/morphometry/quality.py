@@ -136,6 +136,9 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
 
     ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues."""
     weights = np.round(np.asarray(probability, dtype=np.float32).reshape(-1), 3).astype(np.float64)
+    if not weights.any():  # a tissue the segmentation does not contain: nothing to summarise
+        nan = float("nan")
+        return {"mean": nan, "median": nan, "p95": nan, "p05": nan, "stdv": nan, "mad": nan, "n": 0.0}
     if index is None:
         data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0)
         total = float(weights.sum())

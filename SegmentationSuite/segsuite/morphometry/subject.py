@@ -6,6 +6,7 @@ adapters all call ``compute_morphometry`` and ``write_morphometry``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -170,8 +171,10 @@ def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
 
 def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
                       inputs=(), result: Optional[SegmentationResult] = None, participant_id: Optional[str] = None,
-                      session_id: str = "") -> dict[str, str]:
-    """Write every output of one subject atomically (all or nothing); returns the paths by kind."""
+                      session_id: str = "", transaction: Optional[OutputTransaction] = None) -> dict[str, str]:
+    """Write every output of one subject atomically (all or nothing); returns the paths by kind.
+
+    With ``transaction`` the files are only staged there and commit with the caller's other outputs."""
     from .stats_io import aseg_stats_text
 
     prefix = prefix or morphometry.subject
@@ -182,7 +185,9 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
         "TIV_source": morphometry.tiv_source, "mriqc_tissue_statistics": morphometry.tissue_statistics,
         "provenance": morphometry.provenance,
     }
-    with OutputTransaction(overwrite=overwrite, inputs=inputs) as transaction:
+    staged = contextlib.nullcontext(transaction) if transaction is not None else \
+        OutputTransaction(overwrite=overwrite, inputs=inputs)
+    with staged as transaction:
         for name in tissues.TISSUES:
             transaction.save_image(paths[f"probseg_{name}"], morphometry.tissue_maps[name], morphometry.affine)
         transaction.save_image(paths["dseg"], morphometry.dseg.astype(np.uint8), morphometry.affine)

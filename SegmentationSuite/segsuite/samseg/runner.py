@@ -315,9 +315,12 @@ class SamsegRunner:
 
                 raise OutputExistsError(f"output folder {output_dir} exists and is not empty; "
                                         "pass --overwrite to replace it or choose another folder")
+            from ..faults import clean_stale_temporaries, temp_prefix
+
             parent = output_dir.parent
             parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".segsuite-samseg-{output_dir.name}-", dir=parent))
+            clean_stale_temporaries(parent)   # work folders of killed runs
+            work = Path(tempfile.mkdtemp(prefix=f"{temp_prefix()}samseg-{output_dir.name}-", dir=parent))
         else:
             work = Path(tempfile.mkdtemp(prefix="segsuite-samseg-"))
         try:

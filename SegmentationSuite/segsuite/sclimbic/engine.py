@@ -183,7 +183,7 @@ class ScLimbicEngine:
             sizes = " x ".join(f"{v:.2f}" for v in voxel_size)
             if not self.conform:
                 raise InputError(f"the input has {sizes} mm voxels but ScLimbic needs 1 mm isotropic input; "
-                                 "pass --conform (conform=True) to reslice it to 1 mm (results may suffer)")
+                                 "rerun with --conform to reslice it to 1 mm (results may suffer; in Python: conform=True)")
 
     def normalise(self, data: np.ndarray) -> np.ndarray:
         """Scale to [0, 1] by the minimum and the maximum (or the nonzero percentile)."""
