@@ -57,7 +57,8 @@ def collect_group_tables(output_dir: str | os.PathLike) -> GroupTables:
 
 def write_group_tables(output_dir: str | os.PathLike, group: GroupTables) -> list[str]:
     output_dir = Path(output_dir)
-    with OutputTransaction(overwrite=True) as transaction:
+    transaction = OutputTransaction(overwrite=True)
+    try:
         for table, by_seg in group.tables.items():
             for seg, frame in by_seg.items():
                 transaction.write_text(output_dir / f"group_seg-{seg}_{table}.tsv",
@@ -65,4 +66,8 @@ def write_group_tables(output_dir: str | os.PathLike, group: GroupTables) -> lis
         if group.failures is not None:
             transaction.write_text(output_dir / "group_failures.tsv",
                                    group.failures.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
-        return sorted(os.path.basename(path) for path in transaction._pending)
+        written = transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
+    return sorted(os.path.basename(path) for path in written)
