@@ -108,7 +108,7 @@ def run(args) -> int:
             raise InputError(f"{source} is neither a BIDS folder nor a .csv/.tsv manifest")
         if not args.skip_bids_validation:
             validate_input(str(source))
-        index = index_bids(source, work_dir)
+        index = index_bids(source, work_dir, max_workers=args.nprocs)
         items = select_t1w(index, source, participants, sessions, read_filter_file(args.bids_filter_file))
     if not items:
         raise InputError(f"no T1w images to process in {source}")
