@@ -61,31 +61,65 @@ def read_cluster_config(path: Optional[str]) -> dict:
     return content
 
 
+def _sge_memory(memory: str) -> str:
+    """dask's "16GB" / "16GiB" as Grid Engine writes it ("16G")."""
+    text = str(memory).strip().upper().replace("IB", "B")
+    return text[:-1] if text.endswith("B") and text[:-1][-1:].isalpha() else text
+
+
 def jobqueue_cluster(kind: str, config: dict, omp_nthreads: int, device: str):
-    """A dask-jobqueue cluster from the YAML keywords; 'jobs' says how many to start, 'gpus' asks for GPUs."""
+    """A dask-jobqueue cluster from the YAML keywords; 'jobs' says how many to start, 'gpus' asks for GPUs.
+
+    GPU jobs ask the batch system for the GPUs (SLURM --gres=gpu:N, SGE -l gpu=N, PBS ngpus=N in the
+    select statement; 'gpu_directive' replaces the SLURM/SGE line for sites that name it otherwise)
+    and their workers declare a GPU resource, which every task of a --device cuda run asks for.
+    """
     import dask_jobqueue
 
     if kind not in JOBQUEUE:
         raise UsageError(f"unknown --cluster {kind!r}: use one of {', '.join(JOBQUEUE)}")
     options = dict(config)
     jobs = int(options.pop("jobs", 1))
-    gpus = int(options.pop("gpus", 0))
+    gpus = int(options.pop("gpus", 1 if device.startswith("cuda") else 0))
+    gpu_directive = options.pop("gpu_directive", None)
+    if device.startswith("cuda") and gpus < 1:
+        raise UsageError("--device cuda needs GPU jobs: set gpus: 1 (or more) in the cluster config")
     options.setdefault("cores", max(1, omp_nthreads))
     options.setdefault("processes", 1)
     options.setdefault("memory", "8GB")
     extra = list(options.pop("job_extra_directives", []))
     worker_extra = list(options.pop("worker_extra_args", []))
     worker_extra += ["--nthreads", "1"]
+    if kind == "sge" and "resource_spec" not in options:
+        options["resource_spec"] = f"h_vmem={_sge_memory(options['memory'])}"
     if gpus:
         worker_extra += ["--resources", f"GPU={gpus}"]
-        if kind == "slurm":
+        if gpu_directive:
+            extra.append(str(gpu_directive).format(gpus=gpus))
+        elif kind == "slurm":
             extra.append(f"--gres=gpu:{gpus}")
+        elif kind == "sge":
+            extra.append(f"-l gpu={gpus}")
+        else:
+            options["resource_spec"] = _pbs_select(options, gpus)
     env = list(options.pop("job_script_prologue", []))
     env.append(f"export OMP_NUM_THREADS={omp_nthreads}")
     cluster_class = getattr(dask_jobqueue, JOBQUEUE[kind])
     cluster = cluster_class(job_extra_directives=extra, worker_extra_args=worker_extra, job_script_prologue=env,
                             **options)
     return cluster, jobs
+
+
+def _pbs_select(options: dict, gpus: int) -> str:
+    """PBS Pro's chunk with the GPUs: the site's resource_spec plus ngpus, or dask-jobqueue's default."""
+    spec = options.get("resource_spec")
+    if spec:
+        return spec if "ngpus=" in spec else f"{spec}:ngpus={gpus}"
+    from dask.utils import parse_bytes
+    from dask_jobqueue.pbs import pbs_format_bytes_ceil
+
+    memory = pbs_format_bytes_ceil(parse_bytes(options["memory"]))
+    return f"select=1:ncpus={options['cores']}:ngpus={gpus}:mem={memory}"
 
 
 def start_client(config: ClusterConfig):
@@ -111,6 +145,50 @@ def start_client(config: ClusterConfig):
     return Client(cluster), cluster
 
 
+class ClusterStart:
+    """The cluster and its engine plugin, started in a thread as soon as the command has its options.
+
+    Spawning the workers, importing torch there and loading the models then overlap what the
+    caller does meanwhile (the BIDS validator, the index): a bare engine loop does neither, so
+    the run does not wait for them one after the other.
+    """
+
+    def __init__(self, config: ClusterConfig, plan: dict, work_dir: str | os.PathLike):
+        import threading
+
+        self.config, self.plan, self.work_dir = config, plan, Path(work_dir).resolve()
+        self.began = time.perf_counter()
+        self.client = self.cluster = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._start, name="segsuite-cluster-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.client, self.cluster = start_client(self.config)
+            plugin = EnginePlugin(self.plan, self.config.device, self.config.omp_nthreads,
+                                  str(self.work_dir / "model-loads.jsonl"))
+            self.client.register_plugin(plugin)
+        except BaseException as error:  # handed to the caller by wait()
+            self._error = error
+
+    def wait(self):
+        """(client, cluster) once started and the plugin registered; the start's error otherwise."""
+        self._thread.join()
+        if self._error is not None:
+            self.close()
+            raise self._error
+        return self.client, self.cluster
+
+    def close(self) -> None:
+        self._thread.join()
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
+
+
 def _failure(item: CohortItem, reason: str, log: Optional[str] = None) -> dict:
     return {"key": item.key, "participant_id": f"sub-{item.participant}",
             "session_id": f"ses-{item.session}" if item.session else "n/a", "input": item.path,
@@ -119,15 +197,25 @@ def _failure(item: CohortItem, reason: str, log: Optional[str] = None) -> dict:
 
 def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dict, config: ClusterConfig,
                work_dir: str | os.PathLike, overwrite: bool = False, posteriors: bool = False,
-               stop_on_first_crash: bool = False, progress: bool = True, on_models=None) -> RunSummary:
-    """Segment every item on a Dask cluster; returns what was done, skipped and failed."""
+               stop_on_first_crash: bool = False, progress="bar", on_models=None,
+               starting: Optional[ClusterStart] = None) -> RunSummary:
+    """Segment every item on a Dask cluster; returns what was done, skipped and failed.
+
+    ``starting``: a ClusterStart begun earlier (closed here); otherwise the cluster starts now.
+    ``progress``: "bar" (a bar on a terminal, plain lines otherwise), "json", "none" (or True/False).
+    """
     from distributed import as_completed
 
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
     logs = output_dir / "logs"
     summary = RunSummary()
-    started = time.perf_counter()
-    clear_staging(output_dir)
+    starting = starting or ClusterStart(config, plan, work_dir)
+    started = starting.began
+    try:
+        clear_staging(output_dir)
+    except BaseException:
+        starting.close()
+        raise
     duplicates = duplicate_folders(items)
     for folder, group in duplicates.items():
         names = ", ".join(os.path.basename(item.path) for item in group)
@@ -135,14 +223,13 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
             summary.failed.append(_failure(item, f"{folder} has {len(group)} T1w images ({names}); "
                                                  "choose one with --bids-filter-file"))
     items = [item for item in items if item.folder not in duplicates]
-    client, cluster = start_client(config)
+    client, _ = starting.wait()
     try:
         summary.dashboard = client.dashboard_link or ""
         if summary.dashboard:
             print(f"segsuite bids: Dask dashboard at {summary.dashboard}", file=sys.stderr, flush=True)
-        plugin = EnginePlugin(plan, config.device, config.omp_nthreads, str(work_dir / "model-loads.jsonl"))
-        client.register_plugin(plugin)
-        client.wait_for_workers(1, timeout=600)
+        # Batch jobs may wait in the queue for hours; a local cluster or a running one answers soon.
+        client.wait_for_workers(1, timeout=None if config.cluster else 600)
         resources = {"GPU": 1} if config.device.startswith("cuda") else None
         entries = client.submit(model_entries, pure=False, resources=resources).result()
         expected = fingerprint({name: {"options": e["options"], "sha256": e["sha256"]} for name, e in entries.items()})
@@ -158,8 +245,9 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
         futures = [client.submit(segment_item, item.as_dict(), str(output_dir), expected, posteriors,
                                  str(work_dir / "engine-calls.jsonl"), str(logs), key=item.key, pure=False,
                                  retries=config.retries, resources=resources) for item in pending]
-        bar = _progress_bar(len(items) + sum(len(group) for group in duplicates.values()), progress,
-                            initial=len(summary.skipped) + len(summary.failed))
+        bar = CohortProgress(len(items) + sum(len(group) for group in duplicates.values()), progress,
+                             initial=len(summary.skipped) + len(summary.failed))
+        bar.update(summary)
         try:
             for future in as_completed(futures):
                 item = by_key[future.key]
@@ -171,7 +259,7 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
                     summary.done.append(item.key)
                 else:
                     summary.failed.append(_failure(item, record["reason"], record.get("log")))
-                _update(bar, summary)
+                bar.update(summary)
                 if stop_on_first_crash and summary.failed:
                     for other in futures:
                         other.cancel()
@@ -179,9 +267,7 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
         finally:
             bar.close()
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        starting.close()
         clear_staging(output_dir)
     summary.seconds = time.perf_counter() - started
     write_tsv_atomic(logs / "failed.tsv", FAILED_HEADER,
@@ -189,14 +275,83 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
     return summary
 
 
-def _progress_bar(total: int, enabled: bool, initial: int = 0):
-    from tqdm import tqdm
+class CohortProgress:
+    """Progress over subjects: done/skipped/failed counts, throughput and an ETA.
 
-    return tqdm(total=total, initial=initial, desc="subjects", unit="subj", disable=not enabled, file=sys.stderr)
+    "bar": a tqdm bar on a terminal, one plain line per finished subject otherwise (log files,
+    pipes, batch jobs); "json": SEGSUITE_PROGRESS lines; "none": nothing. The ETA counts only the
+    subjects processed in this run (skipped ones cost nothing and would make it too optimistic).
+    """
+
+    def __init__(self, total: int, mode="bar", initial: int = 0, stream=None, clock=time.perf_counter):
+        mode = {True: "bar", False: "none"}.get(mode, mode)
+        self.total, self.initial, self.stream, self.clock = total, initial, stream or sys.stderr, clock
+        self.mode = "lines" if mode == "bar" and not _is_terminal(self.stream) else mode
+        self.started = self.clock()
+        self._shown = -1
+        self._bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc="subjects", unit="subj", file=self.stream)
+
+    @staticmethod
+    def counts(summary: RunSummary) -> tuple[int, int, int]:
+        return len(summary.done), len(summary.skipped), len(summary.failed)
+
+    def eta_seconds(self, summary: RunSummary) -> Optional[float]:
+        """Seconds left at the pace of the subjects processed since the start (None before the first)."""
+        finished = sum(self.counts(summary))
+        remaining, processed = self.total - finished, finished - self.initial
+        if remaining <= 0:
+            return 0.0
+        if processed <= 0:
+            return None
+        return remaining * (self.clock() - self.started) / processed
+
+    def line(self, summary: RunSummary) -> str:
+        done, skipped, failed = self.counts(summary)
+        finished = done + skipped + failed
+        elapsed = self.clock() - self.started
+        rate = 3600.0 * done / elapsed if elapsed > 0 else 0.0
+        eta = self.eta_seconds(summary)
+        return (f"segsuite bids: {finished}/{self.total} subjects (done {done}, skipped {skipped}, failed {failed}), "
+                f"{rate:.0f} subjects/hour, ETA {_clock(eta)}")
+
+    def update(self, summary: RunSummary) -> None:
+        done, skipped, failed = self.counts(summary)
+        finished = done + skipped + failed
+        if self.mode == "none" or finished == self._shown:
+            return
+        self._shown = finished
+        if self.mode == "bar":
+            self._bar.n = finished
+            self._bar.set_postfix_str(f"done {done}, skipped {skipped}, failed {failed}", refresh=False)
+            self._bar.refresh()
+        elif self.mode == "json":
+            import json
+
+            from ..cli import PROGRESS_PREFIX
+
+            record = {"fraction": round(finished / self.total, 4) if self.total else 1.0, "message": self.line(summary)}
+            print(PROGRESS_PREFIX + json.dumps(record), file=self.stream, flush=True)
+        else:
+            print(self.line(summary), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
-def _update(bar, summary: RunSummary) -> None:
-    bar.n = len(summary.done) + len(summary.skipped) + len(summary.failed)
-    bar.set_postfix_str(f"done {len(summary.done)}, skipped {len(summary.skipped)}, failed {len(summary.failed)}",
-                        refresh=False)
-    bar.refresh()
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _clock(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -82,7 +82,7 @@ def run(args) -> int:
     from ..cohort import group as group_level
     from ..cohort.derivatives import write_dataset_files
     from ..cohort.index import (index_bids, is_manifest, read_filter_file, read_labels, read_manifest, select_t1w)
-    from ..cohort.runner import ClusterConfig, run_cohort
+    from ..cohort.runner import ClusterConfig, ClusterStart, run_cohort
     from ..errors import InputError, UsageError
 
     output_dir = Path(args.output_dir).resolve()
@@ -101,29 +101,42 @@ def run(args) -> int:
     work_dir = Path(args.work_dir).resolve() if args.work_dir else output_dir / "work"
     participants = read_labels(args.participant_label, "sub-")
     sessions = read_labels(args.session_label, "ses-")
-    if is_manifest(source):
-        items = read_manifest(source, participants, sessions)
-    else:
-        if not source.is_dir():
-            raise InputError(f"{source} is neither a BIDS folder nor a .csv/.tsv manifest")
-        if not args.skip_bids_validation:
-            validate_input(str(source))
-        index = index_bids(source, work_dir, max_workers=args.nprocs)
-        items = select_t1w(index, source, participants, sessions, read_filter_file(args.bids_filter_file))
-    if not items:
-        raise InputError(f"no T1w images to process in {source}")
+    manifest = is_manifest(source)
+    if not manifest and not source.is_dir():
+        raise InputError(f"{source} is neither a BIDS folder nor a .csv/.tsv manifest")
+    filters = None if manifest else read_filter_file(args.bids_filter_file)
     threads = args.omp_nthreads or max(1, (os.cpu_count() or 1) // max(1, args.nprocs))
     config = ClusterConfig(nprocs=args.nprocs, omp_nthreads=threads, device=args.device, cluster=args.cluster,
                            cluster_config=args.cluster_config, scheduler=args.scheduler, retries=args.retries)
-    output_dir.mkdir(parents=True, exist_ok=True)
     plan = model_plan(args)
+    for flag, value in (("--synthseg-model", args.synthseg_model), ("--sclimbic-model", args.sclimbic_model)):
+        if value and not os.path.exists(os.path.expanduser(value)):
+            raise UsageError(f"{flag} {value}: no such file or folder")
+    # The local workers start and load the models while the input is validated and indexed (batch
+    # jobs are submitted only once the input is known to be good).
+    starting = None if args.cluster else ClusterStart(config, plan, work_dir)
+    try:
+        if manifest:
+            items = read_manifest(source, participants, sessions)
+        else:
+            if not args.skip_bids_validation:
+                validate_input(str(source))
+            index = index_bids(source, work_dir, max_workers=args.nprocs)
+            items = select_t1w(index, source, participants, sessions, filters)
+        if not items:
+            raise InputError(f"no T1w images to process in {source}")
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        if starting is not None:
+            starting.close()
+        raise
 
     def on_models(entries):
         write_dataset_files(output_dir, str(source), entries, label_tables(plan))
 
     summary = run_cohort(items, output_dir, plan, config, work_dir, overwrite=args.overwrite,
                          posteriors=args.posteriors, stop_on_first_crash=args.stop_on_first_crash,
-                         progress=getattr(args, "progress", "bar") == "bar", on_models=on_models)
+                         progress=getattr(args, "progress", "bar"), on_models=on_models, starting=starting)
     print(f"segsuite bids: {len(summary.done)} done, {len(summary.skipped)} skipped, {len(summary.failed)} failed "
           f"in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour)", file=sys.stderr)
     if summary.failed:
