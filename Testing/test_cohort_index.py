@@ -104,6 +104,8 @@ def test_index_is_cached_in_the_work_dir_and_rebuilt_when_the_dataset_changes(tm
     os.remove(root / "sub-04" / "anat" / "sub-04_T1w.nii.gz")   # and removed again
     assert "sub-04" not in keys() and len(crawls) == 5
     assert keys() and len(crawls) == 5
+    monkeypatch.setattr(cohort_index, "INDEX_FORMAT", cohort_index.INDEX_FORMAT + 1)   # a newer crawler
+    assert keys() and len(crawls) == 6
 
 
 def test_select_t1w_keeps_entities_sessions_and_bids_uris(tmp_path):

@@ -23,6 +23,7 @@ KEPT_ENTITIES = ("acq", "ce", "rec", "run")
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
 SUBJECT_DIR = re.compile(r"^sub-[A-Za-z0-9]+$")
 JSON_DATA_SUFFIXES = {"coordsystem"}   # JSON files that are data, not sidecars (as bids2table)
+INDEX_FORMAT = 2                       # bump when index_subjects changes what it writes
 PARALLEL_MIN_SUBJECTS = 20000          # a spawned crawler costs ~1 s (imports), the crawl of ~10,000 subjects
 DEFAULT_FILTER = {"datatype": "anat", "suffix": "T1w", "extension": [".nii.gz", ".nii"]}
 # bids2table's column for an entity of a filter file written with PyBIDS / fMRIPrep names.
@@ -114,7 +115,10 @@ def _dataset_stamp(bids_dir: Path, subjects: list[os.DirEntry]) -> str:
     Adding or removing a file changes its folder's mtime, so the mtimes of sub-X, sub-X/ses-Y and
     their datatype folders (anat, func, ...) catch new images without reading every file.
     """
-    digest = hashlib.sha256(str(bids_dir.resolve()).encode())
+    from importlib.metadata import version
+
+    # The crawler's and bids2table's versions too: either may change the rows or the schema.
+    digest = hashlib.sha256(f"{INDEX_FORMAT}\0{version('bids2table')}\0{bids_dir.resolve()}\n".encode())
     stack = [(entry.path, entry.stat().st_mtime_ns) for entry in reversed(subjects)]
     while stack:
         path, mtime = stack.pop()
