@@ -30,7 +30,8 @@ EPI_4D = ("data", "spinal_cord", "sct_testing_fmri_EPI_4d.nii.gz")
 EPI_MEAN = ("data", "spinal_cord", "sub-leipzigR01_task-rest_desc-mocomean_bold.nii.gz")
 SAMSEG_SEG = ("data", "samseg", "t1_crop_1mm", "seg.mgz")
 MODELS = ["sclimbic", "scepi", "samseg-filter"]
-# sub-01: T1w (t1_crop), two BOLD runs, SAMSEG outputs; sub-02/ses-1: T1w (stroke) only.
+# sub-01: T1w (t1_crop), two BOLD runs, SAMSEG outputs; sub-02/ses-1: T1w (stroke) only;
+# sub-03: one BOLD series, no T1w.
 T1 = {"sub-01": ("data", "t1", "t1_crop.nii.gz"), "sub-02/ses-1": ("data", "t1", "stroke_T1_brainextracted.nii.gz")}
 
 pytestmark = [pytest.mark.slow]
@@ -40,7 +41,7 @@ def build_dataset(root: Path) -> dict:
     raw = root / "raw"
     raw.mkdir(parents=True)
     (raw / "dataset_description.json").write_text(json.dumps({"Name": "engines", "BIDSVersion": "1.10.0"}))
-    (raw / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
+    (raw / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\nsub-03\n")
     for folder, parts in T1.items():
         (raw / folder / "anat").mkdir(parents=True)
         shutil.copy(shared_path(*parts), raw / folder / "anat" / f"{folder.replace('/', '_')}_T1w.nii.gz")
@@ -55,6 +56,9 @@ def build_dataset(root: Path) -> dict:
     nib.save(image, str(func / "sub-01_task-rest_run-2_bold.nii.gz"))
     for run, tr in (("1", 1.13), ("2", 2.0)):
         (func / f"sub-01_task-rest_run-{run}_bold.json").write_text(json.dumps({"TaskName": "rest", "RepetitionTime": tr}))
+    (raw / "sub-03" / "func").mkdir(parents=True)
+    shutil.copy(shared_path(*EPI_4D), raw / "sub-03" / "func" / "sub-03_task-rest_bold.nii.gz")
+    (raw / "sub-03" / "func" / "sub-03_task-rest_bold.json").write_text(json.dumps({"TaskName": "rest", "RepetitionTime": 1.13}))
     samseg = root / "samseg"
     (samseg / "sub-01").mkdir(parents=True)
     (samseg / "dataset_description.json").write_text(json.dumps(
@@ -90,18 +94,20 @@ def run(tmp_path_factory, tiny_scepi):
 
 def test_run_succeeds_and_skips_folders_without_the_input(run):
     assert run["done"].returncode == 0, run["done"].stderr
-    assert "2 done, 0 skipped, 0 failed" in run["done"].stderr
+    assert "3 done, 0 skipped, 0 failed" in run["done"].stderr
     failed = (run["output"] / "logs" / "failed.tsv").read_text().splitlines()
     assert failed == ["participant_id\tsession_id\tinput\treason\tlog"]
     skipped = (run["output"] / "logs" / "skipped.tsv").read_text().splitlines()
     assert skipped[0] == "participant_id\tsession_id\tmodel\treason"
     rows = sorted(line.split("\t")[:3] for line in skipped[1:])
-    assert rows == [["sub-02", "ses-1", "samseg-filter"], ["sub-02", "ses-1", "scepi"]]
-    assert "no func/*_bold" in "\n".join(skipped)
+    assert rows == [["sub-02", "ses-1", "samseg-filter"], ["sub-02", "ses-1", "scepi"],
+                    ["sub-03", "n/a", "samseg-filter"], ["sub-03", "n/a", "sclimbic"]]
+    assert "no func/*_bold" in "\n".join(skipped) and "no T1w image in sub-03" in "\n".join(skipped)
     notes = json.loads((run["output"] / "sub-02/ses-1/sub-02_ses-1_segsuite.json").read_text())["notes"]
     assert any(note.startswith("scepi: skipped: no func/") for note in notes), notes
     assert (run["output"] / "sub-02/ses-1/anat/sub-02_ses-1_seg-sclimbic_dseg.nii.gz").is_file()
     assert not (run["output"] / "sub-02/ses-1/func").exists()
+    assert sorted(p.name for p in (run["output"] / "sub-03").iterdir()) == ["func", "sub-03_segsuite.json"]
 
 
 def test_sclimbic_equals_a_direct_engine_call(run):
@@ -135,8 +141,9 @@ def test_scepi_on_the_mean_of_each_bold_series(run, tiny_scepi):
     from segsuite.scepi import ScEpiEngine
 
     engine = ScEpiEngine(tiny_scepi, device="cpu", threads=1, mean=True)
-    func = run["output"] / "sub-01" / "func"
-    for bold in sorted((run["raw"] / "sub-01" / "func").glob("*_bold.nii.gz")):
+    for bold in sorted(run["raw"].glob("sub-0[13]/func/*_bold.nii.gz")):
+        func = run["output"] / bold.parent.relative_to(run["raw"])
+        subject = bold.parent.parent.name
         stem = bold.name[: -len("_bold.nii.gz")]
         series = np.asarray(nib.load(str(bold)).dataobj, dtype=np.float64)
         mean = nib.load(str(func / f"{stem}_desc-mean_bold.nii.gz"))
@@ -149,11 +156,11 @@ def test_scepi_on_the_mean_of_each_bold_series(run, tiny_scepi):
         assert 0 < np.count_nonzero(labels) < labels.size
         assert np.allclose(seg.affine, nib.load(str(bold)).affine, atol=1e-4)
         sidecar = json.loads((func / f"{stem}_seg-scepi_dseg.json").read_text())
-        assert sidecar["Sources"] == [f"bids::sub-01/func/{stem}_desc-mean_bold.nii.gz",
-                                      f"bids:raw:sub-01/func/{bold.name}"]
+        assert sidecar["Sources"] == [f"bids::{subject}/func/{stem}_desc-mean_bold.nii.gz",
+                                      f"bids:raw:{subject}/func/{bold.name}"]
         assert sidecar["SpatialReference"] == sidecar["Sources"][0]
         mean_sidecar = json.loads((func / f"{stem}_desc-mean_bold.json").read_text())
-        assert mean_sidecar["Sources"] == [f"bids:raw:sub-01/func/{bold.name}"]
+        assert mean_sidecar["Sources"] == [f"bids:raw:{subject}/func/{bold.name}"]
         morph = (func / f"{stem}_seg-scepi_morph.tsv").read_text().splitlines()
         assert morph[1].split("\t")[:2] == ["1", "Spinal-Cord"]
         assert float(morph[1].split("\t")[2]) == pytest.approx(expected.volumes["Spinal-Cord"])
@@ -200,9 +207,11 @@ def test_resume_skips_and_the_validator_and_pybids_accept_the_outputs(run, tiny_
               f.entities.get("task"), f.entities.get("run")) for f in layout.get(suffix="dseg", extension=".nii.gz")}
     assert dsegs == {("01", None, "anat", "sclimbic", None, None), ("02", "1", "anat", "sclimbic", None, None),
                      ("01", None, "anat", "samseg", None, None),
-                     ("01", None, "func", "scepi", "rest", 1), ("01", None, "func", "scepi", "rest", 2)}
+                     ("01", None, "func", "scepi", "rest", 1), ("01", None, "func", "scepi", "rest", 2),
+                     ("03", None, "func", "scepi", "rest", None)}
     means = layout.get(suffix="bold", desc="mean", extension=".nii.gz")
-    assert sorted(f.entities["run"] for f in means) == [1, 2] and all(f.entities["datatype"] == "func" for f in means)
+    assert sorted((f.entities["subject"], f.entities.get("run", 0)) for f in means) == [("01", 1), ("01", 2), ("03", 0)]
+    assert all(f.entities["datatype"] == "func" for f in means)
     masks = layout.get(suffix="mask", desc="brain", extension=".nii.gz")
     assert [(f.entities["subject"], f.entities["datatype"]) for f in masks] == [("01", "anat")]
     assert layout.get_metadata(masks[0].path)["Type"] == "Brain"
@@ -213,7 +222,7 @@ def test_resume_skips_and_the_validator_and_pybids_accept_the_outputs(run, tiny_
                      "--sclimbic-model", shared_path(*SCLIMBIC_MODEL), "--scepi-model", tiny_scepi,
                      "--derivatives", f"samseg={run['samseg']}")
     assert again.returncode == 0, again.stderr
-    assert "0 done, 2 skipped" in again.stderr
+    assert "0 done, 3 skipped" in again.stderr
     assert (run["work"] / "engine-calls.jsonl").read_text().splitlines() == calls
 
 

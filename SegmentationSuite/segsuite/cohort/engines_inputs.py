@@ -59,6 +59,27 @@ def parse_derivatives(values) -> dict[str, str]:
     return found
 
 
+BOLD_FILTER = {"datatype": "func", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
+
+
+def func_only_items(index, bids_dir, items: list[CohortItem], participants=None, sessions=None) -> list[CohortItem]:
+    """Folders with BOLD series but no T1w image (for scepi): items whose path is the folder itself."""
+    from .index import select_t1w
+
+    covered = {item.folder for item in items}
+    folders: dict[str, CohortItem] = {}
+    for bold in select_t1w(index, bids_dir, None, sessions, BOLD_FILTER):
+        if (participants is None or bold.participant in participants) and bold.folder not in covered:
+            folders.setdefault(bold.folder, CohortItem(bold.participant, bold.session, str(Path(bids_dir) / bold.folder),
+                                                       (), f"bids:raw:{bold.folder}"))
+    return sorted(folders.values(), key=lambda item: item.key)
+
+
+def has_no_t1w(item: CohortItem) -> bool:
+    """A folder item from func_only_items: the T1w engines are skipped for it."""
+    return os.path.isdir(item.path)
+
+
 def bids_root_of(item: CohortItem) -> Optional[Path]:
     """The raw dataset's root, from the item's path and its ``bids:raw:`` URI (None in manifest mode)."""
     prefix = "bids:raw:"

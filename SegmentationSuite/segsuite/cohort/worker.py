@@ -21,7 +21,8 @@ from distributed import WorkerPlugin, get_worker
 from ..checksum import sha256_of
 from ..errors import SegSuiteError
 from .derivatives import SubjectCommit, write_segmentation
-from .engines_inputs import OTHER_INPUT_MODELS, ModelSkipped, note_skips, root_label_table, run_other_input_model, table_to_rows
+from .engines_inputs import (OTHER_INPUT_MODELS, ModelSkipped, has_no_t1w, note_skips, root_label_table,
+                             run_other_input_model, table_to_rows)
 from .index import CohortItem
 
 PLUGIN_NAME = "segsuite-engines"
@@ -142,12 +143,15 @@ def segment_item(item_values: dict, output_dir: str, fingerprint: str, posterior
     try:
         for name in engines.plan:
             append_line(call_log, {"key": item.key, "model": name, "pid": os.getpid(), "time": time.time()})
-            if name in OTHER_INPUT_MODELS:  # inputs other than the T1w: BOLD series, SAMSEG derivatives
-                try:
+            try:
+                if name in OTHER_INPUT_MODELS:  # inputs other than the T1w: BOLD series, SAMSEG derivatives
                     run_other_input_model(name, engines, item, commit.folder, segment, posteriors)
-                except ModelSkipped as skipped:
-                    skips.append((name, str(skipped)))
-                    messages.append(f"{name}: skipped: {skipped}")
+                    continue
+                if has_no_t1w(item):
+                    raise ModelSkipped(f"no T1w image in {item.folder}")
+            except ModelSkipped as skipped:  # this folder has no input for the model: a reason, not a failure
+                skips.append((name, str(skipped)))
+                messages.append(f"{name}: skipped: {skipped}")
                 continue
             result = segment(name, item.path)
             result.subject = item.key

@@ -13,6 +13,9 @@ DESCRIPTION = """segsuite bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
 participant: segment every T1w image (one Dask task per subject/session); finished subjects are
 skipped, failures go to OUTPUT_DIR/logs/failed.tsv and the exit status is 1 if any failed.
 group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv.
+--models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
+samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
+engine's input is skipped for it (logs/skipped.tsv).
 BIDS_DIR may be a CSV/TSV manifest (participant_id, optional session_id, path) for non-BIDS cohorts
 such as UK Biobank (<eid>/T1/T1.nii.gz). See docs/cohort.md.
 """
@@ -144,8 +147,13 @@ def run(args) -> int:
             validate_input(str(source))
         index = index_bids(source, work_dir)
         items = select_t1w(index, source, participants, sessions, read_filter_file(args.bids_filter_file))
+        if "scepi" in plan:  # sc_epi also runs in folders that have BOLD series but no T1w
+            from ..cohort.engines_inputs import func_only_items
+
+            items = sorted(items + func_only_items(index, source, items, participants, sessions),
+                           key=lambda item: item.key)
     if not items:
-        raise InputError(f"no T1w images to process in {source}")
+        raise InputError(f"no T1w images{' or BOLD series' if 'scepi' in plan else ''} to process in {source}")
     threads = args.omp_nthreads or max(1, (os.cpu_count() or 1) // max(1, args.nprocs))
     config = ClusterConfig(nprocs=args.nprocs, omp_nthreads=threads, device=args.device, cluster=args.cluster,
                            cluster_config=args.cluster_config, scheduler=args.scheduler, retries=args.retries)
