@@ -232,3 +232,23 @@ def test_samseg_filter_without_derivatives_is_a_usage_error(tmp_path):
                     timeout=120)
     assert done.returncode == 2 and "--derivatives samseg=PATH" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_group_level_gathers_every_engine_table(run):
+    done = segsuite("bids", run["raw"], run["output"], "group", timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    def rows(name):
+        lines = (run["output"] / name).read_text().splitlines()
+        return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+
+    sclimbic = rows("group_seg-sclimbic_morph.tsv")
+    assert [(r["participant_id"], r["session_id"]) for r in sclimbic] == [("sub-01", "n/a"), ("sub-02", "ses-1")]
+    assert 200 < float(sclimbic[0]["Left-Nucleus-Accumbens"]) < 900
+    assert len(rows("group_seg-sclimbic_qc.tsv")) == 2
+    scepi = rows("group_seg-scepi_morph.tsv")
+    assert sorted((r["participant_id"], r["entities"]) for r in scepi) == [
+        ("sub-01", "task-rest_run-1"), ("sub-01", "task-rest_run-2"), ("sub-03", "task-rest")]
+    assert all(float(r["Spinal-Cord"]) > 0 for r in scepi)
+    samseg = rows("group_seg-samseg_morph.tsv")
+    assert [r["participant_id"] for r in samseg] == ["sub-01"] and "CSF" not in samseg[0]
