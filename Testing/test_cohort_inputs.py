@@ -9,9 +9,9 @@ import pytest
 
 from segsuite.cohort.engines_inputs import (SAMSEG_ATLAS_LABELS, ModelSkipped, bold_series, find_samseg_seg,
                                             func_only_items, has_no_t1w, note_skips, parse_derivatives,
-                                            root_label_table, rows_to_table, table_to_rows)
+                                            root_label_table, rows_to_table, select_with_func, table_to_rows)
 from segsuite.cohort.index import CohortItem
-from segsuite.errors import UsageError
+from segsuite.errors import InputError, UsageError
 
 
 def bids_item(root, participant, session=None):
@@ -84,6 +84,11 @@ def test_func_only_folders_become_items(tmp_path):
     assert [stem for _, stem in bold_series(extra[0])] == ["sub-02_task-rest_run-1", "sub-02_task-rest_run-2"]
     assert [item.key for item in func_only_items(index, raw, t1w, participants={"03"})] == ["sub-03_ses-1"]
     assert func_only_items(index, raw, t1w, sessions={"9"}) == []
+    # what segsuite bids selects with scepi: T1w folders and func-only folders, by participant label too
+    assert [item.key for item in select_with_func(index, raw)] == ["sub-01", "sub-02", "sub-03_ses-1", "sub-04"]
+    assert [item.key for item in select_with_func(index, raw, participants={"02", "04"})] == ["sub-02", "sub-04"]
+    with pytest.raises(InputError, match="no T1w image or BOLD series found for participant\\(s\\) sub-09"):
+        select_with_func(index, raw, participants={"01", "09"})
 
 
 def test_samseg_root_table_leaves_out_the_removed_labels():

@@ -146,12 +146,12 @@ def run(args) -> int:
         if not args.skip_bids_validation:
             validate_input(str(source))
         index = index_bids(source, work_dir)
-        items = select_t1w(index, source, participants, sessions, read_filter_file(args.bids_filter_file))
         if "scepi" in plan:  # sc_epi also runs in folders that have BOLD series but no T1w
-            from ..cohort.engines_inputs import func_only_items
+            from ..cohort.engines_inputs import select_with_func
 
-            items = sorted(items + func_only_items(index, source, items, participants, sessions),
-                           key=lambda item: item.key)
+            items = select_with_func(index, source, participants, sessions, read_filter_file(args.bids_filter_file))
+        else:
+            items = select_t1w(index, source, participants, sessions, read_filter_file(args.bids_filter_file))
     if not items:
         raise InputError(f"no T1w images{' or BOLD series' if 'scepi' in plan else ''} to process in {source}")
     threads = args.omp_nthreads or max(1, (os.cpu_count() or 1) // max(1, args.nprocs))
