@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -184,25 +185,28 @@ def label_table_text(table: LabelTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dataset_description(source: str, source_uri: str, models: dict) -> dict:
+def dataset_description(source: str, source_uri: str, models: dict, links: Optional[dict] = None) -> dict:
     generated = [{"Name": "SegmentationSuite", "Version": __version__, "CodeURL": CODE_URL}]
     for name, entry in models.items():
         generated.append({"Name": entry.get("model") or name, "Version": str(entry.get("version", __version__)),
                           "Description": f"segsuite engine {name}; weights sha256 "
                                          + ", ".join(str(s) for s in entry.get("sha256", [])) or "none"})
+    links = {name: Path(path).resolve().as_uri() for name, path in (links or {}).items()}  # e.g. samseg inputs
     return {"Name": f"SegmentationSuite segmentations of {Path(source).name}", "BIDSVersion": BIDS_VERSION,
             "DatasetType": "derivative", "GeneratedBy": generated,
-            "SourceDatasets": [{"URL": source_uri}], "DatasetLinks": {"raw": source_uri}}
+            "SourceDatasets": [{"URL": source_uri}] + [{"URL": uri} for uri in links.values()],
+            "DatasetLinks": {"raw": source_uri, **links}}
 
 
 def write_dataset_files(output_dir: str | os.PathLike, source: str, models: dict,
-                        label_tables: dict[str, LabelTable], overwrite: bool = True) -> None:
+                        label_tables: dict[str, LabelTable], overwrite: bool = True,
+                        links: Optional[dict] = None) -> None:
     """Root files (rewritten each run, atomically): dataset_description.json, seg-*_dseg.tsv, .bidsignore."""
     output_dir = Path(output_dir)
     source_uri = Path(source).resolve().as_uri()
     with OutputTransaction(overwrite=overwrite) as transaction:
         transaction.write_text(output_dir / "dataset_description.json",
-                               _json_text(dataset_description(source, source_uri, models)))
+                               _json_text(dataset_description(source, source_uri, models, links)))
         for seg, table in label_tables.items():
             transaction.write_text(output_dir / f"seg-{seg}_dseg.tsv", label_table_text(table))
         transaction.write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")

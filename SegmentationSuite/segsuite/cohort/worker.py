@@ -21,12 +21,15 @@ from distributed import WorkerPlugin, get_worker
 from ..checksum import sha256_of
 from ..errors import SegSuiteError
 from .derivatives import SubjectCommit, write_segmentation
+from .engines_inputs import (OTHER_INPUT_MODELS, ModelSkipped, has_no_t1w, note_skips, root_label_table,
+                             run_other_input_model, table_to_rows)
 from .index import CohortItem
 
 PLUGIN_NAME = "segsuite-engines"
 # model name -> (engine spec as segsuite run-engine takes it, derivative "seg" label)
 MODELS = {"synthseg": ("segsuite.synthseg:SynthSegEngine", "synthseg"),
           "sclimbic": ("segsuite.sclimbic:ScLimbicEngine", "sclimbic"),
+          "scepi": ("segsuite.scepi:ScEpiEngine", "scepi"),
           "samseg-filter": ("segsuite.samseg:SamsegBrainMask", "samseg")}
 
 
@@ -44,6 +47,9 @@ def weights_sha256(engine) -> list[str]:
     weights = getattr(engine, "weights", None)
     if isinstance(weights, dict):
         return sorted(str(entry.get("sha256")) for entry in weights.values())
+    checkpoints = getattr(getattr(engine, "model", None), "checkpoint_paths", None)  # sc_epi's nnU-Net folds
+    if callable(checkpoints):
+        return sorted(sha256_of(path) for path in checkpoints())
     model_path = getattr(engine, "model_path", None)
     if model_path and os.path.isfile(model_path):
         return [sha256_of(model_path)]
@@ -66,7 +72,8 @@ class EngineSet:
             self.engines[name] = engine_class(model=spec.get("model"), device=device, threads=threads, **init_options)
             self.segment_options[name] = segment_options
             self.entries[name] = {"options": spec.get("options", {}), "sha256": weights_sha256(self.engines[name]),
-                                  "model": getattr(self.engines[name], "model_name", None) or name}
+                                  "model": getattr(self.engines[name], "model_name", None) or name,
+                                  "labels": table_to_rows(root_label_table(name, self.engines[name]))}
             append_line(load_log, {"pid": os.getpid(), "model": name, "time": time.time()})
         self._cpu_fallback: Optional["EngineSet"] = None
 
@@ -121,21 +128,38 @@ def segment_item(item_values: dict, output_dir: str, fingerprint: str, posterior
     log_path = os.path.join(log_dir, f"{item.key}.log") if log_dir else None
     commit = SubjectCommit(output_dir, item)
     messages: list[str] = []
+    skips: list[tuple[str, str]] = []
+
+    def segment(name: str, source):
+        try:
+            return engines.engines[name].segment(source, **_segment_kwargs(name, engines))
+        except Exception as error:
+            if not _is_cuda_oom(error):
+                raise
+            messages.append(f"{name}: CUDA out of memory; retried on the CPU")
+            fallback = engines.cpu_fallback()
+            return fallback.engines[name].segment(source, **_segment_kwargs(name, fallback))
+
     try:
         for name in engines.plan:
             append_line(call_log, {"key": item.key, "model": name, "pid": os.getpid(), "time": time.time()})
             try:
-                result = engines.engines[name].segment(item.path, **_segment_kwargs(name, engines))
-            except Exception as error:
-                if not _is_cuda_oom(error):
-                    raise
-                messages.append(f"{name}: CUDA out of memory; retried on the CPU")
-                fallback = engines.cpu_fallback()
-                result = fallback.engines[name].segment(item.path, **_segment_kwargs(name, fallback))
+                if name in OTHER_INPUT_MODELS:  # inputs other than the T1w: BOLD series, SAMSEG derivatives
+                    run_other_input_model(name, engines, item, commit.folder, segment, posteriors)
+                    continue
+                if has_no_t1w(item):
+                    raise ModelSkipped(f"no T1w image in {item.folder}")
+            except ModelSkipped as skipped:  # this folder has no input for the model: a reason, not a failure
+                skips.append((name, str(skipped)))
+                messages.append(f"{name}: skipped: {skipped}")
+                continue
+            result = segment(name, item.path)
             result.subject = item.key
             write_segmentation(commit.folder, item, MODELS[name][1], result, engines.entries[name], posteriors)
-        commit.commit({"fingerprint": fingerprint, "input": item.path, "models": engines.entries,
+        models = {name: {k: v for k, v in entry.items() if k != "labels"} for name, entry in engines.entries.items()}
+        commit.commit({"fingerprint": fingerprint, "input": item.path, "models": models,
                        "seconds": round(time.perf_counter() - started, 3), "notes": messages})
+        note_skips(output_dir, item, skips)
         return {"key": item.key, "status": "done", "seconds": time.perf_counter() - started, "notes": messages}
     except BaseException as error:
         commit.discard()

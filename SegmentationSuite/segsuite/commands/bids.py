@@ -13,6 +13,9 @@ DESCRIPTION = """segsuite bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
 participant: segment every T1w image (one Dask task per subject/session); finished subjects are
 skipped, failures go to OUTPUT_DIR/logs/failed.tsv and the exit status is 1 if any failed.
 group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv.
+--models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
+samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
+engine's input is skipped for it (logs/skipped.tsv).
 BIDS_DIR may be a CSV/TSV manifest (participant_id, optional session_id, path) for non-BIDS cohorts
 such as UK Biobank (<eid>/T1/T1.nii.gz). See docs/cohort.md.
 """
@@ -31,8 +34,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nprocs", type=int, default=1, help="worker processes of the local cluster (default 1)")
     parser.add_argument("--omp-nthreads", type=int, default=None, help="torch threads per worker (default: cores / nprocs)")
     parser.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failing subject")
-    parser.add_argument("--models", nargs="+", default=["synthseg"], choices=("synthseg", "sclimbic"),
-                        help="engines to run on each T1w (default synthseg)")
+    parser.add_argument("--models", nargs="+", default=["synthseg"],
+                        choices=("synthseg", "sclimbic", "scepi", "samseg-filter"),
+                        help="engines to run per subject/session (default synthseg): synthseg and sclimbic on the T1w, "
+                             "scepi on the mean of each func/*_bold series, samseg-filter on --derivatives samseg=PATH")
     parser.add_argument("--parc", action="store_true", help="SynthSeg: cortical parcellation (adds seg-synthsegparc)")
     parser.add_argument("--robust", action="store_true", help="SynthSeg-robust")
     parser.add_argument("--fast", action="store_true", help="SynthSeg: fast post-processing")
@@ -41,6 +46,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--posteriors", action="store_true", help="write _probseg posteriors")
     parser.add_argument("--synthseg-model", metavar="PATH", help="SynthSeg weights file or folder (default: model manager)")
     parser.add_argument("--sclimbic-model", metavar="PATH", help="ScLimbic model file (default: model manager)")
+    parser.add_argument("--scepi-model", metavar="DIR_OR_ZIP", help="sc_epi nnU-Net model folder or release zip "
+                        "(as segsuite scepi --model; default: model manager)")
+    parser.add_argument("--scepi-thr", type=float, default=None, metavar="T", help="sc_epi: binarize the soft output at T")
+    parser.add_argument("--scepi-largest", action="store_true", help="sc_epi: keep the largest connected object")
+    parser.add_argument("--scepi-fill-holes", action="store_true", help="sc_epi: fill holes")
+    parser.add_argument("--scepi-remove-small", nargs="+", metavar="SIZE", help="sc_epi: remove objects smaller than SIZE (10mm3, 5vox)")
+    parser.add_argument("--derivatives", nargs="+", metavar="NAME=PATH", default=[],
+                        help="existing derivatives the engines read (fMRIPrep's convention): samseg=PATH, the SAMSEG "
+                             "outputs as PATH/sub-X[/ses-Y]/seg.mgz (or .../anat/seg.mgz), for --models samseg-filter")
+    parser.add_argument("--samseg-preset", choices=("fmriprep", "samseg2recon", "none"), default=None,
+                        help="samseg-filter: labels to remove (default fmriprep: 24 165 258 259)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (GPU workers declare a GPU resource)")
     parser.add_argument("--cluster", choices=("slurm", "sge", "pbs"), help="run the workers as batch jobs (dask-jobqueue)")
     parser.add_argument("--cluster-config", metavar="YAML", help="dask-jobqueue settings: queue, walltime, memory, jobs, gpus, ...")
@@ -57,6 +73,26 @@ def model_plan(args) -> dict:
             "crop": args.crop, "posteriors": args.posteriors}}
     if "sclimbic" in args.models:
         plan["sclimbic"] = {"model": args.sclimbic_model, "options": {"posteriors": args.posteriors}}
+    plan.update(other_input_plan(args))
+    return plan
+
+
+def other_input_plan(args) -> dict:
+    """The plan of the models whose input is not the T1w (segsuite.cohort.engines_inputs)."""
+    from ..cohort.engines_inputs import SAMSEG_LINK, parse_derivatives
+    from ..errors import UsageError
+
+    plan = {}
+    derivatives = parse_derivatives(getattr(args, "derivatives", None))
+    if "scepi" in args.models:
+        plan["scepi"] = {"model": args.scepi_model, "options": {
+            "mean": True, "threshold": args.scepi_thr, "keep_largest": args.scepi_largest,
+            "fill_holes": args.scepi_fill_holes, "remove_small": args.scepi_remove_small}}
+    if "samseg-filter" in args.models:
+        if SAMSEG_LINK not in derivatives:
+            raise UsageError("--models samseg-filter reads existing SAMSEG outputs: give --derivatives samseg=PATH")
+        plan["samseg-filter"] = {"model": None, "options": {"preset": args.samseg_preset},
+                                 "inputs": {"derivatives": derivatives[SAMSEG_LINK]}}
     return plan
 
 
@@ -99,6 +135,7 @@ def run(args) -> int:
     if output_dir == source:
         raise UsageError("OUTPUT_DIR must not be BIDS_DIR itself; use e.g. BIDS_DIR/derivatives/segsuite")
     work_dir = Path(args.work_dir).resolve() if args.work_dir else output_dir / "work"
+    plan = model_plan(args)  # option mistakes (e.g. samseg-filter without --derivatives) before any work
     participants = read_labels(args.participant_label, "sub-")
     sessions = read_labels(args.session_label, "ses-")
     manifest = is_manifest(source)
@@ -108,8 +145,8 @@ def run(args) -> int:
     threads = args.omp_nthreads or max(1, (os.cpu_count() or 1) // max(1, args.nprocs))
     config = ClusterConfig(nprocs=args.nprocs, omp_nthreads=threads, device=args.device, cluster=args.cluster,
                            cluster_config=args.cluster_config, scheduler=args.scheduler, retries=args.retries)
-    plan = model_plan(args)
-    for flag, value in (("--synthseg-model", args.synthseg_model), ("--sclimbic-model", args.sclimbic_model)):
+    for flag, value in (("--synthseg-model", args.synthseg_model), ("--sclimbic-model", args.sclimbic_model),
+                        ("--scepi-model", args.scepi_model)):
         if value and not os.path.exists(os.path.expanduser(value)):
             raise UsageError(f"{flag} {value}: no such file or folder")
     # The local workers start and load the models while the input is validated and indexed (batch
@@ -122,9 +159,14 @@ def run(args) -> int:
             if not args.skip_bids_validation:
                 validate_input(str(source))
             index = index_bids(source, work_dir, max_workers=args.nprocs)
-            items = select_t1w(index, source, participants, sessions, filters)
+            if "scepi" in plan:  # sc_epi also runs in folders that have BOLD series but no T1w
+                from ..cohort.engines_inputs import select_with_func
+
+                items = select_with_func(index, source, participants, sessions, filters)
+            else:
+                items = select_t1w(index, source, participants, sessions, filters)
         if not items:
-            raise InputError(f"no T1w images to process in {source}")
+            raise InputError(f"no T1w images{' or BOLD series' if 'scepi' in plan else ''} to process in {source}")
         output_dir.mkdir(parents=True, exist_ok=True)
     except BaseException:
         if starting is not None:
@@ -132,7 +174,13 @@ def run(args) -> int:
         raise
 
     def on_models(entries):
-        write_dataset_files(output_dir, str(source), entries, label_tables(plan))
+        from ..cohort.engines_inputs import parse_derivatives, rows_to_table
+        from ..cohort.worker import MODELS
+
+        tables = label_tables(plan)  # SynthSeg's from its label lists; the others as the workers' engines have them
+        tables.update({MODELS[name][1]: rows_to_table(entry["labels"]) for name, entry in entries.items()
+                       if name != "synthseg" and entry.get("labels")})
+        write_dataset_files(output_dir, str(source), entries, tables, links=parse_derivatives(args.derivatives))
 
     summary = run_cohort(items, output_dir, plan, config, work_dir, overwrite=args.overwrite,
                          posteriors=args.posteriors, stop_on_first_crash=args.stop_on_first_crash,
@@ -161,6 +209,4 @@ def label_tables(plan: dict) -> dict:
         if options.get("parc"):
             parc = sorted(set(values) - {3, 42} | set(int(v) for v in L.PARC_LABELS))
             tables["synthsegparc"] = freesurfer_lut().subset(parc)
-    if "sclimbic" in plan:
-        tables["sclimbic"] = None
     return {seg: table for seg, table in tables.items() if table is not None}
