@@ -38,3 +38,13 @@ def test_fft_conv_module_follows_weight_changes_and_plain_layout():
         assert torch.allclose(fft(x), conv(x), atol=1e-4)
     with pytest.raises(ValueError, match="same"):
         FFTConv3d(torch.nn.Conv3d(3, 2, 5, padding=1), tile=6)
+    with pytest.raises(ValueError, match="one input"):
+        FFTConv3d([conv, torch.nn.Conv3d(4, 2, 5, padding=2)], tile=6)
+
+
+def test_stacked_layers_of_one_input():
+    first, second = torch.nn.Conv3d(3, 2, 5, padding=2), torch.nn.Conv3d(3, 4, 5, padding=2)
+    x = torch.randn(1, 3, 11, 7, 9).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        both = FFTConv3d([first, second], tile=5)(x)
+        assert torch.allclose(both[:, :2], first(x), atol=1e-4) and torch.allclose(both[:, 2:], second(x), atol=1e-4)

@@ -91,21 +91,29 @@ def fft_conv3d(x: torch.Tensor, spectrum: torch.Tensor, bias: torch.Tensor | Non
 
 
 class FFTConv3d(nn.Module):
-    """A 'same'-padded ``nn.Conv3d`` (stride 1, odd cubic kernel) run as a tiled FFT convolution
-    with tile size ``tile``; the kernel spectrum is computed once, on first use."""
+    """'Same'-padded ``nn.Conv3d`` layers (stride 1, odd cubic kernel) of one input run as one tiled
+    FFT convolution with tile size ``tile``: their output channels side by side (the input's
+    spectrum is computed once for all). The kernel spectrum is computed on first use and again
+    whenever a weight changes."""
 
-    def __init__(self, conv: nn.Conv3d, tile: int):
+    def __init__(self, convs, tile: int):
         super().__init__()
-        k = conv.kernel_size[0]
-        if conv.kernel_size != (k, k, k) or k % 2 == 0 or conv.stride != (1, 1, 1) or conv.padding != (k // 2,) * 3 \
-                or conv.dilation != (1, 1, 1) or conv.groups != 1:
-            raise ValueError("FFTConv3d needs a stride-1, 'same'-padded odd cubic kernel")
-        self.conv, self.tile, self.kernel = conv, tile, k
-        self._spectrum, self._version = None, None
+        self.convs = [convs] if isinstance(convs, nn.Conv3d) else list(convs)
+        k = self.convs[0].kernel_size[0]
+        for conv in self.convs:
+            if conv.kernel_size != (k, k, k) or k % 2 == 0 or conv.stride != (1, 1, 1) or conv.groups != 1 \
+                    or conv.padding != (k // 2,) * 3 or conv.dilation != (1, 1, 1) or conv.in_channels != self.convs[0].in_channels:
+                raise ValueError("FFTConv3d needs stride-1, 'same'-padded odd cubic kernels of one input")
+        self.tile, self.kernel = tile, k
+        self._spectrum, self._versions = None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.conv.weight
-        if self._spectrum is None or self._version != weight._version:  # new or reloaded weights
-            self._spectrum = kernel_spectrum(weight.detach(), self.tile + self.kernel - 1)
-            self._version = weight._version
-        return fft_conv3d(x, self._spectrum, self.conv.bias, self.kernel, self.tile)
+        versions = [conv.weight._version for conv in self.convs]
+        if self._spectrum is None or self._versions != versions:  # new or reloaded weights
+            weight = torch.cat([conv.weight.detach() for conv in self.convs])
+            self._spectrum = kernel_spectrum(weight, self.tile + self.kernel - 1)
+            self._versions = versions
+        bias = None
+        if all(conv.bias is not None for conv in self.convs):
+            bias = torch.cat([conv.bias.detach() for conv in self.convs])
+        return fft_conv3d(x, self._spectrum, bias, self.kernel, self.tile)

@@ -56,17 +56,20 @@ class KerasQCNet(nn.Module):
     def keras_layers(self) -> dict[str, nn.Module]:
         return dict(self.layers.items())
 
-    def _fast_conv(self, name: str):
-        """The layer ``prefix_name`` as the fast path runs it: an FFT convolution (its kernel
-        spectrum cached) for the layers of ``FFT_TILES``, else the direct convolution."""
-        layer = self.layers[f"{self.prefix}_{name}"]
-        tile = FFT_TILES.get(name)
-        if tile is None:
-            return layer
+    def _fast_conv(self, *names: str):
+        """The layers ``prefix_name`` (one, or several of one input whose outputs are stacked) as
+        the fast path runs them: a tiled FFT convolution (kernel spectrum cached) when all are in
+        ``FFT_TILES`` with one tile size, else the direct convolution (of one layer)."""
+        layers = [self.layers[f"{self.prefix}_{name}"] for name in names]
+        tiles = {FFT_TILES.get(name) for name in names}
+        if None in tiles or len(tiles) > 1:
+            if len(layers) > 1:
+                return None
+            return layers[0]
         cache = self.__dict__.setdefault("_fft_convs", {})  # not a submodule: no state_dict entry
-        if name not in cache or cache[name].conv is not layer:
-            cache[name] = FFTConv3d(layer, tile)
-        return cache[name]
+        if names not in cache or cache[names].convs != layers:
+            cache[names] = FFTConv3d(layers, tiles.pop())
+        return cache[names]
 
     # ---- fast path: the label volume in, channels-last throughout -------------------------------
     def _one_hot_tables(self):
@@ -172,16 +175,23 @@ class KerasQCNet(nn.Module):
             else:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
                 h, residual, first = x, None, 0
+                merged = self._fast_conv(f"conv_downarm_{level}_0", f"expand_down_merge_{level}") \
+                    if self.expands[level] and self.n_conv > 1 else None
+                if merged is not None:  # one input spectrum for the level's first conv and its expand
+                    both = merged(x)
+                    width = self.layers[f"{p}_conv_downarm_{level}_0"].out_channels
+                    h, residual, first = both[:, :width].relu_(), both[:, width:].relu_(), 1
+                    del both
             for conv in range(first, self.n_conv):
                 h = self._fast_conv(f"conv_downarm_{level}_{conv}")(h)
                 if conv < self.n_conv - 1:
                     h = h.relu_()
-            if level > 0:
+            if level > 0 and residual is None:
                 if self.expands[level]:
                     residual = self._fast_conv(f"expand_down_merge_{level}")(x).relu_()
                 else:
                     residual = x
-            elif not self.expands[0]:
+            elif level == 0 and not self.expands[0]:
                 raise ValueError("the fast QC path needs level 0's matching convolution")
             del x
             h = h.add_(residual).relu_()
