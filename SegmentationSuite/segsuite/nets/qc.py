@@ -160,15 +160,88 @@ class KerasQCNet(nn.Module):
         x = x.mul_(scale.view(shape)).add_(shift.view(shape))
         return F.max_pool3d(x, 2, ceil_mode=True)
 
+    # Outside the brain the QC window is background (group 0). Wherever a layer's receptive field
+    # holds background only, its output is what the same layer gives on an all-background volume,
+    # which varies only near the volume's faces (zero padding). Levels 0 and 1 (most of the cost)
+    # therefore compute their 5x5x5 convolutions on the box that the labels' bounding box reaches,
+    # and copy the rest from a small all-background volume of BACKGROUND_SIZE^3: its first and
+    # last BACKGROUND_SIZE / 2 voxels per axis reproduce the big volume's faces (the face effects
+    # reach 4 voxels at level 0, 6 at level 1: both within the half; pooling stays aligned when the
+    # sizes are even), any voxel between them its constant interior.
+    BACKGROUND_SIZE = 32
+    BOXED_LEVELS = 2
+
+    def _label_box(self, labels: torch.Tensor):
+        """[(lo, hi)] per axis of the non-background labels, or None when skipping cannot apply
+        (odd or small sizes) or would not pay (no background margin)."""
+        if any(n % 2 or n < 2 * self.BACKGROUND_SIZE for n in labels.shape):
+            return None
+        box = []
+        for axis in range(3):
+            present = (labels != 0).any(dim=tuple(a for a in range(3) if a != axis))
+            where = torch.nonzero(present).flatten()
+            if where.numel() == 0:
+                return None
+            box.append((int(where[0]), int(where[-1]) + 1))
+        return box
+
+    @staticmethod
+    def _grow(box, margin, size):
+        return [(max(lo - margin, 0), min(hi + margin, n)) for (lo, hi), n in zip(box, size)]
+
+    def _background_fill(self, small: torch.Tensor, size) -> torch.Tensor:
+        """The big volume's background response of ``size`` from the small one's (1, C, S, S, S):
+        faces copied, the interior from the small volume's centre."""
+        band = small.shape[2] // 2
+        index = []
+        for n in size:
+            v = torch.arange(n, device=small.device)
+            index.append(torch.where(v < band, v, torch.where(v >= n - band, v - n + 2 * band, band)))
+        cl = small[0].permute(1, 2, 3, 0)  # (S, S, S, C)
+        filled = cl[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]  # (X, Y, Z, C)
+        return filled.permute(3, 0, 1, 2)[None]  # channels-last (1, C, X, Y, Z)
+
+    def _conv_on_box(self, conv, x, key, box, record, background):
+        """conv(x) (a 'same' 5x5x5 layer) computed on ``box`` only, the rest from the background
+        response; plain conv(x) without a box. ``record`` collects the outputs by ``key``."""
+        if box is None or background is None:
+            out = conv(x)
+        else:
+            size = x.shape[2:]
+            out = self._background_fill(background[key], size)
+            inner = self._grow(box, 2, size)  # the input the box's outputs read
+            crop = x[:, :, inner[0][0]:inner[0][1], inner[1][0]:inner[1][1], inner[2][0]:inner[2][1]]
+            result = conv(crop)
+            (a0, a1), (b0, b1), (c0, c1) = box
+            out[:, :, a0:a1, b0:b1, c0:c1] = result[:, :, a0 - inner[0][0]:a1 - inner[0][0],
+                                                    b0 - inner[1][0]:b1 - inner[1][0], c0 - inner[2][0]:c1 - inner[2][0]]
+            del result, crop
+        if record is not None:
+            record[key] = out.clone()
+        return out
+
     def scores(self, labels: torch.Tensor) -> torch.Tensor:
         """The network's output (n_outputs,) for the one-hot encoding of ``labels`` (an integer
         (X, Y, Z) volume of channel indices), without building the one-hot tensor: level 0's two
-        convolutions of the one-hot input are table look-ups (``_level0_lookup``), every other
-        convolution runs on channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs
-        and batch norms work in place, and the batch norms run after the max-pools."""
+        convolutions of the one-hot input are table look-ups (``_level0_lookup``), the large 5x5x5
+        layers are tiled FFT convolutions (``FFT_TILES``), levels 0 and 1 convolve only where the
+        labels are not all background (see ``BACKGROUND_SIZE``), every other convolution runs on
+        channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs and batch norms
+        work in place, and the batch norms run after the max-pools."""
+        box = self._label_box(labels)
+        background = None
+        if box is not None:
+            background = {}
+            self._scores(torch.zeros((self.BACKGROUND_SIZE,) * 3, dtype=labels.dtype, device=labels.device),
+                         None, background)
+        return self._scores(labels, box, None, background)
+
+    def _scores(self, labels, box, record=None, background=None):
         p = self.prefix
         x = None
+        size = labels.shape
         for level in range(self.n_levels):
+            level_box = box if level < self.BOXED_LEVELS else None
             if level == 0:
                 h, residual = self._level0_lookup(labels)
                 first = 1
@@ -178,17 +251,22 @@ class KerasQCNet(nn.Module):
                 merged = self._fast_conv(f"conv_downarm_{level}_0", f"expand_down_merge_{level}") \
                     if self.expands[level] and self.n_conv > 1 else None
                 if merged is not None:  # one input spectrum for the level's first conv and its expand
-                    both = merged(x)
+                    both = self._conv_on_box(merged, x, f"merged_{level}", level_box and self._grow(level_box, 2, size),
+                                             record, background)
                     width = self.layers[f"{p}_conv_downarm_{level}_0"].out_channels
                     h, residual, first = both[:, :width].relu_(), both[:, width:].relu_(), 1
                     del both
+            reach = 2 * first
             for conv in range(first, self.n_conv):
-                h = self._fast_conv(f"conv_downarm_{level}_{conv}")(h)
+                reach += 2
+                h = self._conv_on_box(self._fast_conv(f"conv_downarm_{level}_{conv}"), h, f"conv_{level}_{conv}",
+                                      level_box and self._grow(level_box, reach, size), record, background)
                 if conv < self.n_conv - 1:
                     h = h.relu_()
             if level > 0 and residual is None:
                 if self.expands[level]:
-                    residual = self._fast_conv(f"expand_down_merge_{level}")(x).relu_()
+                    residual = self._conv_on_box(self._fast_conv(f"expand_down_merge_{level}"), x, f"expand_{level}",
+                                                 level_box and self._grow(level_box, 2, size), record, background).relu_()
                 else:
                     residual = x
             elif level == 0 and not self.expands[0]:
@@ -198,6 +276,11 @@ class KerasQCNet(nn.Module):
             del residual
             x = self._bn_after_pool(f"{p}_bn_down_{level}", h)
             del h
+            # the box of this level's output, on the pooled grid (reach: how far its convs spread it)
+            if box is not None:
+                box = [(max((lo - reach) // 2, 0), min(-(-(hi + reach) // 2), -(-n // 2)))
+                       for (lo, hi), n in zip(box, size)]
+            size = x.shape[2:]
         x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.layers[f"{p}_final_conv_0"](x).relu_()
         x = self.layers[f"{p}_final_conv_1"](x).relu_()
