@@ -201,6 +201,13 @@ class KerasQCNet(nn.Module):
         filled = cl[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]  # (X, Y, Z, C)
         return filled.permute(3, 0, 1, 2)[None]  # channels-last (1, C, X, Y, Z)
 
+    @staticmethod
+    def _paste(out, result, box, inner):
+        """out[box] = the box's part of ``result``, computed on the region ``inner`` (box + margin)."""
+        out[(slice(None), slice(None)) + tuple(slice(lo, hi) for lo, hi in box)] = \
+            result[(slice(None), slice(None)) + tuple(slice(lo - i, hi - i) for (lo, hi), (i, _) in zip(box, inner))]
+        return out
+
     def _conv_on_box(self, conv, x, key, box, record, background):
         """conv(x) (a 'same' 5x5x5 layer) computed on ``box`` only, the rest from the background
         response; plain conv(x) without a box. ``record`` collects the outputs by ``key``."""
@@ -210,12 +217,9 @@ class KerasQCNet(nn.Module):
             size = x.shape[2:]
             out = self._background_fill(background[key], size)
             inner = self._grow(box, 2, size)  # the input the box's outputs read
-            crop = x[:, :, inner[0][0]:inner[0][1], inner[1][0]:inner[1][1], inner[2][0]:inner[2][1]]
-            result = conv(crop)
-            (a0, a1), (b0, b1), (c0, c1) = box
-            out[:, :, a0:a1, b0:b1, c0:c1] = result[:, :, a0 - inner[0][0]:a1 - inner[0][0],
-                                                    b0 - inner[1][0]:b1 - inner[1][0], c0 - inner[2][0]:c1 - inner[2][0]]
-            del result, crop
+            result = conv(x[(slice(None), slice(None)) + tuple(slice(lo, hi) for lo, hi in inner)])
+            self._paste(out, result, box, inner)
+            del result
         if record is not None:
             record[key] = out.clone()
         return out
@@ -243,7 +247,17 @@ class KerasQCNet(nn.Module):
         for level in range(self.n_levels):
             level_box = box if level < self.BOXED_LEVELS else None
             if level == 0:
-                h, residual = self._level0_lookup(labels)
+                if level_box is None:
+                    h, residual = self._level0_lookup(labels)
+                    if record is not None:
+                        record["lookup_h"], record["lookup_r"] = h.clone(), residual.clone()
+                else:  # the look-up is a 'same' 5x5x5 convolution too: the box's labels, 2 voxels more
+                    out_box = self._grow(level_box, 2, size)
+                    inner = self._grow(out_box, 2, size)
+                    parts = self._level0_lookup(labels[tuple(slice(lo, hi) for lo, hi in inner)])
+                    h, residual = [self._paste(self._background_fill(background[key], size), part, out_box, inner)
+                                   for key, part in zip(("lookup_h", "lookup_r"), parts)]
+                    del parts
                 first = 1
             else:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
