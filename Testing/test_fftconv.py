@@ -48,3 +48,23 @@ def test_stacked_layers_of_one_input():
     with torch.no_grad():
         both = FFTConv3d([first, second], tile=5)(x)
         assert torch.allclose(both[:, :2], first(x), atol=1e-4) and torch.allclose(both[:, 2:], second(x), atol=1e-4)
+
+
+def test_qc_fast_path_with_fft_layers_equals_plain_forward(monkeypatch):
+    """FFT_TILES is empty by default (not faster in the whole pass here); with it filled the fast
+    QC path still equals the plain forward within 1e-5."""
+    from segsuite.nets import qc
+
+    monkeypatch.setattr(qc, "FFT_TILES", {"conv_downarm_0_1": 8, "conv_downarm_1_0": 8,
+                                          "expand_down_merge_1": 8, "conv_downarm_1_1": 8})
+    torch.manual_seed(3)
+    net = qc.KerasQCNet()
+    for conv in net.modules():
+        if isinstance(conv, torch.nn.Conv3d):
+            conv.bias.data.uniform_(-0.05, 0.05)
+    labels = torch.randint(0, 9, (22, 19, 24))
+    with torch.inference_mode():
+        fast = net.scores(labels)
+        plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
+    assert "_fft_convs" in net.__dict__ and float(plain.abs().max()) > 1e-3
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()

@@ -17,13 +17,13 @@ from torch import nn
 
 from .fftconv import FFTConv3d
 
-# 5x5x5 layers of the fast path that run as tiled FFT convolutions, with their tile size (window
-# 32 = tile + 4). Measured on a 2-core Xeon (AVX-512; shared machine, noisy), direct oneDNN vs FFT:
-# 24->24 at 224^3 8.7 s vs 6.9 s, 24->48 at 112^3 2.6 s vs 1.4 s (+0.7 s once for the kernel
-# spectrum, cached). A fixed table: the shapes never change (224^3 window, fixed widths), and a
-# per-run measurement would cost more than it could win. Deeper levels stay direct: at 56^3 and
-# below the tiles are few and the cached spectra would be large (Cin x Cout x 32^3).
-FFT_TILES = {"conv_downarm_0_1": 28, "conv_downarm_1_0": 28, "expand_down_merge_1": 28, "conv_downarm_1_1": 28}
+# 5x5x5 layers of the fast path that may run as tiled FFT convolutions, with their tile size (window
+# = tile + 4), e.g. {"conv_downarm_0_1": 28, "conv_downarm_1_0": 28, "expand_down_merge_1": 28,
+# "conv_downarm_1_1": 28}. Layer by layer the FFT was 20-25 % faster (24->24 at 224^3: 8.7 s direct vs
+# 6.9 s), but in the whole QC pass with background skipping it was not (2-core Xeon, shared machine:
+# 21.7 / 22.8 s with FFT vs 21.5 / 19.0 s direct, paired): off by default, a fixed table because the
+# shapes never change.
+FFT_TILES: dict = {}
 
 
 class KerasQCNet(nn.Module):
