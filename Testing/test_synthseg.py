@@ -104,6 +104,29 @@ def test_qc_fast_path_equals_plain_forward(shape, negative_scale):
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
 
 
+@pytest.mark.parametrize("shape, brain", [((64, 70, 66), ((20, 45), (9, 60), (30, 41))),
+                                          ((66, 64, 72), ((0, 30), (40, 64), (10, 72)))])
+def test_qc_fast_path_skips_background_exactly(shape, brain):
+    """Levels 0 and 1 convolve only the box the labels reach and copy the rest from a small
+    all-background volume: equal to the plain forward within 1e-5, a brain box inside the volume
+    and one touching its faces (where the zero padding and the brain meet)."""
+    torch.manual_seed(5)
+    net = KerasQCNet()
+    randomise_batch_norm(net, seed=6)
+    for conv in net.modules():
+        if isinstance(conv, torch.nn.Conv3d):
+            conv.bias.data.uniform_(-0.05, 0.05)
+    labels = torch.zeros(shape, dtype=torch.int64)
+    (a0, a1), (b0, b1), (c0, c1) = brain
+    labels[a0:a1, b0:b1, c0:c1] = torch.randint(0, 9, (a1 - a0, b1 - b0, c1 - c0))
+    assert net._label_box(labels) is not None  # the skipping path runs
+    with torch.inference_mode():
+        fast = net.scores(labels)
+        plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
+    assert float(plain.abs().max()) > 1e-3
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
+
+
 def test_resolve_weights_folder_and_file(tmp_path):
     (tmp_path / "synthseg_2.0.h5").write_bytes(b"x")
     (tmp_path / "synthseg_qc_2.0.h5").write_bytes(b"x")

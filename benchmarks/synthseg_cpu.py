@@ -1,6 +1,6 @@
 """SynthSeg CPU benchmark: the modes users run, named by their command-line flags.
 
-    python benchmarks/synthseg_cpu.py [--modes "--vol --qc" vol "robust vol qc" ...] [--threads 2] [--repeats 1]
+    python benchmarks/synthseg_cpu.py [--modes "--vol --qc" vol "robust vol qc" ...] [--threads 2] [--runs 1]
                                       [--model FOLDER] [--image PATH] [--full-head] [--device cpu|cuda]
                                       [--vs-reference SYNTHSEG_DIR --reference-python TF_ENV/bin/python]
 
@@ -14,6 +14,9 @@ its own process, so its peak RSS is its own.
 --vs-reference DIR times the reference CLI (DIR/scripts/commands/SynthSeg_predict.py, BBillot/SynthSeg
 66342c1, under the TensorFlow environment --reference-python points to) on the same image with the
 same flags and threads, interleaved with ours run by run (paired), and prints the ratios of the medians.
+Both sides are timed as whole processes (interpreter start, imports and model load included); our
+in-process segment + write time and per-stage times are printed beside. --onednn-verbose adds one QC
+pass under ONEDNN_VERBOSE=1 and lists the primitive oneDNN chose for each convolution.
 The reference reads its weights from DIR/models: without --model, the fixture weights
 (../shared/fixtures/synthseg/models) are unpacked there when absent.
 
@@ -191,10 +194,56 @@ def child(args) -> None:
                       "gflop": gflop, "network_input": shape}))
 
 
+def qc_pass(threads: int) -> None:
+    """One pass of the QC network's fast path on a 224^3 window of a brain-like label ellipsoid
+    (random weights: the primitives depend on the shapes only)."""
+    sys.path.insert(0, str(REPO / "SegmentationSuite"))
+    import torch
+
+    from segsuite.nets.qc import KerasQCNet
+
+    torch.set_num_threads(threads)
+    size = 224
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32) - size / 2] * 3, indexing="ij"))
+    inside = (grid[0] / 70) ** 2 + (grid[1] / 85) ** 2 + (grid[2] / 75) ** 2 < 1
+    labels = torch.where(inside, torch.randint(1, 9, (size,) * 3), torch.zeros((), dtype=torch.int64))
+    with torch.inference_mode():
+        KerasQCNet().scores(labels)
+
+
+def onednn_summary(threads: int) -> None:
+    """The oneDNN primitives of one QC pass (ONEDNN_VERBOSE=1): implementation, problem and time
+    per convolution, and a warning for any reference (non-JIT) or gemm-based implementation."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    done = subprocess.run([sys.executable, __file__, "--child-onednn", "--threads", str(threads)], env=env,
+                          check=True, capture_output=True, text=True)
+    rows = {}
+    for line in done.stdout.splitlines():
+        fields = line.split(",")
+        if not line.startswith("onednn_verbose") or "exec" not in fields or "convolution" not in fields:
+            continue
+        at = fields.index("convolution")
+        implementation = fields[at + 1]
+        problem = next((f for f in fields if f.startswith("mb")), "?")
+        count, total = rows.get((implementation, problem), (0, 0.0))
+        rows[(implementation, problem)] = (count + 1, total + float(fields[-1]))
+    print("oneDNN convolutions of one QC pass (the FFT layers are not oneDNN's and do not appear):")
+    for (implementation, problem), (count, total) in rows.items():
+        flag = "  <- reference/gemm fallback" if ("ref" in implementation or "gemm" in implementation) else ""
+        print(f"  {implementation:28s} {problem:60s} x{count} {total / 1000:6.2f} s{flag}")
+    if not rows:
+        print("  none logged (is this torch built with oneDNN?)")
+
+
 def run_ours(args, mode: str) -> dict:
     command = [sys.executable, __file__, "--child", mode, "--device", args.device, "--threads", str(args.threads),
                "--repeats", "1", "--model", args.model, "--image", args.image]
-    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    begin = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # the whole process, as the reference is timed: interpreter start, imports, model load included
+    report["process_s"] = round(time.perf_counter() - begin, 2)
+    return report
 
 
 def run_reference(args, mode: str) -> dict:
@@ -234,7 +283,7 @@ def unpack_fixture_models(folder: Path) -> None:
 
 def report_run(mode: str, report: dict, run: dict, nominal, measured) -> None:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
-    print(f"  ours {mode:22s} wall {run['wall_s']:6.1f} s, peak RSS {report['peak_rss_gib']:.2f} GiB, "
+    print(f"  ours {mode:22s} process {report['process_s']:6.1f} s (segment + write {run['wall_s']:.1f} s), peak RSS {report['peak_rss_gib']:.2f} GiB, "
           f"load {report['load_s']:.1f} s; stages (s): {stages}")
     for net, gflop in report["gflop"].items():
         seconds = run["stages"].get(net) or (run["stages"].get("unet pass 1") if net == "robust unet" else None)
@@ -258,7 +307,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu (the figures in the docs), cuda or cuda:N")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per mode (paired with the reference's)")
+    parser.add_argument("--runs", "--repeats", dest="repeats", type=int, default=1,
+                        help="runs per mode, each paired with one of the reference's (ours, reference, ours, ...)")
+    parser.add_argument("--onednn-verbose", action="store_true",
+                        help="also run one QC pass under ONEDNN_VERBOSE=1 and list the primitive oneDNN chose per convolution")
+    parser.add_argument("--child-onednn", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model")
     parser.add_argument("--image")
     parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES,
@@ -271,6 +324,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.child_onednn:
+        qc_pass(args.threads)
         return
     sys.stdout.reconfigure(line_buffering=True)  # progress lines as they come, also into a file
     args.modes = [normal_mode(mode, parser) for mode in args.modes]
@@ -306,14 +362,18 @@ def main() -> None:
                 if args.vs_reference:
                     reference.append(run_reference(args, mode))
                     print(f"  ref  {mode:22s} wall {reference[-1]['wall_s']:6.1f} s")
-            median = statistics.median(r["runs"][0]["wall_s"] for r in ours)
+            median = statistics.median(r["process_s"] for r in ours)
             rss = max(r["peak_rss_gib"] for r in ours)
-            line = f"{mode:22s} ours median {median:.1f} s (peak RSS {rss:.2f} GiB)"
+            line = f"{mode:22s} ours median {median:.1f} s (peak RSS {rss:.2f} GiB"
+            qc = [r["runs"][0]["stages"]["qc"] for r in ours if "qc" in r["runs"][0]["stages"]]
+            line += f", QC stage median {statistics.median(qc):.1f} s)" if qc else ")"
             if reference:
                 ref_median = statistics.median(r["wall_s"] for r in reference)
                 line += (f", reference median {ref_median:.1f} s (peak RSS {max(r['peak_rss_gib'] for r in reference):.2f} "
                          f"GiB), ratio {median / ref_median:.2f}")
             print(line, flush=True)
+        if args.onednn_verbose:
+            onednn_summary(args.threads)
     finally:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)

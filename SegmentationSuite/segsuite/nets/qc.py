@@ -15,6 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fftconv import FFTConv3d
+
+# 5x5x5 layers of the fast path that may run as tiled FFT convolutions, with their tile size (window
+# = tile + 4), e.g. {"conv_downarm_0_1": 28, "conv_downarm_1_0": 28, "expand_down_merge_1": 28,
+# "conv_downarm_1_1": 28}. Layer by layer the FFT was 20-25 % faster (24->24 at 224^3: 8.7 s direct vs
+# 6.9 s), but in the whole QC pass with background skipping it was not (2-core Xeon, shared machine:
+# 21.7 / 22.8 s with FFT vs 21.5 / 19.0 s direct, paired): off by default, a fixed table because the
+# shapes never change.
+FFT_TILES: dict = {}
+
 
 class KerasQCNet(nn.Module):
     def __init__(self, prefix: str = "qc", in_channels: int = 9, n_outputs: int = 9, n_levels: int = 4,
@@ -45,6 +55,21 @@ class KerasQCNet(nn.Module):
 
     def keras_layers(self) -> dict[str, nn.Module]:
         return dict(self.layers.items())
+
+    def _fast_conv(self, *names: str):
+        """The layers ``prefix_name`` (one, or several of one input whose outputs are stacked) as
+        the fast path runs them: a tiled FFT convolution (kernel spectrum cached) when all are in
+        ``FFT_TILES`` with one tile size, else the direct convolution (of one layer)."""
+        layers = [self.layers[f"{self.prefix}_{name}"] for name in names]
+        tiles = {FFT_TILES.get(name) for name in names}
+        if None in tiles or len(tiles) > 1:
+            if len(layers) > 1:
+                return None
+            return layers[0]
+        cache = self.__dict__.setdefault("_fft_convs", {})  # not a submodule: no state_dict entry
+        if names not in cache or cache[names].convs != layers:
+            cache[names] = FFTConv3d(layers, tiles.pop())
+        return cache[names]
 
     # ---- fast path: the label volume in, channels-last throughout -------------------------------
     def _one_hot_tables(self):
@@ -135,37 +160,141 @@ class KerasQCNet(nn.Module):
         x = x.mul_(scale.view(shape)).add_(shift.view(shape))
         return F.max_pool3d(x, 2, ceil_mode=True)
 
+    # Outside the brain the QC window is background (group 0). Wherever a layer's receptive field
+    # holds background only, its output is what the same layer gives on an all-background volume,
+    # which varies only near the volume's faces (zero padding). Levels 0 and 1 (most of the cost)
+    # therefore compute their 5x5x5 convolutions on the box that the labels' bounding box reaches,
+    # and copy the rest from a small all-background volume of BACKGROUND_SIZE^3: its first and
+    # last BACKGROUND_SIZE / 2 voxels per axis reproduce the big volume's faces (the face effects
+    # reach 4 voxels at level 0, 6 at level 1: both within the half; pooling stays aligned when the
+    # sizes are even), any voxel between them its constant interior.
+    BACKGROUND_SIZE = 32
+    BOXED_LEVELS = 2
+
+    def _label_box(self, labels: torch.Tensor):
+        """[(lo, hi)] per axis of the non-background labels, or None when skipping cannot apply
+        (odd or small sizes) or would not pay (no background margin)."""
+        if any(n % 2 or n < 2 * self.BACKGROUND_SIZE for n in labels.shape):
+            return None
+        box = []
+        for axis in range(3):
+            present = (labels != 0).any(dim=tuple(a for a in range(3) if a != axis))
+            where = torch.nonzero(present).flatten()
+            if where.numel() == 0:
+                return None
+            box.append((int(where[0]), int(where[-1]) + 1))
+        return box
+
+    @staticmethod
+    def _grow(box, margin, size):
+        return [(max(lo - margin, 0), min(hi + margin, n)) for (lo, hi), n in zip(box, size)]
+
+    def _background_fill(self, small: torch.Tensor, size) -> torch.Tensor:
+        """The big volume's background response of ``size`` from the small one's (1, C, S, S, S):
+        faces copied, the interior from the small volume's centre."""
+        band = small.shape[2] // 2
+        index = []
+        for n in size:
+            v = torch.arange(n, device=small.device)
+            index.append(torch.where(v < band, v, torch.where(v >= n - band, v - n + 2 * band, band)))
+        cl = small[0].permute(1, 2, 3, 0)  # (S, S, S, C)
+        filled = cl[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]  # (X, Y, Z, C)
+        return filled.permute(3, 0, 1, 2)[None]  # channels-last (1, C, X, Y, Z)
+
+    @staticmethod
+    def _paste(out, result, box, inner):
+        """out[box] = the box's part of ``result``, computed on the region ``inner`` (box + margin)."""
+        out[(slice(None), slice(None)) + tuple(slice(lo, hi) for lo, hi in box)] = \
+            result[(slice(None), slice(None)) + tuple(slice(lo - i, hi - i) for (lo, hi), (i, _) in zip(box, inner))]
+        return out
+
+    def _conv_on_box(self, conv, x, key, box, record, background):
+        """conv(x) (a 'same' 5x5x5 layer) computed on ``box`` only, the rest from the background
+        response; plain conv(x) without a box. ``record`` collects the outputs by ``key``."""
+        if box is None or background is None:
+            out = conv(x)
+        else:
+            size = x.shape[2:]
+            out = self._background_fill(background[key], size)
+            inner = self._grow(box, 2, size)  # the input the box's outputs read
+            result = conv(x[(slice(None), slice(None)) + tuple(slice(lo, hi) for lo, hi in inner)])
+            self._paste(out, result, box, inner)
+            del result
+        if record is not None:
+            record[key] = out.clone()
+        return out
+
     def scores(self, labels: torch.Tensor) -> torch.Tensor:
         """The network's output (n_outputs,) for the one-hot encoding of ``labels`` (an integer
         (X, Y, Z) volume of channel indices), without building the one-hot tensor: level 0's two
-        convolutions of the one-hot input are table look-ups (``_level0_lookup``), every other
-        convolution runs on channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs
-        and batch norms work in place, and the batch norms run after the max-pools."""
+        convolutions of the one-hot input are table look-ups (``_level0_lookup``), the large 5x5x5
+        layers are tiled FFT convolutions (``FFT_TILES``), levels 0 and 1 convolve only where the
+        labels are not all background (see ``BACKGROUND_SIZE``), every other convolution runs on
+        channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs and batch norms
+        work in place, and the batch norms run after the max-pools."""
+        box = self._label_box(labels)
+        background = None
+        if box is not None:
+            background = {}
+            self._scores(torch.zeros((self.BACKGROUND_SIZE,) * 3, dtype=labels.dtype, device=labels.device),
+                         None, background)
+        return self._scores(labels, box, None, background)
+
+    def _scores(self, labels, box, record=None, background=None):
         p = self.prefix
         x = None
+        size = labels.shape
         for level in range(self.n_levels):
+            level_box = box if level < self.BOXED_LEVELS else None
             if level == 0:
-                h, residual = self._level0_lookup(labels)
+                if level_box is None:
+                    h, residual = self._level0_lookup(labels)
+                    if record is not None:
+                        record["lookup_h"], record["lookup_r"] = h.clone(), residual.clone()
+                else:  # the look-up is a 'same' 5x5x5 convolution too: the box's labels, 2 voxels more
+                    out_box = self._grow(level_box, 2, size)
+                    inner = self._grow(out_box, 2, size)
+                    parts = self._level0_lookup(labels[tuple(slice(lo, hi) for lo, hi in inner)])
+                    h, residual = [self._paste(self._background_fill(background[key], size), part, out_box, inner)
+                                   for key, part in zip(("lookup_h", "lookup_r"), parts)]
+                    del parts
                 first = 1
             else:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
                 h, residual, first = x, None, 0
+                merged = self._fast_conv(f"conv_downarm_{level}_0", f"expand_down_merge_{level}") \
+                    if self.expands[level] and self.n_conv > 1 else None
+                if merged is not None:  # one input spectrum for the level's first conv and its expand
+                    both = self._conv_on_box(merged, x, f"merged_{level}", level_box and self._grow(level_box, 2, size),
+                                             record, background)
+                    width = self.layers[f"{p}_conv_downarm_{level}_0"].out_channels
+                    h, residual, first = both[:, :width].relu_(), both[:, width:].relu_(), 1
+                    del both
+            reach = 2 * first
             for conv in range(first, self.n_conv):
-                h = self.layers[f"{p}_conv_downarm_{level}_{conv}"](h)
+                reach += 2
+                h = self._conv_on_box(self._fast_conv(f"conv_downarm_{level}_{conv}"), h, f"conv_{level}_{conv}",
+                                      level_box and self._grow(level_box, reach, size), record, background)
                 if conv < self.n_conv - 1:
                     h = h.relu_()
-            if level > 0:
+            if level > 0 and residual is None:
                 if self.expands[level]:
-                    residual = self.layers[f"{p}_expand_down_merge_{level}"](x).relu_()
+                    residual = self._conv_on_box(self._fast_conv(f"expand_down_merge_{level}"), x, f"expand_{level}",
+                                                 level_box and self._grow(level_box, 2, size), record, background).relu_()
                 else:
                     residual = x
-            elif not self.expands[0]:
+            elif level == 0 and not self.expands[0]:
                 raise ValueError("the fast QC path needs level 0's matching convolution")
             del x
             h = h.add_(residual).relu_()
             del residual
             x = self._bn_after_pool(f"{p}_bn_down_{level}", h)
             del h
+            # the box of this level's output, on the pooled grid (reach: how far its convs spread it)
+            if box is not None:
+                box = [(max((lo - reach) // 2, 0), min(-(-(hi + reach) // 2), -(-n // 2)))
+                       for (lo, hi), n in zip(box, size)]
+            size = x.shape[2:]
         x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.layers[f"{p}_final_conv_0"](x).relu_()
         x = self.layers[f"{p}_final_conv_1"](x).relu_()

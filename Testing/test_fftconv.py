@@ -1,0 +1,70 @@
+"""The tiled FFT convolution (overlap-save) against torch's direct conv3d."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segsuite.nets.fftconv import FFTConv3d, fft_conv3d, kernel_spectrum
+
+
+@pytest.mark.parametrize("cin, cout, shape, kernel, tile, batch_bytes", [
+    (3, 4, (13, 17, 11), 5, 6, 1 << 30),   # odd sizes, no size a multiple of the tile
+    (5, 2, (12, 12, 12), 5, 4, 1 << 30),   # sizes an exact multiple of the tile
+    (2, 3, (9, 20, 7), 3, 5, 1 << 12),     # 3^3 kernel; one x-row of tiles per batch
+    (4, 4, (3, 4, 5), 5, 8, 1 << 30),      # volume smaller than one tile and than the kernel
+    (6, 5, (30, 8, 9), 5, 7, 1 << 16),     # several batches of rows, a short last batch
+])
+def test_fft_conv3d_equals_conv3d(cin, cout, shape, kernel, tile, batch_bytes):
+    """Every output voxel, tile edges and volume borders included, within 2e-5 of the float64
+    direct convolution relative to the output's magnitude (float32 FFT rounding, ~1e-6)."""
+    torch.manual_seed(cin * 7 + cout)
+    x = torch.randn((1, cin) + shape).contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = torch.randn(cout, cin, kernel, kernel, kernel), torch.randn(cout)
+    expected = F.conv3d(x.double(), weight.double(), bias.double(), padding=kernel // 2)
+    got = fft_conv3d(x, kernel_spectrum(weight, tile + kernel - 1), bias, kernel, tile,
+                     max_batch_bytes=batch_bytes)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last_3d)
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    assert error < 2e-5, error
+
+
+def test_fft_conv_module_follows_weight_changes_and_plain_layout():
+    conv = torch.nn.Conv3d(3, 2, 5, padding=2)
+    fft = FFTConv3d(conv, tile=6)
+    x = torch.randn(1, 3, 10, 9, 11)  # plain (not channels-last) input
+    with torch.no_grad():
+        assert torch.allclose(fft(x), conv(x), atol=1e-4)
+        conv.weight.mul_(-2)  # reloaded weights: the cached kernel spectrum must follow
+        assert torch.allclose(fft(x), conv(x), atol=1e-4)
+    with pytest.raises(ValueError, match="same"):
+        FFTConv3d(torch.nn.Conv3d(3, 2, 5, padding=1), tile=6)
+    with pytest.raises(ValueError, match="one input"):
+        FFTConv3d([conv, torch.nn.Conv3d(4, 2, 5, padding=2)], tile=6)
+
+
+def test_stacked_layers_of_one_input():
+    first, second = torch.nn.Conv3d(3, 2, 5, padding=2), torch.nn.Conv3d(3, 4, 5, padding=2)
+    x = torch.randn(1, 3, 11, 7, 9).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        both = FFTConv3d([first, second], tile=5)(x)
+        assert torch.allclose(both[:, :2], first(x), atol=1e-4) and torch.allclose(both[:, 2:], second(x), atol=1e-4)
+
+
+def test_qc_fast_path_with_fft_layers_equals_plain_forward(monkeypatch):
+    """FFT_TILES is empty by default (not faster in the whole pass here); with it filled the fast
+    QC path still equals the plain forward within 1e-5."""
+    from segsuite.nets import qc
+
+    monkeypatch.setattr(qc, "FFT_TILES", {"conv_downarm_0_1": 8, "conv_downarm_1_0": 8,
+                                          "expand_down_merge_1": 8, "conv_downarm_1_1": 8})
+    torch.manual_seed(3)
+    net = qc.KerasQCNet()
+    for conv in net.modules():
+        if isinstance(conv, torch.nn.Conv3d):
+            conv.bias.data.uniform_(-0.05, 0.05)
+    labels = torch.randint(0, 9, (22, 19, 24))
+    with torch.inference_mode():
+        fast = net.scores(labels)
+        plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
+    assert "_fft_convs" in net.__dict__ and float(plain.abs().max()) > 1e-3
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
