@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SegmentationSuite"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from synthseg_cpu import SHARED, fixture_models  # noqa: E402
+from synthseg_cpu import SHARED, cpu_info, unpack_fixture_models  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,10 @@ def main() -> None:
     from segsuite.morphometry.subject import compute_morphometry, write_morphometry
     from segsuite.synthseg import SynthSegEngine
 
-    model = args.model or fixture_models()
+    model = args.model
+    if model is None:
+        model = tempfile.mkdtemp(prefix="morphometry_bench_models_")
+        unpack_fixture_models(Path(model))
     out = tempfile.mkdtemp(prefix="morphometry_bench_")
     try:
         engine = SynthSegEngine(model=model, posteriors=True, device="cpu", threads=args.threads)
@@ -47,6 +50,7 @@ def main() -> None:
         begin = time.perf_counter()
         result = engine.segment(volume)
         synthseg_s = time.perf_counter() - begin
+        print(f"CPU {cpu_info()['model']}; timings on a shared machine are noisy")
         print(f"image {args.image} {volume.data.shape}, {args.threads} threads; SynthSeg default {synthseg_s:.1f} s "
               f"(posteriors {result.posteriors.shape})")
         times = []

@@ -68,7 +68,9 @@ def tissue_maps_from_posteriors(posteriors: np.ndarray, channel_labels: Sequence
     channel = {int(value): index for index, value in enumerate(channel_labels)}
     maps = {}
     for tissue in TISSUES:
-        total = np.zeros(posteriors.shape[:3], dtype=np.float32)
+        # in the posteriors' own memory layout (SynthSeg's are channel-first arrays seen through the
+        # input's orientation): each channel is then added in one sequential pass
+        total = np.zeros_like(posteriors[..., 0], dtype=np.float32)
         for value in groups[tissue]:
             np.add(total, posteriors[..., channel[value]], out=total, casting="unsafe")
         maps[tissue] = total
