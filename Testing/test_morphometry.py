@@ -106,9 +106,29 @@ def test_histogram_statistics_equal_the_voxelwise_definitions():
                 "mriqc_wm2max": quality.mriqc_wm2max(image.astype(np.float64), statistics["wm"]["median"])}
     for name, value in expected.items():
         assert metrics[name] == pytest.approx(value, rel=1e-9), name
+    # maps in another memory layout (as SynthSeg's channel-first posteriors give them): the same numbers
+    for flip in (slice(None), slice(None, None, -1)):  # axes permuted; and one of them reversed too
+        relaid = {name: np.ascontiguousarray(np.transpose(m, (2, 0, 1))[flip])[flip].transpose(1, 2, 0)
+                  for name, m in maps.items()}
+        assert not relaid["GM"].flags.c_contiguous and np.array_equal(relaid["GM"], maps["GM"])
+        again, again_statistics = quality.image_quality_metrics(image, relaid, dseg, brain, head, air)
+        assert again == pytest.approx(metrics, rel=1e-12)
+        assert all(again_statistics[t] == pytest.approx(statistics[t], rel=1e-12) for t in statistics)
     voxelwise = {"csf": maps["CSF"], "gm": maps["GM"], "wm": maps["WM"], "bg": air.astype(np.uint8)}
     for tissue, probability in voxelwise.items():
         assert statistics[tissue] == pytest.approx(quality.tissue_statistics(image, probability), rel=1e-9), tissue
+
+
+def test_a_class_the_segmentation_lacks_gives_nan_not_an_error():
+    image, labels = _phantom(noise=4.0)
+    image = np.round(np.clip(image, 0, None))
+    labels[labels == 3] = 2  # no grey matter left
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    dseg = tissues.dseg_from_maps(maps)
+    head, air = quality.head_and_air_masks(image, dseg > 0)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    assert np.isnan(metrics["spec_cnr"]) and np.isnan(statistics["gm"]["median"])
+    assert np.isfinite(metrics["spec_snr"]) and np.isfinite(metrics["mriqc_snr_wm"])
 
 
 def test_head_and_air_masks_on_the_head_box_equal_the_whole_volume_morphology():

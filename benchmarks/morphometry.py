@@ -62,6 +62,8 @@ def main() -> None:
         write_morphometry(morphometry, out, "bench", result=result)
         write_s = time.perf_counter() - begin
         best, median = min(times), float(np.median(times))
+        stages = ", ".join(f"{stage} {value:.2f}" for stage, value in morphometry.provenance["seconds"].items())
+        print(f"stages of the last run (s): {stages}")
         print(f"compute_morphometry: median {median:.2f} s, best {best:.2f} s over {args.repeats} runs "
               f"= {100 * median / synthseg_s:.1f} % of SynthSeg")
         print(f"write_morphometry (3 probseg + dseg + mask .nii.gz, tables, aseg.stats, mosaic): {write_s:.2f} s; "

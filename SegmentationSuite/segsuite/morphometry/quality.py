@@ -111,12 +111,18 @@ class IntensityIndex:
     ``exact``: the image itself is integer-valued (not only its rounded copy), so that its medians,
     percentiles and sums (MAD, fber, wm2max, efc, the spec's means) come from histograms too."""
 
-    def __init__(self, rounded: np.ndarray, exact: bool = False):
+    def __init__(self, rounded: np.ndarray, exact: bool = False, layout: Optional[np.ndarray] = None):
+        """``layout``: an array whose memory order the offsets take (the tissue maps', so that a map and
+        the offsets flatten alike without copying either)."""
         self.shape = rounded.shape
         self.low = float(rounded.min())
-        self.offsets = rounded.astype(np.intp)
+        if layout is not None and layout.shape == rounded.shape and _positive_strides(layout):
+            self.offsets = np.empty_like(layout, dtype=np.intp)
+            np.copyto(self.offsets, rounded, casting="unsafe")
+        else:
+            self.offsets = rounded.astype(np.intp)
         self.offsets -= int(self.low)
-        self.counts = np.bincount(self.offsets.reshape(-1))
+        self.counts = np.bincount(self.offsets.ravel(order="K"))
         self.present = np.flatnonzero(self.counts)
         self.distinct = self.present.astype(np.float64) + self.low
         self.all_counts = self.counts[self.present].astype(np.float64)
@@ -131,7 +137,12 @@ class IntensityIndex:
         """Summed weights (voxel counts without ``weights``) per distinct value, over ``mask`` inside the
         bounding box ``box`` (slices); ``weights`` are those of the masked voxels."""
         offsets = self.offsets[box] if box else self.offsets
-        offsets = offsets[mask] if mask is not None else offsets.reshape(-1)
+        if mask is not None:
+            offsets = offsets[mask]
+        elif weights is not None:  # weights: an array of the box's shape, flattened alike
+            offsets, weights = _flatten_alike(offsets, weights)
+        else:
+            offsets = offsets.ravel(order="K")
         return np.bincount(offsets, weights=weights, minlength=self.counts.size)[self.present].astype(np.float64)
 
     def quantiles(self, sums: np.ndarray, probs) -> np.ndarray:
@@ -147,8 +158,27 @@ class IntensityIndex:
     def mean_std(self, sums: np.ndarray) -> tuple[float, float]:
         """Weighted mean and (population) standard deviation of a histogram."""
         total = float(sums.sum())
+        if total == 0:  # an empty mask: NaN, as numpy's mean and std of no voxel
+            return float("nan"), float("nan")
         mean = float(np.dot(sums, self.distinct) / total)
         return mean, math.sqrt(float(np.dot(sums, (self.distinct - mean) ** 2)) / total)
+
+
+def _positive_strides(array: np.ndarray) -> bool:
+    return all(stride >= 0 for stride in array.strides)
+
+
+def _memory_order(array: np.ndarray) -> list[int]:
+    return sorted((axis for axis in range(array.ndim) if array.shape[axis] > 1), key=lambda a: -array.strides[a])
+
+
+def _flatten_alike(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays (same shape) as 1-D arrays whose elements correspond: in memory order without a copy
+    when they share their memory layout, else in C order."""
+    if first.shape == second.shape and _positive_strides(first) and _positive_strides(second) \
+            and _memory_order(first) == _memory_order(second):
+        return first.ravel(order="K"), second.ravel(order="K")
+    return first.reshape(-1), second.reshape(-1)
 
 
 def _value_at_rank(values: np.ndarray, counts: np.ndarray, ranks) -> np.ndarray:
@@ -202,10 +232,12 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
     probability = np.asarray(probability)
     box = bounding_box(probability > 0)
     probability, image = probability[box], np.asarray(image)[box]
-    weights = np.round(np.asarray(probability, dtype=np.float32).reshape(-1), 3).astype(np.float64)
+    single = np.asarray(probability, dtype=np.float32)  # MRIQC rounds float32 maps (here in their own layout)
+    weights = np.round(single, 3, out=np.empty_like(single))
     if not weights.any():  # a tissue the segmentation does not contain: nothing to summarise
         return dict(_EMPTY_STATISTICS)
     if index is None:
+        weights = weights.reshape(-1).astype(np.float64)
         data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0)
         total = float(weights.sum())
         mean = float(np.dot(weights, data) / total)
@@ -317,7 +349,7 @@ def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 
         sizes[0] = 0
         keep = np.zeros(count + 1, dtype=bool)
         keep[np.argmax(sizes)] = True
-        keep[np.unique(components[brain])] = True
+        keep[components[brain]] = True  # every component the brain touches
         keep[0] = False
         bright = keep[components]
     del components
@@ -357,17 +389,19 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     integer_valued = bool(np.isfinite(image).all()) and bool(np.array_equal(np.round(image), image))
     clipped = image if integer_valued and float(image.min()) >= 0 else np.clip(np.nan_to_num(image), 0, None)
     rounded = clipped if integer_valued else np.round(clipped.astype(np.float64), 0)
-    index = IntensityIndex(rounded, exact=integer_valued) if IntensityIndex.usable(rounded) else None
+    index = IntensityIndex(rounded, exact=integer_valued, layout=tissue_maps["GM"]) \
+        if IntensityIndex.usable(rounded) else None
     fast = index is not None and index.exact
     if fast:
         # the histograms of every hard mask at once: one count of (intensity, brain, dseg class, region)
-        code = brain_mask.astype(np.uint8)
+        code = np.empty_like(index.offsets, dtype=np.uint8)  # in the offsets' memory order
+        np.copyto(code, brain_mask, casting="unsafe")
         code += np.uint8(2) * np.clip(dseg, 0, 3).astype(np.uint8)
         code += np.uint8(8) * head_mask.astype(np.uint8)
         code += np.uint8(16) * air_mask.astype(np.uint8)
         joint = index.offsets * 32
         joint += code
-        counts = np.bincount(joint.reshape(-1), minlength=index.counts.size * 32).reshape(-1, 32)
+        counts = np.bincount(joint.ravel(order="K"), minlength=index.counts.size * 32).reshape(-1, 32)
         counts = counts[index.present].astype(np.float64).reshape(-1, 2, 2, 4, 2)  # air, head, class, brain
         del joint, code
         air_counts = counts[:, 1].sum(axis=(1, 2, 3))

@@ -88,6 +88,15 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     ``image``: the scan (path, Volume, nibabel image or (array, affine)); it is resampled onto the
     segmentation's grid when they differ. The tissue maps come from the posteriors when the result has
     them, else from the hard labels."""
+    import time
+
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(stage: str) -> None:  # per-stage seconds, kept in the provenance (benchmarks/morphometry.py)
+        clock.append(time.perf_counter())
+        seconds[stage] = round(clock[-1] - clock[-2], 3)
+
     volume = as_volume(image)
     if result.posteriors is not None:
         if not result.posterior_labels:
@@ -103,8 +112,11 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     brain = tissues.brain_mask_from_dseg(dseg)
     if not brain.any():
         raise InputError("the segmentation has no brain voxel (every voxel is background); check --seg")
+    lap("tissue maps and dseg")
     head, air = quality.head_and_air_masks(data, brain)
+    lap("head and air masks")
     metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air)
+    lap("image-quality metrics")
     voxel_volume = float(np.prod(voxel_sizes(affine)))
     tissue_volumes = {f"tissue-{name}": float(np.sum(maps[name], dtype=np.float64) * voxel_volume)
                       for name in tissues.TISSUES}
@@ -114,7 +126,9 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     from .report import subject_mosaic
 
     same_grid = tuple(result.labels.shape) == tuple(shape) and np.allclose(result.affine, affine, atol=1e-4)
+    lap("volumes and TIV")
     mosaic = subject_mosaic(data, result.labels if same_grid else dseg, affine)
+    lap("QC mosaic")
     return Morphometry(
         subject=subject or result.subject or "subject", affine=np.asarray(affine, dtype=np.float64), tissue_maps=maps,
         dseg=dseg, brain_mask=brain, head_mask=head, air_mask=air, metrics=metrics, tissue_statistics=statistics,
@@ -122,7 +136,7 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
         provenance={"tissue_maps_from": source, "labels_without_tissue": unknown,
                     "segmentation": result.provenance.get("model", result.provenance.get("engine", "")),
                     "image_resampled": tuple(np.asarray(volume.data).shape[:3]) != tuple(shape)
-                    or not np.allclose(volume.affine, affine, atol=1e-4)},
+                    or not np.allclose(volume.affine, affine, atol=1e-4), "seconds": seconds},
         mosaic=mosaic,
     )
 
