@@ -49,6 +49,7 @@ def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, si
     """Axial, coronal and sagittal slices through the brain's centre with the label outlines in their
     FreeSurfer colours; returns (MIME type, encoded bytes)."""
     from ..labels import fallback_color, freesurfer_lut
+    from .tissues import distinct_labels
 
     image = _to_ras(np.asarray(image, dtype=np.float32), affine)
     labels = _to_ras(np.asarray(labels), affine)
@@ -63,8 +64,7 @@ def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, si
         centre = np.array(labels.shape) // 2
     low, high = np.percentile(image[brain] if count else image, [1, 99.5])
     lut = freesurfer_lut()
-    values = np.flatnonzero(np.bincount(labels.ravel() - labels.min())) + labels.min() \
-        if np.issubdtype(labels.dtype, np.integer) else np.unique(labels)
+    values = distinct_labels(labels)
     palette = np.zeros((int(values.max()) + 1, 3), dtype=np.uint8)
     for value in values:
         label = lut.get(int(value))
