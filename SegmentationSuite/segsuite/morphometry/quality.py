@@ -343,18 +343,20 @@ def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 
     sample = finite[::2, ::2, ::2]
     threshold = otsu_threshold(sample[sample > sample.min()] if np.any(sample > sample.min()) else sample)
     bright = (finite > threshold) | brain
-    components, count = ndimage.label(bright)
+    # nothing bright lies outside the bright voxels' box: components, closing, hole filling and dilation
+    # all run on that box grown by more than they reach
+    box = bounding_box(bright, pad=closing_iterations + max(margin, 0) + 1)
+    bright_box, brain_box = bright[box], brain[box]
+    components, count = ndimage.label(bright_box)
     if count > 1:
-        sizes = np.bincount(components.ravel())
+        sizes = np.bincount(components.ravel(order="K"))
         sizes[0] = 0
         keep = np.zeros(count + 1, dtype=bool)
         keep[np.argmax(sizes)] = True
-        keep[components[brain]] = True  # every component the brain touches
+        keep[components[brain_box]] = True  # every component the brain touches
         keep[0] = False
-        bright = keep[components]
+        bright_box = keep[components]
     del components
-    box = bounding_box(bright, pad=closing_iterations + max(margin, 0) + 1)
-    bright_box = bright[box]
     head_box = _fill_holes(ndimage.binary_closing(bright_box, iterations=closing_iterations) | bright_box)
     near_head_box = ndimage.binary_dilation(head_box, iterations=margin) if margin > 0 else head_box
     head = np.zeros(bright.shape, dtype=bool)
