@@ -137,7 +137,8 @@ class IntensityIndex:
         """Summed weights (voxel counts without ``weights``) per distinct value, over ``mask`` inside the
         bounding box ``box`` (slices); ``weights`` are those of the masked voxels."""
         offsets = self.offsets[box] if box else self.offsets
-        if mask is not None:
+        if mask is not None:  # flattened alike first: a sequential pass when the layouts agree
+            offsets, mask = _flatten_alike(offsets, mask)
             offsets = offsets[mask]
         elif weights is not None:  # weights: an array of the box's shape, flattened alike
             offsets, weights = _flatten_alike(offsets, weights)
@@ -359,9 +360,9 @@ def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 
     del components
     head_box = _fill_holes(ndimage.binary_closing(bright_box, iterations=closing_iterations) | bright_box)
     near_head_box = ndimage.binary_dilation(head_box, iterations=margin) if margin > 0 else head_box
-    head = np.zeros(bright.shape, dtype=bool)
+    head = np.zeros_like(bright)  # in the image's memory layout, as the other masks
     head[box] = head_box
-    air = np.ones(bright.shape, dtype=bool)
+    air = np.ones_like(bright)
     air[box] = ~near_head_box
     return head, air
 

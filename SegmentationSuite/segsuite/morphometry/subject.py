@@ -81,6 +81,12 @@ def _image_on_grid(image, shape, affine) -> np.ndarray:
                                     output_shape=tuple(shape), order=1, mode="constant", cval=0.0)
 
 
+def _in_layout_of(reference: np.ndarray, data: np.ndarray) -> np.ndarray:
+    out = np.empty_like(reference, dtype=np.float32)
+    np.copyto(out, data, casting="unsafe")
+    return out
+
+
 def compute_morphometry(image, result: SegmentationResult, subject: Optional[str] = None,
                         tissue_table: Optional[dict[int, str]] = None) -> Morphometry:
     """Tissue maps, dseg, brain/head/air masks, image-quality metrics, TIV and volumes for one subject.
@@ -108,6 +114,8 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
         affine, source = result.affine, "labels"
     shape = maps["GM"].shape
     data = _image_on_grid(volume, shape, affine)
+    if data.strides != maps["GM"].strides:  # one copy into the maps' memory layout: every later
+        data = _in_layout_of(maps["GM"], data)  # voxel-wise step then runs sequentially
     dseg = tissues.dseg_from_maps(maps)
     brain = tissues.brain_mask_from_dseg(dseg)
     if not brain.any():
@@ -154,7 +162,7 @@ def _tiv(result: SegmentationResult, tissue_total: float) -> tuple[float, str]:
 
 def _label_volumes(result: SegmentationResult) -> dict[str, float]:
     """Voxel-count volumes (mm3) of the labels present, under the label table's names."""
-    counts = np.bincount(np.clip(result.labels, 0, None).ravel())
+    counts = np.bincount(np.clip(result.labels, 0, None).ravel(order="K"))
     voxel_volume = float(np.prod(voxel_sizes(result.affine)))
     names = {label.value: label.name for label in result.label_table}
     return {names.get(value, f"Label-{value}"): float(counts[value] * voxel_volume)
