@@ -60,6 +60,16 @@ def test_files_in_bids_naming_with_sidecars_staged_in_the_subject_folder(tmp_pat
     assert values["participant_id"] == "sub-01" and values["session_id"] == "ses-2" and float(values["TIV"]) == 1.0e5
 
 
+def test_a_brain_mask_of_another_engine_keeps_its_name(tmp_path):
+    item, result = _subject(tmp_path, "03", None, 1.0)
+    anat = tmp_path / "staging" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-03_desc-brain_mask.nii.gz").write_bytes(b"the SAMSEG filter's mask")
+    written = write_morphometry_derivatives(tmp_path / "staging", item, "synthseg", result)
+    assert "sub-03_desc-brain_mask.nii.gz" not in written and "sub-03_dseg.nii.gz" in written
+    assert (anat / "sub-03_desc-brain_mask.nii.gz").read_bytes() == b"the SAMSEG filter's mask"
+
+
 def test_maps_off_the_input_grid_are_named_res_1mm(tmp_path):
     shifted = AFFINE.copy()
     shifted[:3, 3] = [0.5, 0, 0]  # SynthSeg's 1 mm grid, not the input's

@@ -47,10 +47,13 @@ def write_morphometry_derivatives(folder: Path, item: CohortItem, seg: str, resu
         reference["Resolution"] = RESOLUTION
     provenance = {"segmentation": f"seg-{seg}", "tissue_maps_from": morphometry.provenance["tissue_maps_from"],
                   "tissue_table": "segsuite/data/tissue_classes.tsv (sMRIPrep's aseg-to-tissue classes)"}
+    # an engine that gives a brain mask of its own (the SAMSEG filter's) keeps desc-brain_mask
+    own_mask = not (anat / f"{prefix}_desc-brain_mask.nii.gz").exists()
     with OutputTransaction(overwrite=False) as transaction:
         paths = write_morphometry(morphometry, str(anat), prefix, result=result,
                                   participant_id=f"sub-{item.participant}",
-                                  session_id=f"ses-{item.session}" if item.session else "", transaction=transaction)
+                                  session_id=f"ses-{item.session}" if item.session else "", transaction=transaction,
+                                  brain_mask=own_mask)
         sidecars = {f"probseg_{name}": dict(reference, Description=(
             f"{name} probability: the sum of the seg-{seg} posteriors of the labels the tissue table gives {name}"),
             SegSuite=provenance) for name in ("GM", "WM", "CSF")}
@@ -58,6 +61,8 @@ def write_morphometry_derivatives(folder: Path, item: CohortItem, seg: str, resu
                                 "2 WM, 3 CSF): the most probable of background, GM, WM and CSF", SegSuite=provenance)
         sidecars["brain_mask"] = dict(reference, Type="Brain", Description=(
             "brain (intracranial) mask: the voxels whose most probable class is GM, WM or CSF"), SegSuite=provenance)
+        if not own_mask:
+            del sidecars["brain_mask"]
         for kind, content in sidecars.items():
             paths[f"{kind}_sidecar"] = paths[kind][: -len(".nii.gz")] + ".json"
             transaction.write_text(paths[f"{kind}_sidecar"], _json_text(content))

@@ -193,10 +193,12 @@ def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
 
 def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
                       inputs=(), result: Optional[SegmentationResult] = None, participant_id: Optional[str] = None,
-                      session_id: str = "", transaction: Optional[OutputTransaction] = None) -> dict[str, str]:
+                      session_id: str = "", transaction: Optional[OutputTransaction] = None,
+                      brain_mask: bool = True) -> dict[str, str]:
     """Write every output of one subject atomically (all or nothing); returns the paths by kind.
 
-    With ``transaction`` the files are only staged there and commit with the caller's other outputs."""
+    With ``transaction`` the files are only staged there and commit with the caller's other outputs;
+    ``brain_mask=False`` leaves the mask out (another engine's, e.g. the SAMSEG filter's, takes its name)."""
     from .stats_io import aseg_stats_text
 
     prefix = prefix or morphometry.subject
@@ -215,7 +217,10 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
         transaction.save_image(paths["dseg"], morphometry.dseg.astype(np.uint8), morphometry.affine)
         transaction.write_text(paths["dseg_tsv"], "index\tname\n" + "".join(
             f"{value}\t{name}\n" for name, value in tissues.DSEG_VALUES.items()))
-        transaction.save_image(paths["brain_mask"], morphometry.brain_mask.astype(np.uint8), morphometry.affine)
+        if brain_mask:
+            transaction.save_image(paths["brain_mask"], morphometry.brain_mask.astype(np.uint8), morphometry.affine)
+        else:
+            del paths["brain_mask"]
         transaction.write_text(paths["table"], table_text([row]))
         transaction.write_text(paths["sidecar"], json.dumps(_json_ready(sidecar), indent=1))
         transaction.write_text(paths["aseg_stats"], aseg_stats_text(morphometry, result))
