@@ -89,6 +89,71 @@ def test_mriqc_style_metrics_on_the_phantom():
     assert worse["mriqc_snr_wm"] < metrics["mriqc_snr_wm"] and worse["mriqc_cjv"] > metrics["mriqc_cjv"]
 
 
+def test_histogram_statistics_equal_the_voxelwise_definitions():
+    """An integer-valued image takes the histogram path (medians, percentiles, sums by intensity); it must
+    give what the voxel-wise definitions give on the same arrays."""
+    image, labels = _phantom(noise=6.0)
+    image = np.round(np.clip(image, 0, None) * 3)  # integer-valued, a few hundred distinct values
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    maps["GM"] = maps["GM"] * np.float32(0.8)  # fractional weights for the weighted statistics
+    dseg = tissues.dseg_from_maps(maps)
+    brain = dseg > 0
+    head, air = quality.head_and_air_masks(image, brain)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, brain, head, air)
+    expected = {"spec_snr": quality.spec_snr(image, brain), "spec_snr_air": quality.spec_snr(image, brain, air),
+                "spec_cnr": quality.spec_cnr(image, dseg == 1, dseg == 2), "mriqc_efc": quality.mriqc_efc(image),
+                "mriqc_fber": quality.mriqc_fber(image, head),
+                "mriqc_wm2max": quality.mriqc_wm2max(image.astype(np.float64), statistics["wm"]["median"])}
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-9), name
+    # maps in another memory layout (as SynthSeg's channel-first posteriors give them): the same numbers
+    for flip in (slice(None), slice(None, None, -1)):  # axes permuted; and one of them reversed too
+        relaid = {name: np.ascontiguousarray(np.transpose(m, (2, 0, 1))[flip])[flip].transpose(1, 2, 0)
+                  for name, m in maps.items()}
+        assert not relaid["GM"].flags.c_contiguous and np.array_equal(relaid["GM"], maps["GM"])
+        again, again_statistics = quality.image_quality_metrics(image, relaid, dseg, brain, head, air)
+        assert again == pytest.approx(metrics, rel=1e-12)
+        assert all(again_statistics[t] == pytest.approx(statistics[t], rel=1e-12) for t in statistics)
+    voxelwise = {"csf": maps["CSF"], "gm": maps["GM"], "wm": maps["WM"], "bg": air.astype(np.uint8)}
+    for tissue, probability in voxelwise.items():
+        assert statistics[tissue] == pytest.approx(quality.tissue_statistics(image, probability), rel=1e-9), tissue
+
+
+def test_a_class_the_segmentation_lacks_gives_nan_not_an_error():
+    image, labels = _phantom(noise=4.0)
+    image = np.round(np.clip(image, 0, None))
+    labels[labels == 3] = 2  # no grey matter left
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    dseg = tissues.dseg_from_maps(maps)
+    head, air = quality.head_and_air_masks(image, dseg > 0)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    assert np.isnan(metrics["spec_cnr"]) and np.isnan(statistics["gm"]["median"])
+    assert np.isfinite(metrics["spec_snr"]) and np.isfinite(metrics["mriqc_snr_wm"])
+
+
+def test_head_and_air_masks_on_the_head_box_equal_the_whole_volume_morphology():
+    """The closing, hole filling and dilation run on the head's bounding box; the masks must equal the
+    same operations on the whole volume, also where the head touches the volume's edge."""
+    from scipy import ndimage
+
+    image, labels = _phantom(noise=4.0)
+    image, labels = image[:, 8:, :], labels[:, 8:, :]  # the scalp now reaches one face of the volume
+    for padding in (0, 20):
+        padded = np.pad(image, ((0, 0), (0, 0), (padding, 0)))
+        brain = np.pad(labels, ((0, 0), (0, 0), (padding, 0))) > 0
+        head, air = quality.head_and_air_masks(padded, brain)
+        sample = padded[::2, ::2, ::2]
+        bright = (padded > quality.otsu_threshold(sample[sample > sample.min()])) | brain
+        components, _ = ndimage.label(bright)
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        keep = np.isin(components, np.union1d([np.argmax(sizes)], np.unique(components[brain])))
+        expected_head = ndimage.binary_fill_holes(ndimage.binary_closing(keep, iterations=2) | keep)
+        assert np.array_equal(head, expected_head), padding
+        assert np.array_equal(air, ~ndimage.binary_dilation(expected_head, iterations=2)), padding
+        assert head[:, 0, :].any() and air[0, 0, 0]
+
+
 def test_weighted_quantiles_follow_the_sas_definition():
     values = np.array([1.0, 2.0, 3.0, 4.0])
     assert quality.weighted_quantiles(values, np.ones(4), [0.5])[0] == 2.5  # exact hit: halfway

@@ -134,6 +134,7 @@ def make_image(data: np.ndarray, affine: np.ndarray, path: str, header=None):
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
         image.header.set_data_dtype(data.dtype)
+        image.header.set_xyzt_units("mm")  # the affine is in millimetres (BIDS validators check the unit)
         return image
     raise InputError(f"unsupported output extension for {path}: use .nii.gz, .nii, .mgz or .mgh")
 

@@ -7,4 +7,5 @@ The engines know nothing of BIDS or Dask; this package owns both:
     worker.py       the Dask worker plugin (each model loaded once per worker) and the task
     runner.py       the cluster (LocalCluster, dask-jobqueue, or a running scheduler) and the run
     group.py        per-subject tables -> group tables (the hook for group statistics)
+    morphometry_outputs.py  --morphometry: tissue maps, masks and metrics per subject; the group step
 """

@@ -31,6 +31,8 @@ STAGING = ".staging"
 PROVENANCE_SUFFIX = "_segsuite.json"
 # What BIDS does not define (yet): per-subject volume/QC tables, group tables, logs, the work folder.
 BIDSIGNORE = ["logs/", "work/", "work", ".staging/", "*_segsuite.json", "*_morph.tsv", "*_qc.tsv", "group_*.tsv"]
+# --morphometry (cohort/morphometry_outputs.py): metric tables, QC mosaics, aseg.stats, the QC report
+BIDSIGNORE += ["*_morphometry.tsv", "*_morphometry.json", "*_mosaic.webp", "*_aseg.stats", "group_qc_report.html"]
 PARC_TO_CORTEX = ((1000, 1999, 3), (2000, 2999, 42))  # DK parcels back to SynthSeg's cortex labels
 
 

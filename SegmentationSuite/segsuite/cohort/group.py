@@ -1,8 +1,8 @@
 """Group level: the per-subject tables gathered into wide group tables, and the failures.
 
-``collect_group_tables`` returns plain DataFrames (participant_id, session_id first) so that
+``collect_cohort_tables`` returns plain DataFrames (participant_id, session_id first) so that
 later group steps (TIV correction, QC flags, reports) take them from here;
-``write_group_tables`` writes them as group_seg-<seg>_<table>.tsv at the dataset root.
+``write_cohort_tables`` writes them as group_seg-<seg>_<table>.tsv at the dataset root.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TABLE = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?(?
 
 
 @dataclass
-class GroupTables:
+class CohortTables:
     """{"morph"|"qc": {seg: DataFrame}} and the failures of the last participant run."""
 
     tables: dict = field(default_factory=dict)
@@ -39,7 +39,7 @@ def _wide(path: Path, table: str, match):
     return row
 
 
-def collect_group_tables(output_dir: str | os.PathLike) -> GroupTables:
+def collect_cohort_tables(output_dir: str | os.PathLike) -> CohortTables:
     import pandas as pd
 
     output_dir = Path(output_dir)
@@ -52,10 +52,10 @@ def collect_group_tables(output_dir: str | os.PathLike) -> GroupTables:
     tables = {table: {seg: pd.DataFrame(found) for seg, found in by_seg.items()} for table, by_seg in rows.items()}
     failed = output_dir / "logs" / "failed.tsv"
     failures = pd.read_csv(failed, sep="\t", dtype=str, keep_default_na=False) if failed.is_file() else None
-    return GroupTables(tables, failures)
+    return CohortTables(tables, failures)
 
 
-def write_group_tables(output_dir: str | os.PathLike, group: GroupTables) -> list[str]:
+def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables) -> list[str]:
     output_dir = Path(output_dir)
     transaction = OutputTransaction(overwrite=True)
     try:

@@ -71,7 +71,8 @@ class EngineSet:
             init_options, segment_options = split_options(engine_class, dict(spec.get("options", {})))
             self.engines[name] = engine_class(model=spec.get("model"), device=device, threads=threads, **init_options)
             self.segment_options[name] = segment_options
-            self.entries[name] = {"options": spec.get("options", {}), "sha256": weights_sha256(self.engines[name]),
+            options = dict(spec.get("options", {}), **({"morphometry": True} if spec.get("morphometry") else {}))
+            self.entries[name] = {"options": options, "sha256": weights_sha256(self.engines[name]),
                                   "model": getattr(self.engines[name], "model_name", None) or name,
                                   "labels": table_to_rows(root_label_table(name, self.engines[name]))}
             append_line(load_log, {"pid": os.getpid(), "model": name, "time": time.time()})
@@ -141,6 +142,7 @@ def segment_item(item_values: dict, output_dir: str, fingerprint: str, posterior
             return fallback.engines[name].segment(source, **_segment_kwargs(name, fallback))
 
     try:
+        morphometry_of = None  # (seg, result) of the engine whose result gets the morphometry step
         for name in engines.plan:
             append_line(call_log, {"key": item.key, "model": name, "pid": os.getpid(), "time": time.time()})
             try:
@@ -156,6 +158,12 @@ def segment_item(item_values: dict, output_dir: str, fingerprint: str, posterior
             result = segment(name, item.path)
             result.subject = item.key
             write_segmentation(commit.folder, item, MODELS[name][1], result, engines.entries[name], posteriors)
+            if engines.plan[name].get("morphometry"):
+                morphometry_of = (MODELS[name][1], result)
+        if morphometry_of is not None:  # after every engine: their outputs take precedence on shared names
+            from .morphometry_outputs import write_morphometry_derivatives
+
+            write_morphometry_derivatives(commit.folder, item, *morphometry_of)
         models = {name: {k: v for k, v in entry.items() if k != "labels"} for name, entry in engines.entries.items()}
         commit.commit({"fingerprint": fingerprint, "input": item.path, "models": models,
                        "seconds": round(time.perf_counter() - started, 3), "notes": messages})

@@ -63,14 +63,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scheduler", metavar="ADDRESS", help="join a running Dask scheduler (tcp://host:8786)")
     parser.add_argument("--retries", type=int, default=2, help="times a task is retried when its worker dies (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="redo every subject, even those already done")
+    parser.add_argument("--morphometry", action="store_true",
+                        help="SynthSeg: GM/WM/CSF label-*_probseg maps, the 3-class _dseg, desc-brain_mask and the "
+                             "image-quality/TIV table per subject; the group level adds the TIV-corrected tables, "
+                             "QC flags and ranking and group_qc_report.html (docs/morphometry.md)")
 
 
 def model_plan(args) -> dict:
     plan = {}
+    if getattr(args, "morphometry", False) and "synthseg" not in args.models:
+        from ..errors import UsageError
+
+        raise UsageError("--morphometry needs --models synthseg (the tissue maps are summed from its posteriors)")
     if "synthseg" in args.models:
         plan["synthseg"] = {"model": args.synthseg_model, "options": {
             "parc": args.parc, "robust": args.robust, "fast": args.fast, "qc": args.qc,
-            "crop": args.crop, "posteriors": args.posteriors}}
+            "crop": args.crop, "posteriors": args.posteriors or getattr(args, "morphometry", False)}}
+        if getattr(args, "morphometry", False):  # the tissue maps are summed from the posteriors
+            plan["synthseg"]["morphometry"] = True
     if "sclimbic" in args.models:
         plan["sclimbic"] = {"model": args.sclimbic_model, "options": {"posteriors": args.posteriors}}
     plan.update(other_input_plan(args))
@@ -125,8 +135,11 @@ def run(args) -> int:
     if args.analysis_level == "group":
         if not output_dir.is_dir():
             raise InputError(f"{output_dir} does not exist: run the participant level first")
-        tables = group_level.collect_group_tables(output_dir)
-        written = group_level.write_group_tables(output_dir, tables)
+        tables = group_level.collect_cohort_tables(output_dir)
+        written = group_level.write_cohort_tables(output_dir, tables)
+        from ..cohort.morphometry_outputs import write_morphometry_group
+
+        written += write_morphometry_group(output_dir)
         failures = 0 if tables.failures is None else len(tables.failures)
         print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
         return 0

@@ -8,7 +8,7 @@ DESCRIPTION = """Reads the per-subject tables of `segsuite morphometry` (*_morph
 and writes into --o: group_volumes.tsv (participant_id, session_id, TIV, structures),
 group_volumes_tiv-proportional.tsv (volume / TIV * 1.5 L), group_volumes_tiv-residual.tsv (residuals of
 each region regressed on TIV over the cohort) with group_tiv-residual_fit.tsv (slope, intercept per
-region), group_quality.tsv and group_qc_ranking.tsv (flagged subjects first: SynthSeg QC below
+region), group_quality.tsv, group_qc_flags.tsv and group_qc_ranking.tsv (flagged subjects first: SynthSeg QC below
 --qc-threshold, metrics beyond --mad MADs of the cohort median, ScLimbic |z| > --z).
 """
 
@@ -28,7 +28,8 @@ def run(args) -> int:
     import os
 
     from ..image import check_outputs
-    from ..morphometry.group import GROUP_FILES, build_group_tables, read_subject_tables, write_group_tables
+    from ..morphometry.group import (GROUP_FILES, build_group_tables, read_subject_tables,
+                                     write_morphometry_group_tables)
 
     from ..morphometry.report import write_report
     from ..morphometry.subject import mosaic_beside
@@ -38,7 +39,7 @@ def run(args) -> int:
                   args.overwrite, inputs=args.tables)
     frame = read_subject_tables(args.tables)
     tables = build_group_tables(frame, args.qc_threshold, args.mad, args.z)
-    write_group_tables(tables, args.output, overwrite=args.overwrite, inputs=args.tables)
+    write_morphometry_group_tables(tables, args.output, overwrite=args.overwrite, inputs=args.tables)
     if args.report:
         mosaics = {}
         for path in args.tables:

@@ -34,7 +34,7 @@ MAD_SCALE = 1.4826  # MAD -> standard deviation of a Gaussian
 
 
 @dataclass
-class GroupTables:
+class MorphometryGroupTables:
     wide: "object"            # participant_id, session_id, TIV, structures (mm3)
     proportional: "object"    # structure / TIV * 1.5 L
     residual: "object"        # structure - (intercept + slope * TIV), fitted over the cohort
@@ -135,7 +135,7 @@ def robust_outliers(values: np.ndarray, limit: float = MAD_LIMIT) -> tuple[np.nd
 
 
 def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: float = MAD_LIMIT,
-                       z_limit: float = Z_LIMIT) -> GroupTables:
+                       z_limit: float = Z_LIMIT) -> MorphometryGroupTables:
     """All group tables from a frame with one row per subject (see read_subject_tables)."""
     import pandas as pd
 
@@ -188,16 +188,17 @@ def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: flo
     ranking = ranking.sort_values(["n_flags", "severity", "participant_id"], ascending=[False, False, True],
                                   kind="stable").reset_index(drop=True)
     ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
-    return GroupTables(wide=wide, proportional=proportional, residual=residual, residual_fit=residual_fit,
-                       quality=quality, flags=flags, ranking=ranking, volume_columns=volume_columns)
+    return MorphometryGroupTables(wide=wide, proportional=proportional, residual=residual, residual_fit=residual_fit,
+                                  quality=quality, flags=flags, ranking=ranking, volume_columns=volume_columns)
 
 
 GROUP_FILES = {"wide": "group_volumes.tsv", "proportional": "group_volumes_tiv-proportional.tsv",
                "residual": "group_volumes_tiv-residual.tsv", "residual_fit": "group_tiv-residual_fit.tsv",
-               "quality": "group_quality.tsv", "ranking": "group_qc_ranking.tsv"}
+               "quality": "group_quality.tsv", "flags": "group_qc_flags.tsv", "ranking": "group_qc_ranking.tsv"}
 
 
-def write_group_tables(tables: GroupTables, folder: str, overwrite: bool = False, inputs: Sequence[str] = ()) -> dict:
+def write_morphometry_group_tables(tables: MorphometryGroupTables, folder: str, overwrite: bool = False,
+                                   inputs: Sequence[str] = ()) -> dict:
     """Write the group tables (TSV, 'n/a' for missing) into ``folder`` atomically; returns the paths."""
     from ..image import OutputTransaction
 
@@ -208,5 +209,5 @@ def write_group_tables(tables: GroupTables, folder: str, overwrite: bool = False
     return paths
 
 
-__all__ = ["build_group_tables", "read_subject_tables", "write_group_tables", "proportional_correction",
-           "residual_correction", "robust_outliers", "GroupTables", "HIGHER_IS_BETTER"]
+__all__ = ["build_group_tables", "read_subject_tables", "write_morphometry_group_tables",
+           "proportional_correction", "residual_correction", "robust_outliers", "MorphometryGroupTables", "HIGHER_IS_BETTER"]

@@ -105,59 +105,167 @@ def _ties(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 class IntensityIndex:
     """An integer-valued image's voxels as offsets into its value range, counted once and shared by the
-    tissues' statistics (each then costs in proportion to its own voxels, not the whole volume)."""
+    statistics: each tissue's weighted statistics then cost in proportion to its own voxels, and those of
+    a large region (the air) come from the whole image's histogram less that of the rest.
 
-    def __init__(self, rounded: np.ndarray):
-        self.rounded = rounded
+    ``exact``: the image itself is integer-valued (not only its rounded copy), so that its medians,
+    percentiles and sums (MAD, fber, wm2max, efc, the spec's means) come from histograms too."""
+
+    def __init__(self, rounded: np.ndarray, exact: bool = False, layout: Optional[np.ndarray] = None):
+        """``layout``: an array whose memory order the offsets take (the tissue maps', so that a map and
+        the offsets flatten alike without copying either)."""
+        self.shape = rounded.shape
         self.low = float(rounded.min())
-        self.offsets = (rounded - self.low).astype(np.int64)
-        self.counts = np.bincount(self.offsets)
+        if layout is not None and layout.shape == rounded.shape and _positive_strides(layout):
+            self.offsets = np.empty_like(layout, dtype=np.intp)
+            np.copyto(self.offsets, rounded, casting="unsafe")
+        else:
+            self.offsets = rounded.astype(np.intp)
+        self.offsets -= int(self.low)
+        self.counts = np.bincount(self.offsets.ravel(order="K"))
         self.present = np.flatnonzero(self.counts)
+        self.distinct = self.present.astype(np.float64) + self.low
+        self.all_counts = self.counts[self.present].astype(np.float64)
+        self.exact = exact
 
     @staticmethod
     def usable(rounded: np.ndarray) -> bool:
         return rounded.size > 0 and float(rounded.max() - rounded.min()) < 5e7
 
-    def quantiles(self, voxels: np.ndarray, weights: np.ndarray, probs) -> np.ndarray:
-        sums = np.bincount(self.offsets[voxels], weights=weights, minlength=self.counts.size)[self.present]
+    def histogram(self, box: tuple = (), mask: Optional[np.ndarray] = None,
+                  weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """Summed weights (voxel counts without ``weights``) per distinct value, over ``mask`` inside the
+        bounding box ``box`` (slices); ``weights`` are those of the masked voxels."""
+        offsets = self.offsets[box] if box else self.offsets
+        if mask is not None:  # flattened alike first: a sequential pass when the layouts agree
+            offsets, mask = _flatten_alike(offsets, mask)
+            offsets = offsets[mask]
+        elif weights is not None:  # weights: an array of the box's shape, flattened alike
+            offsets, weights = _flatten_alike(offsets, weights)
+        else:
+            offsets = offsets.ravel(order="K")
+        return np.bincount(offsets, weights=weights, minlength=self.counts.size)[self.present].astype(np.float64)
+
+    def quantiles(self, sums: np.ndarray, probs) -> np.ndarray:
+        """SAS weighted quantiles (as weighted_quantiles) of a histogram."""
         cumulative = np.cumsum(sums)
         targets = np.asarray(probs, dtype=np.float64) * cumulative[-1]
         index = np.searchsorted(cumulative, targets)
-        distinct = self.present.astype(np.float64) + self.low
-        result = distinct[index]
+        result = self.distinct[index]
         exact = (np.abs(targets - cumulative[index]) < 1e-10) & (index < cumulative.size - 1)
-        result[exact] = (distinct[index[exact]] + distinct[index[exact] + 1]) / 2
+        result[exact] = (self.distinct[index[exact]] + self.distinct[index[exact] + 1]) / 2
         return result
+
+    def mean_std(self, sums: np.ndarray) -> tuple[float, float]:
+        """Weighted mean and (population) standard deviation of a histogram."""
+        total = float(sums.sum())
+        if total == 0:  # an empty mask: NaN, as numpy's mean and std of no voxel
+            return float("nan"), float("nan")
+        mean = float(np.dot(sums, self.distinct) / total)
+        return mean, math.sqrt(float(np.dot(sums, (self.distinct - mean) ** 2)) / total)
+
+
+def _positive_strides(array: np.ndarray) -> bool:
+    return all(stride >= 0 for stride in array.strides)
+
+
+def _memory_order(array: np.ndarray) -> list[int]:
+    return sorted((axis for axis in range(array.ndim) if array.shape[axis] > 1), key=lambda a: -array.strides[a])
+
+
+def _flatten_alike(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays (same shape) as 1-D arrays whose elements correspond: in memory order without a copy
+    when they share their memory layout, else in C order."""
+    if first.shape == second.shape and _positive_strides(first) and _positive_strides(second) \
+            and _memory_order(first) == _memory_order(second):
+        return first.ravel(order="K"), second.ravel(order="K")
+    return first.reshape(-1), second.reshape(-1)
+
+
+def _value_at_rank(values: np.ndarray, counts: np.ndarray, ranks) -> np.ndarray:
+    """The values at 0-based ``ranks`` of the sorted sample that ``counts`` times each of ``values`` is
+    (``values`` ascending)."""
+    return values[np.searchsorted(np.cumsum(counts), np.asarray(ranks, dtype=np.float64), side="right")]
+
+
+def _median_of_histogram(values: np.ndarray, counts: np.ndarray) -> float:
+    """np.median of the sample (the mean of the two middle values when the count is even)."""
+    total = int(round(float(counts.sum())))
+    middle = _value_at_rank(values, counts, [(total - 1) // 2, total // 2])
+    return float((middle[0] + middle[1]) / 2)
+
+
+def _mad_of_histogram(values: np.ndarray, counts: np.ndarray, centre: float) -> float:
+    """median(|x - centre| / GAUSSIAN_MAD_SCALE) of the sample of a histogram."""
+    deviations = np.abs(values - centre)
+    order = np.argsort(deviations, kind="stable")
+    return _median_of_histogram(deviations[order], counts[order]) / GAUSSIAN_MAD_SCALE
+
+
+def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple:
+    """Slices of the smallest box holding the mask's voxels, grown by ``pad`` (clipped to the volume);
+    an empty box for an empty mask."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=others))
+        if hits.size == 0:
+            return tuple(slice(0, 0) for _ in range(mask.ndim))
+        box.append(slice(max(int(hits[0]) - pad, 0), min(int(hits[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(box)
+
+
+_EMPTY_STATISTICS = {"mean": float("nan"), "median": float("nan"), "p95": float("nan"), "p05": float("nan"),
+                     "stdv": float("nan"), "mad": float("nan"), "n": 0.0}
+
+
+def _rounded_statistics(mean, median, p95, p05, stdv, mad, n, decimals: int) -> dict[str, float]:
+    return {"mean": round(mean, decimals), "median": round(float(median), decimals), "p95": round(float(p95), decimals),
+            "p05": round(float(p05), decimals), "stdv": round(stdv, decimals), "mad": round(mad, decimals), "n": n}
 
 
 def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int = 4,
                       index: Optional[IntensityIndex] = None) -> dict[str, float]:
     """MRIQC's summary statistics of one tissue: weighted mean, median, p05, p95, stdv; MAD; n.
 
-    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues."""
-    weights = np.round(np.asarray(probability, dtype=np.float32).reshape(-1), 3).astype(np.float64)
+    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues.
+    Only the bounding box of the tissue's voxels is visited (zero weights add nothing)."""
+    probability = np.asarray(probability)
+    box = bounding_box(probability > 0)
+    probability, image = probability[box], np.asarray(image)[box]
+    single = np.asarray(probability, dtype=np.float32)  # MRIQC rounds float32 maps (here in their own layout)
+    weights = np.round(single, 3, out=np.empty_like(single))
     if not weights.any():  # a tissue the segmentation does not contain: nothing to summarise
-        nan = float("nan")
-        return {"mean": nan, "median": nan, "p95": nan, "p05": nan, "stdv": nan, "mad": nan, "n": 0.0}
+        return dict(_EMPTY_STATISTICS)
     if index is None:
+        weights = weights.reshape(-1).astype(np.float64)
         data = np.round(np.asarray(image, dtype=np.float64).reshape(-1), 0)
         total = float(weights.sum())
         mean = float(np.dot(weights, data) / total)
         stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
         p05, median, p95 = weighted_quantiles(data, weights, [0.05, 0.5, 0.95])
-    else:  # zero weights add nothing: only the tissue's voxels are visited
-        voxels = np.flatnonzero(weights)
-        weights, data = weights[voxels], index.rounded[voxels]
-        total = float(weights.sum())
-        mean = float(np.dot(weights, data) / total)
-        stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
-        p05, median, p95 = index.quantiles(voxels, weights, [0.05, 0.5, 0.95])
-    probability = np.asarray(probability)
-    core = np.asarray(image)[probability > 0.5 * probability.max()].astype(np.float64)
-    mad = float(np.median(np.abs(core - median) / GAUSSIAN_MAD_SCALE)) if core.size else float("nan")
-    return {"mean": round(mean, decimals), "median": round(float(median), decimals), "p95": round(float(p95), decimals),
-            "p05": round(float(p05), decimals), "stdv": round(stdv, decimals), "mad": round(mad, decimals),
-            "n": float(np.sum(probability, dtype=np.float64))}
+    else:  # every voxel of the box (zero weights add nothing): no gather of the tissue's voxels
+        sums = index.histogram(box, weights=weights)
+        mean, stdv = index.mean_std(sums)
+        p05, median, p95 = index.quantiles(sums, [0.05, 0.5, 0.95])
+    core_mask = probability > 0.5 * probability.max()
+    if index is not None and index.exact:
+        mad = _mad_of_histogram(index.distinct, index.histogram(box, core_mask), median)
+    else:
+        core = image[core_mask].astype(np.float64)
+        mad = float(np.median(np.abs(core - median) / GAUSSIAN_MAD_SCALE)) if core.size else float("nan")
+    return _rounded_statistics(mean, median, p95, p05, stdv, mad, float(np.sum(probability, dtype=np.float64)),
+                               decimals)
+
+
+def _mask_statistics(index: IntensityIndex, counts: np.ndarray, decimals: int = 4) -> dict[str, float]:
+    """tissue_statistics of a hard (0/1) mask whose voxels' histogram is ``counts`` (exact index)."""
+    if not counts.any():
+        return dict(_EMPTY_STATISTICS)
+    mean, stdv = index.mean_std(counts)
+    p05, median, p95 = index.quantiles(counts, [0.05, 0.5, 0.95])
+    mad = _mad_of_histogram(index.distinct, counts, median)
+    return _rounded_statistics(mean, median, p95, p05, stdv, mad, float(counts.sum()), decimals)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -224,26 +332,39 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """A head mask (the largest bright component joined with the brain, holes filled) and the air mask
-    (the voxels more than ``margin`` voxels outside it) derived from the image and the segmentation."""
+    (the voxels more than ``margin`` voxels outside it) derived from the image and the segmentation.
+
+    The closing, the hole filling and the dilation run on the head's bounding box grown by more than
+    they reach, which gives the same masks as on the whole volume (outside the box is air)."""
     from scipy import ndimage
 
+    closing_iterations = 2
     brain = brain_mask > 0
     finite = np.asarray(image, dtype=np.float32)
     sample = finite[::2, ::2, ::2]
     threshold = otsu_threshold(sample[sample > sample.min()] if np.any(sample > sample.min()) else sample)
     bright = (finite > threshold) | brain
-    components, count = ndimage.label(bright)
+    # nothing bright lies outside the bright voxels' box: components, closing, hole filling and dilation
+    # all run on that box grown by more than they reach
+    box = bounding_box(bright, pad=closing_iterations + max(margin, 0) + 1)
+    bright_box, brain_box = bright[box], brain[box]
+    components, count = ndimage.label(bright_box)
     if count > 1:
-        sizes = np.bincount(components.ravel())
+        sizes = np.bincount(components.ravel(order="K"))
         sizes[0] = 0
         keep = np.zeros(count + 1, dtype=bool)
         keep[np.argmax(sizes)] = True
-        keep[np.unique(components[brain])] = True
+        keep[components[brain_box]] = True  # every component the brain touches
         keep[0] = False
-        bright = keep[components]
-    head = _fill_holes(ndimage.binary_closing(bright, iterations=2) | bright)
-    near_head = ndimage.binary_dilation(head, iterations=margin) if margin > 0 else head
-    return head, ~near_head
+        bright_box = keep[components]
+    del components
+    head_box = _fill_holes(ndimage.binary_closing(bright_box, iterations=closing_iterations) | bright_box)
+    near_head_box = ndimage.binary_dilation(head_box, iterations=margin) if margin > 0 else head_box
+    head = np.zeros_like(bright)  # in the image's memory layout, as the other masks
+    head[box] = head_box
+    air = np.ones_like(bright)
+    air[box] = ~near_head_box
+    return head, air
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -260,20 +381,59 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray], dseg: np.ndarray,
                           brain_mask: np.ndarray, head_mask: np.ndarray, air_mask: np.ndarray) -> tuple[dict, dict]:
-    """All metrics of DEFINITIONS for one image; also MRIQC's per-tissue statistics (for the sidecar)."""
+    """All metrics of DEFINITIONS for one image; also MRIQC's per-tissue statistics (for the sidecar).
+
+    An integer-valued image (most T1s: uint8/int16 on disk) gets every statistic from histograms of
+    its intensities (the head's and brain's voxels visited in their bounding boxes, the air's as the
+    whole image less the rest); any other image the same definitions over its voxels."""
     image = np.asarray(image, dtype=np.float32)
-    metrics = {
-        "spec_snr": spec_snr(image, brain_mask),
-        "spec_snr_air": spec_snr(image, brain_mask, air_mask),
-        "spec_cnr": spec_cnr(image, dseg == 1, dseg == 2),
-    }
+    brain_mask, head_mask, air_mask = (np.asarray(mask) > 0 for mask in (brain_mask, head_mask, air_mask))
     # MRIQC works on the image with NaNs as 0 and negative values clipped to 0
-    clipped = np.clip(np.nan_to_num(image), 0, None)
-    rounded = np.round(clipped.astype(np.float64).reshape(-1), 0)
-    index = IntensityIndex(rounded) if IntensityIndex.usable(rounded) else None
+    integer_valued = bool(np.isfinite(image).all()) and bool(np.array_equal(np.round(image), image))
+    clipped = image if integer_valued and float(image.min()) >= 0 else np.clip(np.nan_to_num(image), 0, None)
+    rounded = clipped if integer_valued else np.round(clipped.astype(np.float64), 0)
+    index = IntensityIndex(rounded, exact=integer_valued, layout=tissue_maps["GM"]) \
+        if IntensityIndex.usable(rounded) else None
+    fast = index is not None and index.exact
+    if fast:
+        # the histograms of every hard mask at once: one count of (intensity, brain, dseg class, region)
+        code = np.empty_like(index.offsets, dtype=np.uint8)  # in the offsets' memory order
+        np.copyto(code, brain_mask, casting="unsafe")
+        code += np.uint8(2) * np.clip(dseg, 0, 3).astype(np.uint8)
+        code += np.uint8(8) * head_mask.astype(np.uint8)
+        code += np.uint8(16) * air_mask.astype(np.uint8)
+        joint = index.offsets * 32
+        joint += code
+        counts = np.bincount(joint.ravel(order="K"), minlength=index.counts.size * 32).reshape(-1, 32)
+        counts = counts[index.present].astype(np.float64).reshape(-1, 2, 2, 4, 2)  # air, head, class, brain
+        del joint, code
+        air_counts = counts[:, 1].sum(axis=(1, 2, 3))
+        head_counts = counts[:, :, 1].sum(axis=(1, 2, 3))
+    if fast and clipped is image:  # the spec's statistics of the image itself, from histograms
+        brain_counts = counts[..., 1].sum(axis=(1, 2, 3))
+        gm_counts = counts[:, :, :, 1].sum(axis=(1, 2, 3))
+        wm_counts = counts[:, :, :, 2].sum(axis=(1, 2, 3))
+        outside_counts = counts[..., 0].sum(axis=(1, 2, 3))
+        signal = index.mean_std(brain_counts)[0]
+        metrics = {
+            "spec_snr": signal / (index.mean_std(outside_counts)[1] + SPEC_EPSILON),
+            "spec_snr_air": signal / (index.mean_std(air_counts)[1] + SPEC_EPSILON),
+            "spec_cnr": abs(index.mean_std(gm_counts)[0] - index.mean_std(wm_counts)[0])
+            / (index.mean_std(gm_counts)[1] + SPEC_EPSILON),
+        }
+    else:
+        tissue_box = bounding_box(dseg > 0)
+        metrics = {
+            "spec_snr": spec_snr(image, brain_mask),
+            "spec_snr_air": spec_snr(image, brain_mask, air_mask),
+            "spec_cnr": spec_cnr(image[tissue_box], dseg[tissue_box] == 1, dseg[tissue_box] == 2),
+        }
     statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index)
                   for tissue in ("CSF", "GM", "WM")}
-    statistics["bg"] = tissue_statistics(clipped, air_mask.astype(np.uint8), index=index)
+    if fast:
+        statistics["bg"] = _mask_statistics(index, air_counts)
+    else:
+        statistics["bg"] = tissue_statistics(clipped, air_mask.astype(np.uint8), index=index)
     snr = {tissue: mriqc_snr(statistics[tissue]["median"], statistics[tissue]["stdv"], statistics[tissue]["n"])
            for tissue in ("csf", "wm", "gm")}
     snrd = {tissue: mriqc_snr_dietrich(statistics[tissue]["median"], statistics["bg"]["mad"], statistics["bg"]["stdv"])
@@ -287,7 +447,49 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     wm, gm, bg = statistics["wm"], statistics["gm"], statistics["bg"]
     metrics["mriqc_cnr"] = mriqc_cnr(wm["median"], gm["median"], bg["stdv"], wm["stdv"], gm["stdv"])
     metrics["mriqc_cjv"] = mriqc_cjv(wm["median"], gm["median"], wm["mad"], gm["mad"])
-    metrics["mriqc_efc"] = mriqc_efc(clipped)
-    metrics["mriqc_fber"] = mriqc_fber(clipped, head_mask)
-    metrics["mriqc_wm2max"] = mriqc_wm2max(clipped, wm["median"])
+    if fast:
+        metrics["mriqc_efc"] = _efc_of_histogram(index.distinct, index.all_counts)
+        metrics["mriqc_fber"] = _fber_of_histograms(index.distinct, head_counts, index.all_counts - head_counts)
+        top = _percentile_of_histogram(index.distinct, index.all_counts, 99.95)
+        metrics["mriqc_wm2max"] = float(wm["median"] / top)
+    else:
+        metrics["mriqc_efc"] = mriqc_efc(clipped)
+        metrics["mriqc_fber"] = mriqc_fber(clipped, head_mask)
+        metrics["mriqc_wm2max"] = mriqc_wm2max(clipped, wm["median"])
     return metrics, statistics
+
+
+def _efc_of_histogram(values: np.ndarray, counts: np.ndarray, decimals: int = 4) -> float:
+    """mriqc_efc over the whole image, from its histogram."""
+    count = float(counts.sum())
+    maximum_entropy = count * (1.0 / math.sqrt(count)) * math.log(1.0 / math.sqrt(count))
+    energy = math.sqrt(float(np.dot(counts, values * values)))
+    entropy = float(np.dot(counts, (values / energy) * np.log((values + 1e-16) / energy)))
+    return round(entropy / maximum_entropy, decimals)
+
+
+def _fber_of_histograms(values: np.ndarray, head_counts: np.ndarray, outside_counts: np.ndarray,
+                        decimals: int = 4) -> float:
+    """mriqc_fber from the histograms of the head and of the rest (values >= 0: squaring keeps the order)."""
+    def median_square(counts):
+        total = int(round(float(counts.sum())))
+        if total == 0:
+            return float("nan")
+        middle = _value_at_rank(values, counts, [(total - 1) // 2, total // 2])
+        return float((middle[0] ** 2 + middle[1] ** 2) / 2)
+
+    foreground, background = median_square(head_counts), median_square(outside_counts)
+    if background < 1.0e-3:
+        return -1.0
+    return round(foreground / background, decimals)
+
+
+def _percentile_of_histogram(values: np.ndarray, counts: np.ndarray, percent: float) -> float:
+    """np.percentile (linear method) of the sample of a histogram."""
+    total = int(round(float(counts.sum())))
+    virtual = (percent / 100) * (total - 1)
+    below = math.floor(virtual)
+    low, high = _value_at_rank(values, counts, [below, min(below + 1, total - 1)])
+    fraction = virtual - below
+    difference = high - low
+    return float(high - difference * (1 - fraction) if fraction >= 0.5 else low + difference * fraction)

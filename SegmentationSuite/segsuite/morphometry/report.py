@@ -49,16 +49,22 @@ def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, si
     """Axial, coronal and sagittal slices through the brain's centre with the label outlines in their
     FreeSurfer colours; returns (MIME type, encoded bytes)."""
     from ..labels import fallback_color, freesurfer_lut
+    from .tissues import distinct_labels
 
     image = _to_ras(np.asarray(image, dtype=np.float32), affine)
     labels = _to_ras(np.asarray(labels), affine)
     if image.shape != labels.shape:
         raise ValueError(f"image {image.shape} and labels {labels.shape} must share a grid for the mosaic")
-    inside = np.argwhere(labels > 0)
-    centre = inside.mean(axis=0).astype(int) if inside.size else np.array(labels.shape) // 2
-    low, high = np.percentile(image[labels > 0] if inside.size else image, [1, 99.5])
+    brain = labels > 0
+    count = int(np.count_nonzero(brain))
+    if count:  # the brain's centre of mass from its projections (no list of voxel coordinates)
+        centre = np.array([np.dot(np.count_nonzero(brain, axis=tuple(a for a in range(3) if a != axis)),
+                                  np.arange(brain.shape[axis])) / count for axis in range(3)]).astype(int)
+    else:
+        centre = np.array(labels.shape) // 2
+    low, high = np.percentile(image[brain] if count else image, [1, 99.5])
     lut = freesurfer_lut()
-    values = np.unique(labels)
+    values = distinct_labels(labels)
     palette = np.zeros((int(values.max()) + 1, 3), dtype=np.uint8)
     for value in values:
         label = lut.get(int(value))

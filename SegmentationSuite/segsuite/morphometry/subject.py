@@ -81,6 +81,12 @@ def _image_on_grid(image, shape, affine) -> np.ndarray:
                                     output_shape=tuple(shape), order=1, mode="constant", cval=0.0)
 
 
+def _in_layout_of(reference: np.ndarray, data: np.ndarray) -> np.ndarray:
+    out = np.empty_like(reference, dtype=np.float32)
+    np.copyto(out, data, casting="unsafe")
+    return out
+
+
 def compute_morphometry(image, result: SegmentationResult, subject: Optional[str] = None,
                         tissue_table: Optional[dict[int, str]] = None) -> Morphometry:
     """Tissue maps, dseg, brain/head/air masks, image-quality metrics, TIV and volumes for one subject.
@@ -88,6 +94,15 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     ``image``: the scan (path, Volume, nibabel image or (array, affine)); it is resampled onto the
     segmentation's grid when they differ. The tissue maps come from the posteriors when the result has
     them, else from the hard labels."""
+    import time
+
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(stage: str) -> None:  # per-stage seconds, kept in the provenance (benchmarks/morphometry.py)
+        clock.append(time.perf_counter())
+        seconds[stage] = round(clock[-1] - clock[-2], 3)
+
     volume = as_volume(image)
     if result.posteriors is not None:
         if not result.posterior_labels:
@@ -99,12 +114,17 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
         affine, source = result.affine, "labels"
     shape = maps["GM"].shape
     data = _image_on_grid(volume, shape, affine)
+    if data.strides != maps["GM"].strides:  # one copy into the maps' memory layout: every later
+        data = _in_layout_of(maps["GM"], data)  # voxel-wise step then runs sequentially
     dseg = tissues.dseg_from_maps(maps)
     brain = tissues.brain_mask_from_dseg(dseg)
     if not brain.any():
         raise InputError("the segmentation has no brain voxel (every voxel is background); check --seg")
+    lap("tissue maps and dseg")
     head, air = quality.head_and_air_masks(data, brain)
+    lap("head and air masks")
     metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air)
+    lap("image-quality metrics")
     voxel_volume = float(np.prod(voxel_sizes(affine)))
     tissue_volumes = {f"tissue-{name}": float(np.sum(maps[name], dtype=np.float64) * voxel_volume)
                       for name in tissues.TISSUES}
@@ -114,7 +134,9 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     from .report import subject_mosaic
 
     same_grid = tuple(result.labels.shape) == tuple(shape) and np.allclose(result.affine, affine, atol=1e-4)
+    lap("volumes and TIV")
     mosaic = subject_mosaic(data, result.labels if same_grid else dseg, affine)
+    lap("QC mosaic")
     return Morphometry(
         subject=subject or result.subject or "subject", affine=np.asarray(affine, dtype=np.float64), tissue_maps=maps,
         dseg=dseg, brain_mask=brain, head_mask=head, air_mask=air, metrics=metrics, tissue_statistics=statistics,
@@ -122,7 +144,7 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
         provenance={"tissue_maps_from": source, "labels_without_tissue": unknown,
                     "segmentation": result.provenance.get("model", result.provenance.get("engine", "")),
                     "image_resampled": tuple(np.asarray(volume.data).shape[:3]) != tuple(shape)
-                    or not np.allclose(volume.affine, affine, atol=1e-4)},
+                    or not np.allclose(volume.affine, affine, atol=1e-4), "seconds": seconds},
         mosaic=mosaic,
     )
 
@@ -140,7 +162,7 @@ def _tiv(result: SegmentationResult, tissue_total: float) -> tuple[float, str]:
 
 def _label_volumes(result: SegmentationResult) -> dict[str, float]:
     """Voxel-count volumes (mm3) of the labels present, under the label table's names."""
-    counts = np.bincount(np.clip(result.labels, 0, None).ravel())
+    counts = np.bincount(np.clip(result.labels, 0, None).ravel(order="K"))
     voxel_volume = float(np.prod(voxel_sizes(result.affine)))
     names = {label.value: label.name for label in result.label_table}
     return {names.get(value, f"Label-{value}"): float(counts[value] * voxel_volume)
@@ -171,10 +193,12 @@ def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
 
 def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
                       inputs=(), result: Optional[SegmentationResult] = None, participant_id: Optional[str] = None,
-                      session_id: str = "", transaction: Optional[OutputTransaction] = None) -> dict[str, str]:
+                      session_id: str = "", transaction: Optional[OutputTransaction] = None,
+                      brain_mask: bool = True) -> dict[str, str]:
     """Write every output of one subject atomically (all or nothing); returns the paths by kind.
 
-    With ``transaction`` the files are only staged there and commit with the caller's other outputs."""
+    With ``transaction`` the files are only staged there and commit with the caller's other outputs;
+    ``brain_mask=False`` leaves the mask out (another engine's, e.g. the SAMSEG filter's, takes its name)."""
     from .stats_io import aseg_stats_text
 
     prefix = prefix or morphometry.subject
@@ -193,7 +217,10 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
         transaction.save_image(paths["dseg"], morphometry.dseg.astype(np.uint8), morphometry.affine)
         transaction.write_text(paths["dseg_tsv"], "index\tname\n" + "".join(
             f"{value}\t{name}\n" for name, value in tissues.DSEG_VALUES.items()))
-        transaction.save_image(paths["brain_mask"], morphometry.brain_mask.astype(np.uint8), morphometry.affine)
+        if brain_mask:
+            transaction.save_image(paths["brain_mask"], morphometry.brain_mask.astype(np.uint8), morphometry.affine)
+        else:
+            del paths["brain_mask"]
         transaction.write_text(paths["table"], table_text([row]))
         transaction.write_text(paths["sidecar"], json.dumps(_json_ready(sidecar), indent=1))
         transaction.write_text(paths["aseg_stats"], aseg_stats_text(morphometry, result))

@@ -68,7 +68,9 @@ def tissue_maps_from_posteriors(posteriors: np.ndarray, channel_labels: Sequence
     channel = {int(value): index for index, value in enumerate(channel_labels)}
     maps = {}
     for tissue in TISSUES:
-        total = np.zeros(posteriors.shape[:3], dtype=np.float32)
+        # in the posteriors' own memory layout (SynthSeg's are channel-first arrays seen through the
+        # input's orientation): each channel is then added in one sequential pass
+        total = np.zeros_like(posteriors[..., 0], dtype=np.float32)
         for value in groups[tissue]:
             np.add(total, posteriors[..., channel[value]], out=total, casting="unsafe")
         maps[tissue] = total
@@ -78,7 +80,7 @@ def tissue_maps_from_posteriors(posteriors: np.ndarray, channel_labels: Sequence
 def tissue_maps_from_labels(labels: np.ndarray, table: Optional[dict[int, str]] = None) -> tuple[dict[str, np.ndarray], list[int]]:
     """A hard label map -> {tissue: float32 0/1 indicator}; unknown labels."""
     table = tissue_table() if table is None else table
-    values = np.unique(labels)
+    values = distinct_labels(labels)
     groups, unknown = labels_by_tissue(values, table)
     lookup = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.uint8)
     for tissue, members in groups.items():
@@ -87,13 +89,25 @@ def tissue_maps_from_labels(labels: np.ndarray, table: Optional[dict[int, str]] 
     return {tissue: (dseg == DSEG_VALUES[tissue]).astype(np.float32) for tissue in TISSUES}, unknown
 
 
+def distinct_labels(labels: np.ndarray) -> np.ndarray:
+    """np.unique of a label map, by counting when it is an integer map of moderate range (no sort, no
+    flattening copy of a Fortran-ordered NIfTI array)."""
+    labels = np.asarray(labels)
+    if labels.size and np.issubdtype(labels.dtype, np.integer):
+        flat = labels.ravel(order="K")
+        low, high = int(flat.min()), int(flat.max())
+        if high - low < 10_000_000:
+            return np.flatnonzero(np.bincount(flat - low if low else flat)) + low
+    return np.unique(labels)
+
+
 def dseg_from_maps(maps: dict[str, np.ndarray]) -> np.ndarray:
     """The 3-class dseg (uint8, fMRIPrep values): the most probable of background, GM, WM, CSF.
 
     Ties go to the first of background, GM, WM, CSF (numpy's argmax order)."""
     gm, wm, csf = (maps[tissue] for tissue in TISSUES)
     best_value = 1.0 - (gm + wm + csf)  # background
-    best = np.zeros(gm.shape, dtype=np.uint8)
+    best = np.zeros_like(gm, dtype=np.uint8)  # in the maps' memory layout: one sequential pass each
     for value, probability in ((1, gm), (2, wm), (3, csf)):  # 1 GM, 2 WM, 3 CSF: DSEG_VALUES
         better = probability > best_value  # strictly: the first maximum wins, as numpy's argmax
         best[better] = value
