@@ -236,6 +236,22 @@ def test_full_disk(command, assets, tmp_path, mounts):
     assert "disk is full" in result.stderr
 
 
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_disk_too_small_for_the_outputs_before_any_work(command, assets, tmp_path, mounts):
+    """One 4 KiB page: the 4 KiB probe fits, the outputs (two files or more, so two pages at least) do not."""
+    inp, inputs = _prepare(command, assets, tmp_path)
+    out = mounts(tmp_path / "small", "size=4k")
+    argv = argv_for(command, assets, inp, out)
+    if command == "scepi":  # its QC pages make the second file
+        argv += ["-qc", str(out / "qc")]
+    before = snapshot(out)
+    # the signal at before-network would fire if the pre-flight let the run through
+    result = run_cli(argv, fault_at="before-network")
+    check_fault("disk too small for outputs", command, result, 1, [str(out)], before, [out], inputs)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "not enough free space" in last and "4.0 KiB free" in last, last
+
+
 @pytest.mark.parametrize("command", ("synthseg", "sclimbic", "samseg-filter"))
 def test_output_path_is_a_folder(command, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
