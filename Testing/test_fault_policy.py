@@ -112,6 +112,49 @@ def test_commit_across_folders_restores_what_it_moved(tmp_path, monkeypatch):
     assert sorted(p.name for p in first.iterdir()) == ["x.txt"] and not list(second.iterdir())
 
 
+def test_folder_outputs_commit_whole_replace_only_with_consent_and_restore(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01").mkdir()
+    (out / "sub-01" / "old.txt").write_text("the previous bundle")
+    with pytest.raises(SegSuiteError, match="output exists: .*sub-01"):
+        OutputTransaction().temp_dir(out / "sub-01")
+    transaction = OutputTransaction(overwrite=True)
+    staged = Path(transaction.temp_dir(out / "sub-01"))
+    (staged / "labels.nii.gz").write_bytes(b"new")
+    failed = Path(transaction.temp_dir(out / "sub-02"))
+    (failed / "half.nii.gz").write_bytes(b"half")
+    transaction.discard(out / "sub-02")            # a failed subject: gone, the others stay staged
+    assert not failed.exists() and staged.exists()
+    transaction.write_text(out / "manifest.json", "{}")
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if str(target).endswith("manifest.json"):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(SegSuiteError, match=r"cannot write .*manifest\.json: the disk is full"):
+        transaction.commit()
+    monkeypatch.setattr(os, "replace", real_replace)
+    # the old bundle is back, whole, and no temporary folder is left
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01"]
+    assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["old.txt"]
+    transaction = OutputTransaction(overwrite=True)
+    (Path(transaction.temp_dir(out / "sub-01")) / "labels.nii.gz").write_bytes(b"new")
+    assert transaction.commit() == [str(out / "sub-01")]
+    assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["labels.nii.gz"]
+    assert ((out / "sub-01").stat().st_mode & 0o777) == 0o777 & ~_umask()
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_stale_temporaries_of_dead_runs_are_removed_and_never_taken_for_inputs(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".segsuite-{int(dead.stdout)}-abc.nii.gz"

@@ -29,7 +29,7 @@ from synthseg_helpers import write_keras_h5
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1] / "SegmentationSuite")
 pytestmark = pytest.mark.slow  # about 5 minutes on 2 cores: one process per case (CI runs it in the slow block)
 
-COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "models")
+COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "run-engine", "models")
 TABLE: dict = {}
 
 
@@ -74,6 +74,7 @@ def assets(tmp_path_factory):
     t1 = root / "t1.nii.gz"
     nib.save(nib.Nifti1Image(_sphere(), np.eye(4)), str(t1))
     made["synthseg"] = (t1, synthseg_model)
+    made["run-engine"] = (t1, synthseg_model)   # the Slicer modules' child process, here with SynthSeg
 
     from test_sclimbic_units import brain_like, write_random_model
 
@@ -123,6 +124,9 @@ def argv_for(command: str, assets, inp: Path, out: Path) -> list[str]:
         return ["samseg-filter", "--i", str(inp), "--o", str(out / "mask.nii.gz"), "--volumes", str(out / "vol.csv")]
     if command == "samseg":
         return ["samseg", "--i", str(inp), "--o", str(out / "samseg"), "--samseg", str(model), "--threads", "1"]
+    if command == "run-engine":
+        return ["run-engine", "--engine", "synthseg", "-i", str(inp), "-o", str(out), "--options", '{"fast": true}',
+                "--model", str(model), "--device", "cpu", "--threads", "1"]
     raise AssertionError(command)
 
 
@@ -202,7 +206,7 @@ def fill_up(folder: Path) -> None:
         os.close(handle)
 
 
-FILE_COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter")
+FILE_COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "run-engine")
 
 
 def _prepare(command, assets, tmp_path):
@@ -265,7 +269,7 @@ def test_output_path_is_a_folder(command, assets, tmp_path):
     check_fault("output is a folder", command, result, result.returncode, [target.name], before, [out], inputs)
 
 
-@pytest.mark.parametrize("command", ("samseg", "scepi"))
+@pytest.mark.parametrize("command", ("samseg", "scepi", "run-engine"))
 def test_output_folder_is_a_file(command, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
     out = tmp_path / "out"
@@ -274,6 +278,10 @@ def test_output_folder_is_a_file(command, assets, tmp_path):
     if command == "samseg":
         (out / "samseg").write_text("a file")
         names = ["samseg"]
+    elif command == "run-engine":
+        argv[argv.index("-o") + 1] = str(out / "file.txt")
+        (out / "file.txt").write_text("a file")
+        names = ["file.txt"]
     else:
         argv[argv.index("-o") + 1] = str(out / "file.txt")
         (out / "file.txt").write_text("a file")
@@ -309,7 +317,7 @@ SIGNAL_CASES = [("SIGTERM", "before-network"), ("SIGTERM", "network"), ("SIGTERM
                 ("SIGINT", "network"), ("SIGHUP", "writing")]
 
 
-@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter"))
+@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter", "run-engine"))
 @pytest.mark.parametrize("name,point", SIGNAL_CASES)
 def test_signal_removes_every_temporary(command, name, point, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
@@ -334,7 +342,7 @@ def test_samseg_signal_before_the_run(assets, tmp_path):
                     [out], inputs)
 
 
-@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter"))
+@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter", "run-engine"))
 def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
     out = tmp_path / "out"
@@ -343,7 +351,8 @@ def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     assert result.returncode == -signal.SIGKILL
     stale = [p for p in out.rglob("*") if p.name.startswith(".segsuite-")]
     assert stale, "the killed run should have left its temporaries (nothing can remove them)"
-    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".segsuite-")]
+    # nothing outside them (run-engine stages whole bundle folders: their files are temporaries too)
+    assert not [p for p in out.rglob("*") if p.is_file() and not _in_temporary(p.relative_to(out))]
     result = run_cli(argv_for(command, assets, inp, out))
     assert result.returncode == 0, result.stderr[-2000:]
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".segsuite-")]
@@ -352,6 +361,10 @@ def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     assert written == {p.resolve() for p in out.rglob("*") if p.is_file()}
     assert snapshot(inp.parent) == inputs[1]
     TABLE[("SIGKILL, rerun", command)] = "ok"
+
+
+def _in_temporary(relative: Path) -> bool:
+    return any(part.startswith(".segsuite-") for part in relative.parts)
 
 
 # ---------------------------------------------------------------------------------- bad inputs
