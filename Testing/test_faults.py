@@ -300,8 +300,7 @@ def test_missing_output_parent_is_removed_again_when_interrupted(command, assets
     out.mkdir()
     deep = out / "new" / "deeper"
     before = snapshot(out)
-    point = "before-network" if command == "samseg" else "writing"
-    result = run_cli(argv_for(command, assets, inp, deep), fault_at=point)
+    result = run_cli(argv_for(command, assets, inp, deep), fault_at="writing")
     check_fault("missing parent + SIGTERM", command, result, 128 + signal.SIGTERM, ["SIGTERM"], before, [out], inputs)
     # and without the fault the folders are made and the outputs written, each printed once
     result = run_cli(argv_for(command, assets, inp, deep))
@@ -330,19 +329,20 @@ def test_signal_removes_every_temporary(command, name, point, assets, tmp_path):
     check_fault(f"{name} at {point}", command, result, 128 + signum, [name], before, [out], inputs)
 
 
-def test_samseg_signal_before_the_run(assets, tmp_path):
+def test_samseg_signals_before_during_and_while_writing(assets, tmp_path):
     inp, inputs = _prepare("samseg", assets, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     before = snapshot(out)
     for name, point in (("SIGTERM", "before-network"), ("SIGINT", "before-network"), ("SIGHUP", "before-network"),
-                        ("SIGTERM", "network"), ("SIGINT", "network")):   # network: while SAMSEG runs
+                        ("SIGTERM", "network"), ("SIGINT", "network"),     # network: while SAMSEG runs
+                        ("SIGTERM", "writing"), ("SIGHUP", "writing")):    # writing: its files made, not moved in
         result = run_cli(argv_for("samseg", assets, inp, out), fault_at=point, fault_signal=name)
         check_fault(f"{name} at {point}", "samseg", result, 128 + getattr(signal, name), [name], before,
                     [out], inputs)
 
 
-@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter", "run-engine"))
+@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "run-engine"))
 def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
     out = tmp_path / "out"
