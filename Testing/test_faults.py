@@ -229,6 +229,21 @@ def test_read_only_output_folder(command, assets, tmp_path, mounts):
     assert "read-only" in result.stderr
 
 
+def test_one_read_only_folder_of_two_stops_the_run_before_any_work(assets, tmp_path, mounts):
+    """Issue item 1: --o in a writable folder, --vol on a read-only one: nothing is written to either."""
+    inp, inputs = _prepare("synthseg", assets, tmp_path)
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    read_only = mounts(tmp_path / "ro", "ro,size=1m")
+    argv = argv_for("synthseg", assets, inp, ok)
+    argv[argv.index("--vol") + 1] = str(read_only / "vol.csv")
+    before = snapshot(ok, read_only)
+    result = run_cli(argv, fault_at="before-network")
+    check_fault("one of two folders read-only", "synthseg", result, 1, [str(read_only / "vol.csv")], before,
+                [ok, read_only], inputs)
+    assert "read-only" in result.stderr
+
+
 @pytest.mark.parametrize("command", FILE_COMMANDS)
 def test_full_disk(command, assets, tmp_path, mounts):
     inp, inputs = _prepare(command, assets, tmp_path)
