@@ -138,3 +138,55 @@ def test_synthseg_estimate_bounds_what_it_writes(tmp_path):
     written = _written_bytes(out)
     assert {p.name for p in out.iterdir()} == {"seg.nii.gz", "post.nii.gz", "res.nii.gz", "vol.csv"}
     assert written <= estimate < 40 * written
+
+
+def _cohort(tmp_path, count=2):
+    rows = ["participant_id,path"]
+    for index in range(count):
+        image = tmp_path / "scans" / f"s{index}.nii.gz"
+        image.parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros((40, 40, 20), np.float32), np.diag([1.0, 1.0, 2.0, 1.0])), str(image))
+        rows.append(f"{index + 1:02d},{image}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def test_cohort_estimate_counts_only_the_subjects_still_to_do(tmp_path):
+    from segsuite.cli import build_parser
+    from segsuite.cohort.derivatives import provenance_path
+    from segsuite.cohort.index import read_manifest
+    from segsuite.commands import bids
+
+    manifest = _cohort(tmp_path, 3)
+    out = tmp_path / "derivatives"
+    items = read_manifest(manifest)
+    args = build_parser().parse_args(["bids", str(manifest), str(out), "participant", "--posteriors"])
+    three = _estimated_bytes(bids.expected_space(args, items, out))
+    assert three >= 3 * 33 * 40 * 40 * 40 * 4          # posteriors: 33 float32 maps on the 1 mm cover
+    record = provenance_path(out, items[0])
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")                            # a subject done earlier is skipped, so not counted
+    assert _estimated_bytes(bids.expected_space(args, items, out)) == three * 2 // 3
+    args.overwrite = True
+    assert _estimated_bytes(bids.expected_space(args, items, out)) == three
+
+
+def test_cohort_runner_stops_before_the_cluster_when_the_output_disk_is_too_small(tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    from segsuite.cli import main
+
+    manifest = _cohort(tmp_path)
+    out = tmp_path / "small"
+    out.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    try:
+        assert main(["--progress", "none", "bids", str(manifest), str(out), "participant"]) == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and f"not enough free space for {out}" in error[0] and "64.0 KiB free" in error[0]
+        assert list(out.iterdir()) == []               # no work folder, no dataset files, no cluster
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
