@@ -66,7 +66,9 @@ def test_not_enough_space_names_the_path_the_need_and_what_is_free(tmp_path):
     small.check()
 
 
-def test_staging_location_counts_where_the_bytes_land(tmp_path):
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs mounted by the test (root only; skipped with the reason otherwise)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
@@ -74,16 +76,17 @@ def test_staging_location_counts_where_the_bytes_land(tmp_path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    try:
-        plan = SpacePlan()
-        plan.add(tmp_path / "out" / "seg.mgz", 200_000, staged_in=mount / "work")   # lands on the tmpfs
-        plan.add(tmp_path / "out" / "vol.csv", 1000)                              # lands on tmp_path's disk
-        groups = plan.needs()
-        assert len(groups) == 2
-        with pytest.raises(SegSuiteError, match="not enough free space for .*seg.mgz.*64.0 KiB free"):
-            plan.check()
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_staging_location_counts_where_the_bytes_land(tmp_path, small_tmpfs):
+    plan = SpacePlan()
+    plan.add(tmp_path / "out" / "seg.mgz", 200_000, staged_in=small_tmpfs / "work")   # lands on the tmpfs
+    plan.add(tmp_path / "out" / "vol.csv", 1000)                                    # lands on tmp_path's disk
+    assert len(plan.needs()) == 2
+    with pytest.raises(SegSuiteError, match="not enough free space for .*seg.mgz.*64.0 KiB free"):
+        plan.check()
 
 
 def _written_bytes(folder: Path) -> int:
@@ -172,21 +175,12 @@ def test_cohort_estimate_counts_only_the_subjects_still_to_do(tmp_path):
     assert _estimated_bytes(bids.expected_space(args, items, out)) == three
 
 
-def test_cohort_runner_stops_before_the_cluster_when_the_output_disk_is_too_small(tmp_path, capsys):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+def test_cohort_runner_stops_before_the_cluster_when_the_output_disk_is_too_small(tmp_path, small_tmpfs, capsys):
     from segsuite.cli import main
 
     manifest = _cohort(tmp_path)
-    out = tmp_path / "small"
-    out.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    try:
-        assert main(["--progress", "none", "bids", str(manifest), str(out), "participant"]) == 1
-        error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1 and f"not enough free space for {out}" in error[0] and "64.0 KiB free" in error[0]
-        assert list(out.iterdir()) == []               # no work folder, no dataset files, no cluster
-    finally:
-        subprocess.run(["umount", "-l", str(out)], capture_output=True)
+    out = small_tmpfs
+    assert main(["--progress", "none", "bids", str(manifest), str(out), "participant"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"not enough free space for {out}" in error[0] and "64.0 KiB free" in error[0]
+    assert list(out.iterdir()) == []               # no work folder, no dataset files, no cluster

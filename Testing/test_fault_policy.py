@@ -3,6 +3,7 @@ all-or-nothing writer, stale temporaries, and the command line's consistent outp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -90,6 +91,23 @@ def test_download_all_goes_on_after_a_failure_and_reports_all(registry, capsys, 
         assert way in failure
 
 
+@contextlib.contextmanager
+def _disk_full_when_renaming_to(monkeypatch, suffix: str):
+    """os.replace fails with ENOSPC for targets ending in ``suffix`` (a commit's late failure)."""
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if str(target).endswith(suffix):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(os, "replace", real_replace)
+
+
 def test_commit_across_folders_restores_what_it_moved(tmp_path, monkeypatch):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
@@ -97,17 +115,9 @@ def test_commit_across_folders_restores_what_it_moved(tmp_path, monkeypatch):
     transaction = OutputTransaction(overwrite=True)
     transaction.write_text(first / "x.txt", "new x")
     transaction.write_text(second / "y.txt", "new y")
-    real_replace = os.replace
-
-    def failing_replace(source, target):
-        if str(target).endswith("y.txt"):
-            raise OSError(28, "No space left on device")
-        return real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(SegSuiteError, match=r"cannot write .*y\.txt: the disk is full"):
-        transaction.commit()
-    monkeypatch.setattr(os, "replace", real_replace)
+    with _disk_full_when_renaming_to(monkeypatch, "y.txt"):
+        with pytest.raises(SegSuiteError, match=r"cannot write .*y\.txt: the disk is full"):
+            transaction.commit()
     assert (first / "x.txt").read_text() == "old x"
     assert sorted(p.name for p in first.iterdir()) == ["x.txt"] and not list(second.iterdir())
 
@@ -127,17 +137,9 @@ def test_folder_outputs_commit_whole_replace_only_with_consent_and_restore(tmp_p
     transaction.discard(out / "sub-02")            # a failed subject: gone, the others stay staged
     assert not failed.exists() and staged.exists()
     transaction.write_text(out / "manifest.json", "{}")
-    real_replace = os.replace
-
-    def failing_replace(source, target):
-        if str(target).endswith("manifest.json"):
-            raise OSError(28, "No space left on device")
-        return real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(SegSuiteError, match=r"cannot write .*manifest\.json: the disk is full"):
-        transaction.commit()
-    monkeypatch.setattr(os, "replace", real_replace)
+    with _disk_full_when_renaming_to(monkeypatch, "manifest.json"):
+        with pytest.raises(SegSuiteError, match=r"cannot write .*manifest\.json: the disk is full"):
+            transaction.commit()
     # the old bundle is back, whole, and no temporary folder is left
     assert sorted(p.name for p in out.iterdir()) == ["sub-01"]
     assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["old.txt"]
