@@ -3,6 +3,7 @@ all-or-nothing writer, stale temporaries, and the command line's consistent outp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -90,6 +91,23 @@ def test_download_all_goes_on_after_a_failure_and_reports_all(registry, capsys, 
         assert way in failure
 
 
+@contextlib.contextmanager
+def _disk_full_when_renaming_to(monkeypatch, suffix: str):
+    """os.replace fails with ENOSPC for targets ending in ``suffix`` (a commit's late failure)."""
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if str(target).endswith(suffix):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(os, "replace", real_replace)
+
+
 def test_commit_across_folders_restores_what_it_moved(tmp_path, monkeypatch):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
@@ -97,19 +115,46 @@ def test_commit_across_folders_restores_what_it_moved(tmp_path, monkeypatch):
     transaction = OutputTransaction(overwrite=True)
     transaction.write_text(first / "x.txt", "new x")
     transaction.write_text(second / "y.txt", "new y")
-    real_replace = os.replace
-
-    def failing_replace(source, target):
-        if str(target).endswith("y.txt"):
-            raise OSError(28, "No space left on device")
-        return real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(SegSuiteError, match=r"cannot write .*y\.txt: the disk is full"):
-        transaction.commit()
-    monkeypatch.setattr(os, "replace", real_replace)
+    with _disk_full_when_renaming_to(monkeypatch, "y.txt"):
+        with pytest.raises(SegSuiteError, match=r"cannot write .*y\.txt: the disk is full"):
+            transaction.commit()
     assert (first / "x.txt").read_text() == "old x"
     assert sorted(p.name for p in first.iterdir()) == ["x.txt"] and not list(second.iterdir())
+
+
+def test_folder_outputs_commit_whole_replace_only_with_consent_and_restore(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01").mkdir()
+    (out / "sub-01" / "old.txt").write_text("the previous bundle")
+    with pytest.raises(SegSuiteError, match="output exists: .*sub-01"):
+        OutputTransaction().temp_dir(out / "sub-01")
+    transaction = OutputTransaction(overwrite=True)
+    staged = Path(transaction.temp_dir(out / "sub-01"))
+    (staged / "labels.nii.gz").write_bytes(b"new")
+    failed = Path(transaction.temp_dir(out / "sub-02"))
+    (failed / "half.nii.gz").write_bytes(b"half")
+    transaction.discard(out / "sub-02")            # a failed subject: gone, the others stay staged
+    assert not failed.exists() and staged.exists()
+    transaction.write_text(out / "manifest.json", "{}")
+    with _disk_full_when_renaming_to(monkeypatch, "manifest.json"):
+        with pytest.raises(SegSuiteError, match=r"cannot write .*manifest\.json: the disk is full"):
+            transaction.commit()
+    # the old bundle is back, whole, and no temporary folder is left
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01"]
+    assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["old.txt"]
+    transaction = OutputTransaction(overwrite=True)
+    (Path(transaction.temp_dir(out / "sub-01")) / "labels.nii.gz").write_bytes(b"new")
+    assert transaction.commit() == [str(out / "sub-01")]
+    assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["labels.nii.gz"]
+    assert ((out / "sub-01").stat().st_mode & 0o777) == 0o777 & ~_umask()
+    assert sorted(p.name for p in out.iterdir()) == ["sub-01"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_stale_temporaries_of_dead_runs_are_removed_and_never_taken_for_inputs(tmp_path):
@@ -189,3 +234,82 @@ def test_engine_reports_a_corrupt_installed_model_by_name(tmp_path, monkeypatch,
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "synthseg-2.0 is corrupt (sha256 mismatch)" in error and "models install synthseg-2.0 --from FILE" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_is_reported_before_any_model_download(tmp_path, monkeypatch, server, capsys):
+    """Issue item 5: synthseg without --model on a non-image names the input; no byte is downloaded."""
+    weights = server.add("/synthseg_2.0.h5", BODY)
+    data = tiny_registry([file_entry("synthseg_2.0.h5", BODY, [server.url("/synthseg_2.0.h5")])])
+    data["models"][0]["id"] = "synthseg-2.0"
+    monkeypatch.setenv("SEGSUITE_REGISTRY", str(write_registry(tmp_path / "registry.json", data)))
+    fake = tmp_path / "fake.nii.gz"
+    fake.write_bytes(b"not an image at all" * 20)
+    assert cli.main(["--progress", "none", "synthseg", "--i", str(fake), "--o", str(tmp_path / "out" / "seg.nii.gz"),
+                     "--cpu"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(fake) in error[0] and "download" not in error[0]
+    assert weights.served == 0 and manager().state("synthseg-2.0") == "not installed"
+    assert not (tmp_path / "out").exists()
+
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+ICBM_T1 = SHARED / "data" / "templates" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def test_sample_t1_comes_out_of_the_nilearn_wheel_verified_and_its_path_is_printed(tmp_path, monkeypatch, server, capsys):
+    """Issue item 7: `models download sample-t1` takes the ICBM152 T1 out of a (local) copy of the
+    nilearn wheel, checks the shipped sha256, and `models path sample-t1 --file` gives an image path."""
+    import io
+    import zipfile
+
+    from segsuite.preflight import check_input_image
+
+    if not ICBM_T1.exists():
+        pytest.skip("../shared/data/templates (the ICBM152 T1) is absent")
+    shipped = json.loads((Path(cli.__file__).parent / "models" / "registry.json").read_text())
+    spec = next(m for m in shipped["models"] if m["id"] == "sample-t1")
+    (entry,) = spec["files"]
+    source = entry["sources"][0]
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("nilearn/__init__.py", "")
+        archive.writestr(source["member"], ICBM_T1.read_bytes())
+    server.add("/nilearn.whl", wheel.getvalue())
+    data = tiny_registry([dict(entry, sources=[dict(source, url=server.url("/nilearn.whl"))])], model_id="sample-t1")
+    monkeypatch.setenv("SEGSUITE_REGISTRY", str(write_registry(tmp_path / "registry.json", data)))
+    assert cli.main(["--progress", "none", "models", "download", "sample-t1"]) == 0
+    capsys.readouterr()
+    assert cli.main(["models", "path", "sample-t1", "--file"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert Path(path).name == entry["name"] and Path(path).read_bytes() == ICBM_T1.read_bytes()
+    check_input_image(path)   # what the README's synthseg command reads
+
+
+def test_readme_first_commands_install_the_cpu_torch_first_and_run_the_sample(capsys):
+    """Issue item 7: the CPU command takes torch's CPU wheel before the requirements (which would pull
+    the CUDA build), the GPU command does not, and both end in a synthseg command the CLI accepts."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = [line.strip() for line in readme.splitlines() if line.startswith("    python3 -m venv")]
+    cpu, gpu = commands[:2]
+    assert cpu.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") < cpu.index(
+        "pip install -r requirements.txt")
+    assert "whl/cpu" not in gpu and "pip install -r requirements.txt" in gpu
+    for command in (cpu, gpu):
+        steps = [step.strip() for step in command.split("&&")]
+        assert "segsuite models download sample-t1" in steps
+        synthseg = next(step for step in steps if step.startswith("segsuite synthseg"))
+        words = synthseg.replace('"$(segsuite models path sample-t1 --file)"', "sample.nii.gz").split()[1:]
+        args = cli.build_parser().parse_args(words)
+        assert args.input == "sample.nii.gz" and args.output and args.vol and args.qc
+
+
+def test_models_list_gives_sclimbic_a_size():
+    """Issue item 6: sclimbic's unpublished text-file sizes no longer make its size '?'."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["models", "list"]) == 0
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("sclimbic"))
+    assert "~3.3 MB" in row and " ? " not in row

@@ -29,7 +29,7 @@ from synthseg_helpers import write_keras_h5
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1] / "SegmentationSuite")
 pytestmark = pytest.mark.slow  # about 5 minutes on 2 cores: one process per case (CI runs it in the slow block)
 
-COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "models")
+COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "run-engine", "models")
 TABLE: dict = {}
 
 
@@ -74,6 +74,7 @@ def assets(tmp_path_factory):
     t1 = root / "t1.nii.gz"
     nib.save(nib.Nifti1Image(_sphere(), np.eye(4)), str(t1))
     made["synthseg"] = (t1, synthseg_model)
+    made["run-engine"] = (t1, synthseg_model)   # the Slicer modules' child process, here with SynthSeg
 
     from test_sclimbic_units import brain_like, write_random_model
 
@@ -123,6 +124,9 @@ def argv_for(command: str, assets, inp: Path, out: Path) -> list[str]:
         return ["samseg-filter", "--i", str(inp), "--o", str(out / "mask.nii.gz"), "--volumes", str(out / "vol.csv")]
     if command == "samseg":
         return ["samseg", "--i", str(inp), "--o", str(out / "samseg"), "--samseg", str(model), "--threads", "1"]
+    if command == "run-engine":
+        return ["run-engine", "--engine", "synthseg", "-i", str(inp), "-o", str(out), "--options", '{"fast": true}',
+                "--model", str(model), "--device", "cpu", "--threads", "1"]
     raise AssertionError(command)
 
 
@@ -202,7 +206,7 @@ def fill_up(folder: Path) -> None:
         os.close(handle)
 
 
-FILE_COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter")
+FILE_COMMANDS = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "run-engine")
 
 
 def _prepare(command, assets, tmp_path):
@@ -225,6 +229,21 @@ def test_read_only_output_folder(command, assets, tmp_path, mounts):
     assert "read-only" in result.stderr
 
 
+def test_one_read_only_folder_of_two_stops_the_run_before_any_work(assets, tmp_path, mounts):
+    """Issue item 1: --o in a writable folder, --vol on a read-only one: nothing is written to either."""
+    inp, inputs = _prepare("synthseg", assets, tmp_path)
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    read_only = mounts(tmp_path / "ro", "ro,size=1m")
+    argv = argv_for("synthseg", assets, inp, ok)
+    argv[argv.index("--vol") + 1] = str(read_only / "vol.csv")
+    before = snapshot(ok, read_only)
+    result = run_cli(argv, fault_at="before-network")
+    check_fault("one of two folders read-only", "synthseg", result, 1, [str(read_only / "vol.csv")], before,
+                [ok, read_only], inputs)
+    assert "read-only" in result.stderr
+
+
 @pytest.mark.parametrize("command", FILE_COMMANDS)
 def test_full_disk(command, assets, tmp_path, mounts):
     inp, inputs = _prepare(command, assets, tmp_path)
@@ -234,6 +253,22 @@ def test_full_disk(command, assets, tmp_path, mounts):
     result = run_cli(argv_for(command, assets, inp, out))
     check_fault("full disk", command, result, 1, [str(out)], before, [out], inputs)
     assert "disk is full" in result.stderr
+
+
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_disk_too_small_for_the_outputs_before_any_work(command, assets, tmp_path, mounts):
+    """One 4 KiB page: the 4 KiB probe fits, the outputs (two files or more, so two pages at least) do not."""
+    inp, inputs = _prepare(command, assets, tmp_path)
+    out = mounts(tmp_path / "small", "size=4k")
+    argv = argv_for(command, assets, inp, out)
+    if command == "scepi":  # its QC pages make the second file
+        argv += ["-qc", str(out / "qc")]
+    before = snapshot(out)
+    # the signal at before-network would fire if the pre-flight let the run through
+    result = run_cli(argv, fault_at="before-network")
+    check_fault("disk too small for outputs", command, result, 1, [str(out)], before, [out], inputs)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "not enough free space" in last and "4.0 KiB free" in last, last
 
 
 @pytest.mark.parametrize("command", ("synthseg", "sclimbic", "samseg-filter"))
@@ -249,7 +284,7 @@ def test_output_path_is_a_folder(command, assets, tmp_path):
     check_fault("output is a folder", command, result, result.returncode, [target.name], before, [out], inputs)
 
 
-@pytest.mark.parametrize("command", ("samseg", "scepi"))
+@pytest.mark.parametrize("command", ("samseg", "scepi", "run-engine"))
 def test_output_folder_is_a_file(command, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
     out = tmp_path / "out"
@@ -258,6 +293,10 @@ def test_output_folder_is_a_file(command, assets, tmp_path):
     if command == "samseg":
         (out / "samseg").write_text("a file")
         names = ["samseg"]
+    elif command == "run-engine":
+        argv[argv.index("-o") + 1] = str(out / "file.txt")
+        (out / "file.txt").write_text("a file")
+        names = ["file.txt"]
     else:
         argv[argv.index("-o") + 1] = str(out / "file.txt")
         (out / "file.txt").write_text("a file")
@@ -276,8 +315,7 @@ def test_missing_output_parent_is_removed_again_when_interrupted(command, assets
     out.mkdir()
     deep = out / "new" / "deeper"
     before = snapshot(out)
-    point = "before-network" if command == "samseg" else "writing"
-    result = run_cli(argv_for(command, assets, inp, deep), fault_at=point)
+    result = run_cli(argv_for(command, assets, inp, deep), fault_at="writing")
     check_fault("missing parent + SIGTERM", command, result, 128 + signal.SIGTERM, ["SIGTERM"], before, [out], inputs)
     # and without the fault the folders are made and the outputs written, each printed once
     result = run_cli(argv_for(command, assets, inp, deep))
@@ -293,7 +331,7 @@ SIGNAL_CASES = [("SIGTERM", "before-network"), ("SIGTERM", "network"), ("SIGTERM
                 ("SIGINT", "network"), ("SIGHUP", "writing")]
 
 
-@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter"))
+@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter", "run-engine"))
 @pytest.mark.parametrize("name,point", SIGNAL_CASES)
 def test_signal_removes_every_temporary(command, name, point, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
@@ -306,19 +344,20 @@ def test_signal_removes_every_temporary(command, name, point, assets, tmp_path):
     check_fault(f"{name} at {point}", command, result, 128 + signum, [name], before, [out], inputs)
 
 
-def test_samseg_signal_before_the_run(assets, tmp_path):
+def test_samseg_signals_before_during_and_while_writing(assets, tmp_path):
     inp, inputs = _prepare("samseg", assets, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     before = snapshot(out)
     for name, point in (("SIGTERM", "before-network"), ("SIGINT", "before-network"), ("SIGHUP", "before-network"),
-                        ("SIGTERM", "network"), ("SIGINT", "network")):   # network: while SAMSEG runs
+                        ("SIGTERM", "network"), ("SIGINT", "network"),     # network: while SAMSEG runs
+                        ("SIGTERM", "writing"), ("SIGHUP", "writing")):    # writing: its files made, not moved in
         result = run_cli(argv_for("samseg", assets, inp, out), fault_at=point, fault_signal=name)
         check_fault(f"{name} at {point}", "samseg", result, 128 + getattr(signal, name), [name], before,
                     [out], inputs)
 
 
-@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg-filter"))
+@pytest.mark.parametrize("command", ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "run-engine"))
 def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     inp, inputs = _prepare(command, assets, tmp_path)
     out = tmp_path / "out"
@@ -327,7 +366,8 @@ def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     assert result.returncode == -signal.SIGKILL
     stale = [p for p in out.rglob("*") if p.name.startswith(".segsuite-")]
     assert stale, "the killed run should have left its temporaries (nothing can remove them)"
-    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".segsuite-")]
+    # nothing outside them (run-engine stages whole bundle folders: their files are temporaries too)
+    assert not [p for p in out.rglob("*") if p.is_file() and not _in_temporary(p.relative_to(out))]
     result = run_cli(argv_for(command, assets, inp, out))
     assert result.returncode == 0, result.stderr[-2000:]
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".segsuite-")]
@@ -336,6 +376,10 @@ def test_sigkill_while_writing_then_rerun(command, assets, tmp_path):
     assert written == {p.resolve() for p in out.rglob("*") if p.is_file()}
     assert snapshot(inp.parent) == inputs[1]
     TABLE[("SIGKILL, rerun", command)] = "ok"
+
+
+def _in_temporary(relative: Path) -> bool:
+    return any(part.startswith(".segsuite-") for part in relative.parts)
 
 
 # ---------------------------------------------------------------------------------- bad inputs

@@ -230,19 +230,15 @@ class OutputTransaction:
         self._created_dirs: list[str] = []
         self._cleaned: set[str] = set()
 
-    def temp_path(self, final_path: str | os.PathLike) -> str:
-        """A temporary path to write ``final_path`` to (same folder, same extension)."""
-        final_path = os.path.abspath(os.fspath(final_path))
-        check_outputs([final_path], self.overwrite, self.inputs)
-        if final_path in self._pending:
-            raise InputError(f"two outputs have the same path {final_path}")
-        from .faults import clean_stale_temporaries, temp_prefix
+    def temp_path(self, final_path: str | os.PathLike, overwrite: Optional[bool] = None) -> str:
+        """A temporary path to write ``final_path`` to (same folder, same extension).
 
-        folder = os.path.dirname(final_path)
-        self._make_dirs(folder)
-        if folder not in self._cleaned:
-            clean_stale_temporaries(folder)  # left by a killed run: never outputs
-            self._cleaned.add(folder)
+        ``overwrite`` overrides the transaction's consent for this one file (e.g. a run's manifest)."""
+        final_path = os.path.abspath(os.fspath(final_path))
+        check_outputs([final_path], self.overwrite if overwrite is None else overwrite, self.inputs)
+        folder = self._prepare_folder(final_path)
+        from .faults import temp_prefix
+
         suffix = image_suffix(final_path) or os.path.splitext(final_path)[1]
         try:
             handle, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=suffix, dir=folder)
@@ -251,6 +247,46 @@ class OutputTransaction:
         os.close(handle)
         self._pending[final_path] = temp
         return temp
+
+    def temp_dir(self, final_path: str | os.PathLike) -> str:
+        """A temporary folder to fill for the folder output ``final_path``; ``commit`` renames it into
+        place (an existing folder there is replaced only with ``overwrite``, and only at the commit)."""
+        final_path = os.path.abspath(os.fspath(final_path))
+        if os.path.lexists(final_path):
+            if not os.path.isdir(final_path) or os.path.islink(final_path):
+                raise InputError(f"the output {final_path} exists and is not a folder; remove it or choose another name")
+            if not self.overwrite:
+                raise OutputExistsError(f"output exists: {final_path}; pass --overwrite to replace it or choose another name")
+        inside = [p for p in self.inputs if os.path.realpath(p).startswith(os.path.realpath(final_path) + os.sep)]
+        if inside:
+            raise OutputExistsError(f"refusing to replace {final_path}: it holds the input {inside[0]}")
+        folder = self._prepare_folder(final_path)
+        from .faults import temp_prefix
+
+        try:
+            temp = tempfile.mkdtemp(prefix=temp_prefix(), dir=folder)
+        except OSError as error:
+            raise write_error(error, final_path) from None
+        self._pending[final_path] = temp
+        return temp
+
+    def discard(self, final_path: str | os.PathLike) -> None:
+        """Drop one staged output (e.g. of a subject that failed) and keep the others."""
+        temp = self._pending.pop(os.path.abspath(os.fspath(final_path)), None)
+        if temp is not None:
+            _remove(temp)
+
+    def _prepare_folder(self, final_path: str) -> str:
+        if final_path in self._pending:
+            raise InputError(f"two outputs have the same path {final_path}")
+        from .faults import clean_stale_temporaries
+
+        folder = os.path.dirname(final_path)
+        self._make_dirs(folder)
+        if folder not in self._cleaned:
+            clean_stale_temporaries(folder)  # left by a killed run: never outputs
+            self._cleaned.add(folder)
+        return folder
 
     def save_image(self, final_path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
         import nibabel as nib
@@ -262,8 +298,8 @@ class OutputTransaction:
         except OSError as error:
             raise write_error(error, final_path) from None
 
-    def write_text(self, final_path: str | os.PathLike, text: str) -> None:
-        temp = self.temp_path(final_path)
+    def write_text(self, final_path: str | os.PathLike, text: str, overwrite: Optional[bool] = None) -> None:
+        temp = self.temp_path(final_path, overwrite)
         try:
             with open(temp, "w", encoding="utf-8", newline="\n") as handle:
                 handle.write(text)
@@ -281,7 +317,8 @@ class OutputTransaction:
         try:
             checkpoint("writing")
             for final_path, temp in self._pending.items():
-                os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+                # mkstemp/mkdtemp create 0600/0700; outputs get the usual permissions
+                os.chmod(temp, (0o777 if os.path.isdir(temp) else 0o666) & ~umask)
                 backup = None
                 if os.path.lexists(final_path):
                     backup = os.path.join(os.path.dirname(final_path), temp_prefix() + "old-" + os.path.basename(final_path))
@@ -291,18 +328,18 @@ class OutputTransaction:
         except BaseException as error:
             for final_path, backup in reversed(placed):
                 with contextlib.suppress(OSError):
+                    temp = self._pending[final_path]
+                    if not os.path.lexists(temp):      # the new output went in: move it back out
+                        os.replace(final_path, temp)   # (a folder cannot be replaced by a rename)
                     if backup is not None:
                         os.replace(backup, final_path)
-                    elif final_path in self._pending and not os.path.exists(self._pending[final_path]):
-                        os.remove(final_path)
             self.rollback()
             if isinstance(error, OSError):
                 raise write_error(error, placed[-1][0] if placed else "the outputs") from None
             raise
         for _, backup in placed:
             if backup is not None:
-                with contextlib.suppress(OSError):
-                    os.remove(backup)
+                _remove(backup)
         written = list(self._pending)
         self._pending.clear()
         self._created_dirs.clear()
@@ -310,8 +347,7 @@ class OutputTransaction:
 
     def rollback(self) -> None:
         for temp in self._pending.values():
-            with contextlib.suppress(OSError):
-                os.remove(temp)
+            _remove(temp)
         self._pending.clear()
         for folder in reversed(self._created_dirs):
             with contextlib.suppress(OSError):
@@ -342,6 +378,17 @@ class OutputTransaction:
             self.commit()
         else:
             self.rollback()
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a whole folder (a staged folder output); errors are ignored."""
+    import shutil
+
+    with contextlib.suppress(OSError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 @contextlib.contextmanager

@@ -180,6 +180,7 @@ def run(args) -> int:
                 items = select_t1w(index, source, participants, sessions, filters)
         if not items:
             raise InputError(f"no T1w images{' or BOLD series' if 'scepi' in plan else ''} to process in {source}")
+        expected_space(args, items, output_dir).check()  # before any model runs or anything is written
         output_dir.mkdir(parents=True, exist_ok=True)
     except BaseException:
         if starting is not None:
@@ -223,3 +224,52 @@ def label_tables(plan: dict) -> dict:
             parc = sorted(set(values) - {3, 42} | set(int(v) for v in L.PARC_LABELS))
             tables["synthsegparc"] = freesurfer_lut().subset(parc)
     return {seg: table for seg, table in tables.items() if table is not None}
+
+
+SPACE_SAMPLE = 20          # headers read to size a cohort's outputs (the largest one counts for all)
+SIDECAR_BYTES = 4096       # a JSON sidecar or a one-row TSV: one block
+
+
+def expected_space(args, items, output_dir: Path):
+    """The derivatives of the subjects still to do (no provenance record yet, or all with --overwrite),
+    sized from the largest of up to SPACE_SAMPLE input headers spread over the cohort: per model an
+    int32 dseg on the 1 mm cover (SynthSeg) or the input grid (ScLimbic), with --parc a second one,
+    the brain mask, with --posteriors one float32 map per label, and the sidecars and tables. The
+    staging folder lies inside OUTPUT_DIR, on the same file system."""
+    from ..cohort.derivatives import provenance_path
+    from ..diskspace import SpacePlan, image_bytes, input_grid, one_mm_voxels, voxel_count
+
+    todo = [item for item in items if args.overwrite or not provenance_path(output_dir, item).exists()]
+    space = SpacePlan()
+    if not todo:
+        return space
+    step = max(1, len(todo) // SPACE_SAMPLE)
+    grid_voxels, one_mm = 1, 1
+    for item in todo[::step][:SPACE_SAMPLE]:
+        try:
+            shape, zooms = input_grid(item.path)
+        except Exception:  # an unreadable image fails its own task later, with its own message
+            continue
+        grid_voxels = max(grid_voxels, voxel_count(shape))
+        one_mm = max(one_mm, one_mm_voxels(shape, zooms))
+    block = 4096
+    rounded = lambda nbytes: -(-nbytes // block) * block  # noqa: E731
+    per_subject = 0
+    if "synthseg" in args.models:
+        maps = 3 if args.parc else 2   # dseg (+ parcellation dseg) + brain mask
+        per_subject += maps * (rounded(image_bytes("x.nii.gz", one_mm, 4)) + SIDECAR_BYTES)
+        if args.posteriors:
+            per_subject += rounded(image_bytes("x.nii.gz", one_mm, 4, integer=False, channels=33)) + SIDECAR_BYTES
+        per_subject += 3 * SIDECAR_BYTES   # morph.tsv, qc.tsv, provenance
+    if "sclimbic" in args.models:
+        per_subject += rounded(image_bytes("x.nii.gz", grid_voxels, 4)) + 3 * SIDECAR_BYTES
+        if args.posteriors:
+            per_subject += rounded(image_bytes("x.nii.gz", grid_voxels, 4, integer=False, channels=14)) + SIDECAR_BYTES
+        if getattr(args, "morphometry", False):   # GM/WM/CSF probseg (float) + tissue dseg + brain mask
+            per_subject += 3 * rounded(image_bytes("x.nii.gz", one_mm, 4, integer=False)) + 4 * SIDECAR_BYTES
+            per_subject += 2 * rounded(image_bytes("x.nii.gz", one_mm, 4)) + 4 * SIDECAR_BYTES
+    if "samseg-filter" in args.models:  # aseg dseg + brain mask on SAMSEG's grid (the T1w's, as a bound)
+        per_subject += 2 * (rounded(image_bytes("x.nii.gz", grid_voxels, 4)) + SIDECAR_BYTES)
+    # sc_epi's mean EPI and cord mask per BOLD series are small beside the T1w outputs: not sized here
+    space.add(output_dir, per_subject * len(todo), staged_in=output_dir / todo[0].folder)
+    return space

@@ -12,8 +12,6 @@ import argparse
 import importlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError, SegSuiteError, UsageError
@@ -101,7 +99,10 @@ def subject_name(path: Path) -> str:
 
 
 def run(args) -> int:
-    from ..cli import progress_for
+    from ..cli import print_written, progress_for
+    from ..faults import checkpoint
+    from ..image import OutputTransaction, check_writable_locations, write_error
+    from ..preflight import check_input_images
     from ..result_io import save_result_bundle
 
     try:
@@ -116,13 +117,21 @@ def run(args) -> int:
     if duplicates:
         raise InputError(f"several inputs share the subject name {duplicates[0]!r}; rename them or run them separately")
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {output_dir} is a file; give a folder for the result bundles")
     if not args.overwrite:
         existing = [name for name in subjects if (output_dir / name).exists()]
         if existing:
             raise OutputExistsError(f"{output_dir / existing[0]} exists; use --overwrite or another --output-dir")
+    # the same pre-flight as the other commands: before the model is loaded or fetched
+    check_writable_locations([output_dir / "manifest.json"])
+    check_input_images([str(path) for path in files])
+    expected_space(args.engine, files, output_dir, args.posteriors).check()
+    checkpoint("before-network")
 
     progress, close = progress_for(args, "Segmenting")
+    # one transaction: every bundle and the manifest appear together at the end, or nothing does
+    transaction = OutputTransaction(overwrite=args.overwrite, inputs=[str(path) for path in files])
     try:
         engine_class = resolve_engine(args.engine)
         progress(0.0, f"Loading the {args.engine} model")
@@ -136,27 +145,52 @@ def run(args) -> int:
                 result = engine.segment(str(path), progress=lambda f, m: step(f, prefix + m), **segment_options)
                 if not result.subject:
                     result.subject = name
-                staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=output_dir))
+                staging = transaction.temp_dir(output_dir / name)
                 try:
                     save_result_bundle(result, staging, include_posteriors=args.posteriors)
-                    target = output_dir / name
-                    if target.exists():
-                        shutil.rmtree(target)
-                    staging.rename(target)
-                except BaseException:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise
+                except OSError as error:
+                    raise write_error(error, output_dir / name) from None
                 done.append({"subject": name, "input": str(path), "bundle": name})
             except SegSuiteError as error:
+                transaction.discard(output_dir / name)
                 if args.stop_on_error or len(files) == 1:
                     raise
                 failures.append({"subject": name, "input": str(path), "error": str(error)})
             step(1.0, prefix + "done")
         manifest = {"engine": args.engine, "options": options, "results": done, "failures": failures}
-        (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        transaction.write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1), overwrite=True)
+        written = transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
     finally:
         close()
+    print_written(sorted(str(p) for folder in written for p in ([Path(folder)] if Path(folder).is_file()
+                                                                 else Path(folder).rglob("*")) if p.is_file()))
     if failures:
         first = failures[0]
         raise SegSuiteError(f"{len(failures)} of {len(files)} subjects failed; first: {first['subject']}: {first['error']}")
     return 0
+
+
+# posterior channels of the built-in engines (their label tables); others are estimated without posteriors
+POSTERIOR_CHANNELS = {"synthseg": 33, "sclimbic": 14, "scepi": 2}
+
+
+def expected_space(engine: str, files, output_dir: Path, posteriors: bool):
+    """Each bundle: int32 labels, one float32 image and (with --posteriors) float32 posteriors on the
+    larger of the input grid and its 1 mm cover (SynthSeg works at 1 mm), and result.json."""
+    from ..diskspace import SpacePlan, input_grid, one_mm_voxels, text_bytes, voxel_count
+
+    space = SpacePlan()
+    for path in files:
+        shape, zooms = input_grid(path)
+        voxels = max(voxel_count(shape), one_mm_voxels(shape, zooms))
+        bundle = output_dir / subject_name(path)
+        space.add_image(bundle / "labels.nii.gz", voxels, 4)
+        space.add_image(bundle / "image-0.nii.gz", voxels, 4, integer=False)
+        if posteriors and engine in POSTERIOR_CHANNELS:
+            space.add_image(bundle / "posteriors.nii.gz", voxels, 4, integer=False, channels=POSTERIOR_CHANNELS[engine])
+        space.add(bundle / "result.json", 4 * text_bytes())
+    space.add_text(output_dir / "manifest.json", rows=len(files))
+    return space

@@ -74,6 +74,7 @@ def run(args) -> int:
     if os.path.isfile(args.output):
         raise UsageError(f"--o {args.output} is a file; give a folder for SAMSEG's outputs")
     check_writable_locations([os.path.join(args.output, "seg.mgz")])
+    expected_space(args).check()
     runner = SamsegRunner(threads=args.threads, executable=args.samseg,
                           exclude_labels=parse_labels(args.labels) if args.labels else None, preset=args.preset)
     print(f"SAMSEG: {runner.samseg.origin}; threads: {runner.threads}; brain mask removes "
@@ -101,3 +102,26 @@ def _log_writer(args):
 
         return lambda line: tqdm.write(line, file=sys.stderr)
     return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+SAMSEG_TEMPLATE_BYTES = 16 * 1024 * 1024  # template_coregistered.mgz: the atlas template (a few MB), with room
+
+
+def expected_space(args):
+    """SAMSEG's files and ours, on the input grid, all staged in a work folder beside --o first:
+    seg.mgz and seg_cleaned.mgz (int32), brain_mask.mgz (uint8), one float32 image for what SAMSEG
+    adds (bias-corrected image), the coregistered template, stats, volumes.csv and the log."""
+    import os
+
+    from ..diskspace import SpacePlan, input_grid, voxel_count
+
+    voxels = voxel_count(input_grid(args.input)[0])
+    staging = os.path.join(os.path.dirname(os.path.abspath(args.output)), "work")
+    space = SpacePlan()
+    for name, itemsize, integer in (("seg.mgz", 4, True), ("seg_cleaned.mgz", 4, True), ("brain_mask.mgz", 1, True),
+                                    ("mode00_bias_corrected.mgz", 4, False)):
+        space.add_image(os.path.join(args.output, name), voxels, itemsize, integer, staged_in=staging)
+    space.add(os.path.join(args.output, "template_coregistered.mgz"), SAMSEG_TEMPLATE_BYTES, staged_in=staging)
+    for name in ("samseg.stats", "sbtiv.stats", "volumes.csv", "run_samseg.log"):
+        space.add_text(os.path.join(args.output, name), staged_in=staging)
+    return space

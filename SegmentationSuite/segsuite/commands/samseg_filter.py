@@ -93,6 +93,7 @@ def run(args) -> int:
 
     if args.input:
         check_input_image(args.input)
+        expected_space(args).check()
     checkpoint("before-network")
     print(f"removing labels ({engine.preset}): {describe_labels(engine.excluded_labels)}", file=sys.stderr)
     progress, close = progress_for(args, "SAMSEG filter")
@@ -123,3 +124,24 @@ def run(args) -> int:
               f"record {update.record}); undo with: segsuite samseg-filter --subject-dir {args.subject_dir} --restore",
               file=sys.stderr)
     return 0
+
+
+def expected_space(args):
+    """The uint8 mask and the int32 cleaned labels on the input grid, the volumes table; with
+    --subject-dir the new aseg.mgz and the saved original beside it."""
+    import os
+
+    from ..diskspace import SpacePlan, input_grid, voxel_count
+
+    voxels = voxel_count(input_grid(args.input)[0])
+    space = SpacePlan()
+    if args.output:
+        space.add_image(args.output, voxels, 1)
+    if args.cleaned_aseg:
+        space.add_image(args.cleaned_aseg, voxels, 4)
+    if args.volumes:
+        space.add_text(args.volumes)
+    if args.subject_dir:
+        for name in ("aseg.mgz", "aseg.presamsegfilter.mgz"):
+            space.add_image(os.path.join(args.subject_dir, "mri", name), voxels, 4)
+    return space

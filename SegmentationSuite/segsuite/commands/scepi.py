@@ -121,6 +121,7 @@ def run(args) -> int:
         check_input_image(path)
     # the file names depend on the model's classes; the folders can be checked now
     check_writable_locations(output_paths(inputs, args.output, ["_seg"])[0] + ([os.path.join(args.qc, "index.html")] if args.qc else []))
+    expected_space(args, inputs, output_paths(inputs, args.output, ["_seg"])).check()
     checkpoint("before-network")
 
     progress, close = progress_for(args, "sc_epi")
@@ -128,6 +129,7 @@ def run(args) -> int:
         model_folder = resolve_model(args.model, progress=sub_progress(progress, 0.0, 0.05))
         per_input = output_paths(inputs, args.output, _suffixes(model_folder))
         check_outputs([p for paths in per_input for p in paths], args.overwrite, inputs)
+        expected_space(args, inputs, per_input).check()  # with the model's classes, before the network
 
         from ..scepi.engine import ScEpiEngine
 
@@ -167,3 +169,21 @@ def run(args) -> int:
         close()
     print_written(written)
     return 0
+
+
+def expected_space(args, inputs, per_input):
+    """One uint8 mask per class on the input grid; with -qc two pictures per input and the index."""
+    from ..diskspace import PICTURE_BYTES, SpacePlan, input_grid, voxel_count
+
+    space = SpacePlan()
+    for path, paths in zip(inputs, per_input):
+        voxels = voxel_count(input_grid(path)[0])
+        for out_path in paths:
+            space.add_image(out_path, voxels, 1)
+        if args.qc:
+            stem = os.path.basename(paths[0])
+            space.add(os.path.join(args.qc, stem + "_image.png"), PICTURE_BYTES)
+            space.add(os.path.join(args.qc, stem + "_overlay.png"), PICTURE_BYTES)
+    if args.qc:
+        space.add_text(os.path.join(args.qc, "index.html"), rows=len(inputs))
+    return space

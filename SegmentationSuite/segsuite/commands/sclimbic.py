@@ -198,6 +198,7 @@ def run(args) -> int:
     from ..preflight import check_input_images
 
     check_input_images(inputs)
+    expected_space(args, jobs, summary_paths).check()
     checkpoint("before-network")
 
     device = f"cuda:{args.cuda_device}" if args.cuda_device is not None else args.device
@@ -243,3 +244,26 @@ def _has_population(name, population) -> bool:
     from ..sclimbic.names import match_name
 
     return match_name(name, population) is not None
+
+
+RELEASED_MODEL_CLASSES = 14  # the released model's colour table: background and 13 structures
+
+
+def expected_space(args, jobs, summary_paths):
+    """Labels and posteriors cover at most the conformed --fov^3 box (in input voxels with --conform)."""
+    from ..diskspace import SpacePlan, input_grid
+
+    space = SpacePlan()
+    for job in jobs:
+        _, zooms = input_grid(job.input)
+        voxels = args.fov ** 3
+        if args.conform:
+            voxels = int(voxels * max(1.0, 1.0 / (zooms[0] * zooms[1] * zooms[2])))
+        space.add_image(job.segmentation, voxels, 4)
+        if job.posteriors:
+            space.add_image(job.posteriors, voxels, 4, integer=False, channels=RELEASED_MODEL_CLASSES)
+        if job.stats:
+            space.add_text(job.stats)
+    for path in summary_paths:
+        space.add_text(path, rows=len(jobs))
+    return space

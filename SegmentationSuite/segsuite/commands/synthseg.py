@@ -69,6 +69,7 @@ def run(args) -> int:
     from ..preflight import check_input_images
 
     check_input_images([job.image for job in plan.jobs])
+    expected_space(args, plan).check()
     checkpoint("before-network")
     device = "cpu" if args.cpu else args.device
     progress, close = progress_for(args, "SynthSeg")
@@ -133,3 +134,50 @@ def run(args) -> int:
     if failures:
         raise SegSuiteError(f"{len(failures)} of {count} images failed: " + "; ".join(failures))
     return 0
+
+
+def expected_space(args, plan):
+    """The sizes of every output from the input headers: labels on the 1 mm grid (the input's with
+    --keepgeom), posteriors one float32 channel per label, the resampled image float32."""
+    from ..diskspace import SpacePlan, input_grid, one_mm_voxels, voxel_count
+    from ..synthseg import labels as L
+    from ..synthseg.engine import subject_name
+
+    space = SpacePlan()
+    channels = len(L.segmentation_labels(args.v1))
+    for job in plan.jobs:
+        shape, zooms = input_grid(job.image)
+        one_mm = one_mm_voxels(shape, zooms)
+        for kind, path in job.outputs.items():
+            if not path:
+                continue
+            if kind == "seg":
+                space.add_image(path, voxel_count(shape) if args.keepgeom else one_mm, 4)
+            elif kind == "post":
+                space.add_image(path, one_mm, 4, integer=False, channels=channels)
+            elif kind == "resample":
+                space.add_image(path, one_mm, 4, integer=False)
+            else:
+                space.add_text(path)
+        if args.morphometry:
+            from ..morphometry.subject import output_paths
+
+            add_morphometry_space(space, output_paths(args.morphometry, subject_name(job.image)), one_mm)
+    for path in plan.shared_csv.values():
+        space.add_text(path, rows=len(plan.jobs))
+    return space
+
+
+def add_morphometry_space(space, paths: dict, voxels: int) -> None:
+    """segsuite morphometry's files for one subject: float32 tissue maps, integer dseg and mask."""
+    from ..diskspace import PICTURE_BYTES
+
+    for kind, path in paths.items():
+        if kind.startswith("probseg_"):
+            space.add_image(path, voxels, 4, integer=False)
+        elif kind in ("dseg", "brain_mask"):
+            space.add_image(path, voxels, 4)
+        elif kind == "mosaic":
+            space.add(path, PICTURE_BYTES)
+        else:
+            space.add_text(path)

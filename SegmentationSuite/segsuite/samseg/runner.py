@@ -318,11 +318,14 @@ class SamsegRunner:
             from ..faults import clean_stale_temporaries, temp_prefix
 
             parent = output_dir.parent
+            created = [folder for folder in (parent, *parent.parents) if not folder.exists()]
             parent.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(parent)   # work folders of killed runs
             work = Path(tempfile.mkdtemp(prefix=f"{temp_prefix()}samseg-{output_dir.name}-", dir=parent))
         else:
+            created = []
             work = Path(tempfile.mkdtemp(prefix="segsuite-samseg-"))
+        finished = False
         try:
             input_path = self._input_path(source, work)
             samseg_dir = work / "samseg"
@@ -347,12 +350,20 @@ class SamsegRunner:
                 report(0.98, f"writing {output_dir}")
                 write_filter_outputs(result, samseg_dir)
                 os.replace(log_path, samseg_dir / LOG_NAME)
+                from ..faults import checkpoint
+
+                checkpoint("writing")
                 _replace_folder(samseg_dir, output_dir)
                 result.provenance["output_dir"] = str(output_dir)
             report(1.0, "done")
+            finished = True
             return result
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            if not finished:
+                for folder in created:   # innermost first; only folders this run made and left empty
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
 
     def _input_path(self, source, work: Path) -> Path:
         if isinstance(source, (str, os.PathLike)):
