@@ -77,18 +77,13 @@ def func_only_items(index, bids_dir, items: list[CohortItem], participants=None,
 
 def select_with_func(index, bids_dir, participants=None, sessions=None, filters=None) -> list[CohortItem]:
     """The T1w items and the func-only folders (with scepi); a named participant with neither is an error."""
-    from ..errors import InputError
-    from .index import select_t1w
+    from .index import require_participants, select_t1w
 
     items = select_t1w(index, bids_dir, None, sessions, filters)
     if participants is not None:
         items = [item for item in items if item.participant in participants]
     items += func_only_items(index, bids_dir, items, participants, sessions)
-    if participants is not None:
-        missing = sorted(participants - {item.participant for item in items})
-        if missing:
-            raise InputError(f"no T1w image or BOLD series found for participant(s) "
-                             f"{', '.join('sub-' + m for m in missing)} in {bids_dir}")
+    require_participants(items, participants, bids_dir, "T1w image or BOLD series")
     return sorted(items, key=lambda item: item.key)
 
 

@@ -266,12 +266,17 @@ def select_t1w(index, bids_dir: str | os.PathLike, participants: Optional[set[st
         session = None if session is None or str(session) in ("", "nan", "None") else str(session)
         items.append(CohortItem(str(row["sub"]), session, str(Path(row["root"]) / row["path"]), entities,
                                 f"bids:raw:{row['path']}"))
-    if participants is not None:
-        missing = sorted(participants - {item.participant for item in items})
-        if missing:
-            raise InputError(f"no T1w image found for participant(s) {', '.join('sub-' + m for m in missing)} "
-                             f"in {bids_dir}")
+    require_participants(items, participants, bids_dir, "T1w image")
     return sorted(items, key=lambda item: item.key)
+
+
+def require_participants(items, participants: Optional[set[str]], bids_dir, what: str) -> None:
+    """A participant named by --participant-label but without any item is an error, not silence."""
+    if participants is None:
+        return
+    missing = sorted(participants - {item.participant for item in items})
+    if missing:
+        raise InputError(f"no {what} found for participant(s) {', '.join('sub-' + m for m in missing)} in {bids_dir}")
 
 
 def read_manifest(path: str | os.PathLike, participants: Optional[set[str]] = None,
