@@ -111,3 +111,20 @@ def test_skip_notes_append_under_one_header(tmp_path):
         "participant_id\tsession_id\tmodel\treason",
         "sub-01\tn/a\tscepi\tno func/*_bold.nii[.gz] series in sub-01",
         "sub-02\tses-1\tsamseg-filter\tno SAMSEG segmentation"]
+
+
+def test_bids_without_the_cohort_packages_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from segsuite.cli import main
+
+    image = tmp_path / "s1.nii.gz"
+    image.write_bytes(b"")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"participant_id,path\n01,{image}\n")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # an import of it now fails, as in Slicer's Python
+    out = tmp_path / "out"
+    assert main(["--progress", "none", "bids", str(manifest), str(out), "participant"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "distributed" in error[0].split("needs", 1)[-1] and "requirements-cohort.txt" in error[0], error
+    assert not out.exists()

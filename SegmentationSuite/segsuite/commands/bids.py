@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -125,6 +126,10 @@ def validate_input(bids_dir: str) -> None:
 
 
 def run(args) -> int:
+    if args.analysis_level == "participant":
+        from ..cohort.index import is_manifest
+
+        require_cohort_packages(manifest=is_manifest(Path(args.bids_dir)))
     from ..cohort import group as group_level
     from ..cohort.derivatives import write_dataset_files
     from ..cohort.index import (index_bids, is_manifest, read_filter_file, read_labels, read_manifest, select_t1w)
@@ -207,6 +212,22 @@ def run(args) -> int:
               f"first: {first['key']}: {first['reason']}", file=sys.stderr)
         return 1
     return 0
+
+
+def require_cohort_packages(manifest: bool) -> None:
+    """The participant level runs on Dask (and indexes BIDS with bids2table): without them, say what
+    to install before any work instead of failing inside the cluster start (e.g. in Slicer's Python)."""
+    from ..errors import SegSuiteError
+
+    missing = []
+    for name in ("dask", "distributed") + (() if manifest else ("bids2table",)):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SegSuiteError(f"the cohort runner needs {', '.join(missing)} (not installed in this Python): "
+                            f"pip install -r requirements-cohort.txt")
 
 
 def label_tables(plan: dict) -> dict:
