@@ -127,6 +127,16 @@ def test_qc_fast_path_skips_background_exactly(shape, brain):
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
 
 
+def test_qc_box_covering_most_of_the_window_takes_the_plain_path():
+    net = KerasQCNet()
+    labels = torch.zeros((64, 64, 64), dtype=torch.int64)
+    labels[2:62, 3:60, 1:63] = 1
+    assert net._label_box(labels) is None
+    labels[:] = 0
+    labels[10:40, 10:40, 10:40] = 1
+    assert net._label_box(labels) == [(10, 40)] * 3
+
+
 def test_resolve_weights_folder_and_file(tmp_path):
     (tmp_path / "synthseg_2.0.h5").write_bytes(b"x")
     (tmp_path / "synthseg_qc_2.0.h5").write_bytes(b"x")
