@@ -286,9 +286,9 @@ def expected_space(args, items, output_dir: Path):
         per_subject += rounded(image_bytes("x.nii.gz", grid_voxels, 4)) + 3 * SIDECAR_BYTES
         if args.posteriors:
             per_subject += rounded(image_bytes("x.nii.gz", grid_voxels, 4, integer=False, channels=14)) + SIDECAR_BYTES
-        if getattr(args, "morphometry", False):   # GM/WM/CSF probseg (float) + tissue dseg + brain mask
-            per_subject += 3 * rounded(image_bytes("x.nii.gz", one_mm, 4, integer=False)) + 4 * SIDECAR_BYTES
-            per_subject += 2 * rounded(image_bytes("x.nii.gz", one_mm, 4)) + 4 * SIDECAR_BYTES
+    if getattr(args, "morphometry", False):   # (SynthSeg's) GM/WM/CSF probseg (float) + tissue dseg + brain mask
+        per_subject += 3 * rounded(image_bytes("x.nii.gz", one_mm, 4, integer=False)) + 4 * SIDECAR_BYTES
+        per_subject += 2 * rounded(image_bytes("x.nii.gz", one_mm, 4)) + 4 * SIDECAR_BYTES
     if "samseg-filter" in args.models:  # aseg dseg + brain mask on SAMSEG's grid (the T1w's, as a bound)
         per_subject += 2 * (rounded(image_bytes("x.nii.gz", grid_voxels, 4)) + SIDECAR_BYTES)
     # sc_epi's mean EPI and cord mask per BOLD series are small beside the T1w outputs: not sized here
