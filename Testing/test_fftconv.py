@@ -51,8 +51,8 @@ def test_stacked_layers_of_one_input():
 
 
 def test_qc_fast_path_with_fft_layers_equals_plain_forward(monkeypatch):
-    """FFT_TILES is empty by default (not faster in the whole pass here); with it filled the fast
-    QC path still equals the plain forward within 1e-5."""
+    """With FFT layers at levels 0 and 1 (the default table has level 1 only) and small tiles, so
+    that several tiles and tile edges occur, the fast QC path equals the plain forward within 1e-5."""
     from segsuite.nets import qc
 
     monkeypatch.setattr(qc, "FFT_TILES", {"conv_downarm_0_1": 8, "conv_downarm_1_0": 8,
@@ -67,4 +67,21 @@ def test_qc_fast_path_with_fft_layers_equals_plain_forward(monkeypatch):
         fast = net.scores(labels)
         plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
     assert "_fft_convs" in net.__dict__ and float(plain.abs().max()) > 1e-3
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
+
+
+def test_default_fft_table_runs_level_one_through_the_fft_and_equals_plain_forward():
+    """The shipped table (level 1 as FFT, tile 28: one tile covers these small volumes) is what the
+    fast path uses, and it still equals the plain forward within 1e-5."""
+    from segsuite.nets import qc
+
+    assert set(qc.FFT_TILES) == {"conv_downarm_1_0", "expand_down_merge_1", "conv_downarm_1_1"}
+    torch.manual_seed(5)
+    net = qc.KerasQCNet()
+    labels = torch.randint(0, 9, (34, 30, 26))
+    with torch.inference_mode():
+        fast = net.scores(labels)
+        plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
+    assert set(net.__dict__["_fft_convs"]) == {("conv_downarm_1_0", "expand_down_merge_1"), ("conv_downarm_1_1",)}
+    assert float(plain.abs().max()) > 1e-3
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()

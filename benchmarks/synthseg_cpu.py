@@ -5,7 +5,7 @@
                                       [--vs-reference SYNTHSEG_DIR --reference-python TF_ENV/bin/python]
 
 Prints the CPU model and ISA (AVX2 / AVX-512 / AMX from /proc/cpuinfo), the float32 FMA peak
-(vector width x 2 FMA units x 2 flops x cores x clock, and measured by a 4096^2 sgemm), then per mode
+(FMA datapath width x FMA units x 2 flops x cores x clock, and measured by a 4096^2 sgemm), then per mode
 and run: wall time, per-stage times (model load, preprocess, each network pass, QC, post-processing,
 writing), each network pass's achieved GFLOP/s (operations counted as direct convolutions would
 do them; the fast paths do fewer) against both peaks, and peak RSS. Each mode runs in
@@ -64,10 +64,15 @@ def cpu_info() -> dict:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
+    vendor, family = "", None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
-        if key == "model name" and model in ("", platform.machine(), platform.processor()):
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "cpu family" and family is None:
+            family = int(value)
+        elif key == "model name" and model in ("", platform.machine(), platform.processor()):
             model = value.strip()
         elif key == "flags" and not flags:
             flags = set(value.split())
@@ -75,15 +80,20 @@ def cpu_info() -> dict:
             mhz = float(value)
     isa = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags]
     width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4  # float32 lanes
-    return {"model": model, "isa": isa, "fma": "fma" in flags, "lanes": width, "mhz": mhz}
+    units = 2
+    if vendor == "AuthenticAMD" and family is not None and family < 0x1A and width == 16:
+        # Zen 4 runs AVX-512 on its two 256-bit FMA pipes: one 16-lane FMA per cycle
+        units = 1
+    return {"model": model, "vendor": vendor, "family": family, "isa": isa, "fma": "fma" in flags,
+            "lanes": width, "fma_units": units, "mhz": mhz}
 
 
 def nominal_peak_gflops(info: dict, threads: int) -> float | None:
-    """lanes x 2 FMA units x 2 flops x cores x clock (the clock /proc/cpuinfo reports; turbo and
-    AVX-512 down-clocking move it, and some parts have one AVX-512 FMA unit)."""
+    """lanes x FMA units x 2 flops x cores x clock (the clock /proc/cpuinfo reports; turbo and
+    AVX-512 down-clocking move it, and some Intel parts have one AVX-512 FMA unit)."""
     if not info["mhz"]:
         return None
-    return info["lanes"] * 2 * (2 if info["fma"] else 1) * threads * info["mhz"] / 1000
+    return info["lanes"] * info["fma_units"] * (2 if info["fma"] else 1) * threads * info["mhz"] / 1000
 
 
 def measured_peak_gflops(threads: int, size: int = 4096) -> float:
@@ -347,7 +357,7 @@ def main() -> None:
     measured = measured_peak_gflops(args.threads)
     try:
         print(f"CPU {info['model']}, ISA {' / '.join(info['isa']) or 'SSE'}, {args.threads} threads; float32 FMA peak "
-              + (f"nominal {nominal:.0f} GFLOP/s ({info['lanes']} lanes x 2 FMA units x 2 x {args.threads} cores x "
+              + (f"nominal {nominal:.0f} GFLOP/s ({info['lanes']} lanes x {info['fma_units']} FMA units x 2 x {args.threads} cores x "
                  f"{info['mhz']:.0f} MHz), " if nominal else "")
               + f"measured {measured:.0f} GFLOP/s (4096^2 sgemm)")
         print(f"image {args.image}, {args.device}, {args.repeats} run(s) per mode"

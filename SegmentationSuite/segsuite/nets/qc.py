@@ -17,13 +17,14 @@ from torch import nn
 
 from .fftconv import FFTConv3d
 
-# 5x5x5 layers of the fast path that may run as tiled FFT convolutions, with their tile size (window
-# = tile + 4), e.g. {"conv_downarm_0_1": 28, "conv_downarm_1_0": 28, "expand_down_merge_1": 28,
-# "conv_downarm_1_1": 28}. Layer by layer the FFT was 20-25 % faster (24->24 at 224^3: 8.7 s direct vs
-# 6.9 s), but in the whole QC pass with background skipping it was not (2-core Xeon, shared machine:
-# 21.7 / 22.8 s with FFT vs 21.5 / 19.0 s direct, paired): off by default, a fixed table because the
-# shapes never change.
-FFT_TILES: dict = {}
+# 5x5x5 layers of the fast path that run as tiled FFT convolutions, with their tile size (window =
+# tile + 4: 32, a power of two, is what the FFT runs fastest on). Level 1 only, measured one layer at
+# a time (24 -> 48+48 and 48 -> 48 at 112^3, direct vs FFT, kernel spectra cached): AMD EPYC Zen 4
+# 4.3 / 4.1 s vs 2.9 / 2.2 s (spectra 0.5 s each, once per engine); Intel Xeon 6.0 / 5.4 s vs
+# 4.9 / 4.0 s. Level 0 (24 -> 24 at 224^3: 10.1 s direct vs 10.7-11.2 s FFT on the Zen 4, where
+# the inverse FFT alone takes 3.9 s) and levels 2-3 (a tie, for 0.3-2.4 GiB of kernel spectra)
+# stay direct.
+FFT_TILES: dict = {"conv_downarm_1_0": 28, "expand_down_merge_1": 28, "conv_downarm_1_1": 28}
 
 
 class KerasQCNet(nn.Module):
