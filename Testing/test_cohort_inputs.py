@@ -103,14 +103,18 @@ def test_samseg_root_table_leaves_out_the_removed_labels():
     assert list(back.values) == list(table.values) and back.get(17).color == table.get(17).color
 
 
-def test_skip_notes_append_under_one_header(tmp_path):
+def test_skip_notes_append_under_one_header_each_row_once(tmp_path):
     note_skips(str(tmp_path), bids_item(tmp_path, "01"), [("scepi", "no func/*_bold.nii[.gz] series in sub-01")])
     note_skips(str(tmp_path), bids_item(tmp_path, "02", "1"), [("samseg-filter", "no SAMSEG\nsegmentation")])
     note_skips(str(tmp_path), bids_item(tmp_path, "03"), [])
+    # a rerun of sub-01 (e.g. --overwrite) with the same skip and one new one
+    note_skips(str(tmp_path), bids_item(tmp_path, "01"), [("scepi", "no func/*_bold.nii[.gz] series in sub-01"),
+                                                          ("samseg-filter", "no SAMSEG segmentation")])
     assert (tmp_path / "logs" / "skipped.tsv").read_text().splitlines() == [
         "participant_id\tsession_id\tmodel\treason",
         "sub-01\tn/a\tscepi\tno func/*_bold.nii[.gz] series in sub-01",
-        "sub-02\tses-1\tsamseg-filter\tno SAMSEG segmentation"]
+        "sub-02\tses-1\tsamseg-filter\tno SAMSEG segmentation",
+        "sub-01\tn/a\tsamseg-filter\tno SAMSEG segmentation"]
 
 
 def test_bids_without_the_cohort_packages_says_what_to_install(tmp_path, monkeypatch, capsys):

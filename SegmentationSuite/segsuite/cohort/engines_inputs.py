@@ -210,7 +210,8 @@ def rows_to_table(rows: list) -> LabelTable:
 
 
 def note_skips(output_dir: str, item: CohortItem, skips: list[tuple[str, str]]) -> None:
-    """Append this folder's skipped models to logs/skipped.tsv (whole lines, O_APPEND)."""
+    """Append this folder's skipped models to logs/skipped.tsv (whole lines, O_APPEND), each row
+    once however often the folder is run."""
     if not skips:
         return
     path = Path(output_dir) / "logs" / "skipped.tsv"
@@ -221,6 +222,11 @@ def note_skips(output_dir: str, item: CohortItem, skips: list[tuple[str, str]]) 
     except FileExistsError:
         pass
     session = f"ses-{item.session}" if item.session else "n/a"
-    lines = "".join(f"sub-{item.participant}\t{session}\t{model}\t{' '.join(reason.split())}\n" for model, reason in skips)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(lines)
+    rows = [f"sub-{item.participant}\t{session}\t{model}\t{' '.join(reason.split())}\n" for model, reason in skips]
+    # a rerun (--overwrite, or after a failure) notes the same skips again: one row each
+    with open(path, encoding="utf-8") as handle:
+        present = set(handle)
+    lines = "".join(row for row in rows if row not in present)
+    if lines:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
