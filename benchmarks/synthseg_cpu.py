@@ -5,7 +5,8 @@
                                       [--vs-reference SYNTHSEG_DIR --reference-python TF_ENV/bin/python]
 
 Prints the CPU model and ISA (AVX2 / AVX-512 / AMX from /proc/cpuinfo), the float32 FMA peak
-(FMA datapath width x FMA units x 2 flops x cores x clock, and measured by a 4096^2 sgemm), then per mode
+(FMA datapath width x FMA units x 2 flops x cores x clock, and measured: the faster of a 4096^2
+sgemm and a oneDNN 1x1x1 convolution), then per mode
 and run: wall time, per-stage times (model load, preprocess, each network pass, QC, post-processing,
 writing), each network pass's achieved GFLOP/s (operations counted as direct convolutions would
 do them; the fast paths do fewer) against both peaks, and peak RSS. Each mode runs in
@@ -64,7 +65,7 @@ def cpu_info() -> dict:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
-    vendor, family = "", None
+    vendor, family, model_number = "", None, None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -72,6 +73,8 @@ def cpu_info() -> dict:
             vendor = value.strip()
         elif key == "cpu family" and family is None:
             family = int(value)
+        elif key == "model" and model_number is None:
+            model_number = int(value)
         elif key == "model name" and model in ("", platform.machine(), platform.processor()):
             model = value.strip()
         elif key == "flags" and not flags:
@@ -84,6 +87,8 @@ def cpu_info() -> dict:
     if vendor == "AuthenticAMD" and family is not None and family < 0x1A and width == 16:
         # Zen 4 runs AVX-512 on its two 256-bit FMA pipes: one 16-lane FMA per cycle
         units = 1
+    if family is not None:
+        model += f" (family {family} model {model_number})"
     return {"model": model, "vendor": vendor, "family": family, "isa": isa, "fma": "fma" in flags,
             "lanes": width, "fma_units": units, "mhz": mhz}
 
@@ -96,18 +101,35 @@ def nominal_peak_gflops(info: dict, threads: int) -> float | None:
     return info["lanes"] * info["fma_units"] * (2 if info["fma"] else 1) * threads * info["mhz"] / 1000
 
 
-def measured_peak_gflops(threads: int, size: int = 4096) -> float:
+def measured_peak_gflops(threads: int, size: int = 4096) -> tuple[float, str]:
+    """The faster of two dense kernels, (GFLOP/s, which): a size^2 sgemm (MKL, which takes a slower
+    path on some AMD parts) and a 256 -> 256 1x1x1 channels-last convolution (oneDNN, the library
+    the networks' convolutions run on), each the best of 3."""
     import torch
+    import torch.nn.functional as F
 
     torch.set_num_threads(threads)
+
+    def best_seconds(run) -> float:
+        run()
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        return best
+
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
+    sgemm = 2 * size ** 3 / best_seconds(lambda: torch.mm(a, b)) / 1e9
+    del a, b
+    channels, side = 256, 64
+    x = torch.randn(1, channels, side, side, side).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(channels, channels, 1, 1, 1)
+    with torch.inference_mode():
+        conv = 2 * channels * channels * side ** 3 / best_seconds(lambda: F.conv3d(x, w)) / 1e9
+    if conv > sgemm:
+        return conv, "oneDNN 256 -> 256 1x1x1 conv; sgemm %.0f" % sgemm
+    return sgemm, f"{size}^2 sgemm; oneDNN 1x1x1 conv {conv:.0f}"
 
 
 # ---- network operation counts -------------------------------------------------------------------
@@ -246,7 +268,8 @@ def onednn_summary(threads: int) -> None:
 
 
 def run_ours(args, mode: str) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--device", args.device, "--threads", str(args.threads),
+    command = [sys.executable, __file__, f"--child={mode}",  # "=": a lone "--vol" is not an option
+               "--device", args.device, "--threads", str(args.threads),
                "--repeats", "1", "--model", args.model, "--image", args.image]
     begin = time.perf_counter()
     done = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -354,12 +377,12 @@ def main() -> None:
             unpack_fixture_models(Path(args.vs_reference) / "models")
     info = cpu_info()
     nominal = nominal_peak_gflops(info, args.threads)
-    measured = measured_peak_gflops(args.threads)
+    measured, measured_by = measured_peak_gflops(args.threads)
     try:
         print(f"CPU {info['model']}, ISA {' / '.join(info['isa']) or 'SSE'}, {args.threads} threads; float32 FMA peak "
               + (f"nominal {nominal:.0f} GFLOP/s ({info['lanes']} lanes x {info['fma_units']} FMA units x 2 x {args.threads} cores x "
                  f"{info['mhz']:.0f} MHz), " if nominal else "")
-              + f"measured {measured:.0f} GFLOP/s (4096^2 sgemm)")
+              + f"measured {measured:.0f} GFLOP/s ({measured_by})")
         print(f"image {args.image}, {args.device}, {args.repeats} run(s) per mode"
               + (", paired with the reference (ours, reference, ours, ...)" if args.vs_reference else "")
               + "; timings on a shared machine are noisy")
