@@ -301,3 +301,40 @@ def test_aseg_stats_writer_round_trips_through_the_reader(tmp_path):
     assert frame.loc[0, "TIV"] == pytest.approx(morphometry.tiv, abs=1e-6)
     assert frame.loc[0, "Left-Cerebral-Cortex"] == pytest.approx(morphometry.volumes["Left-Cerebral-Cortex"], abs=1e-4)
 
+
+
+def test_tissue_maps_from_reversed_channel_first_posteriors_equal_the_channel_sums():
+    """SynthSeg's posteriors are a channel-first array seen as (X, Y, Z, C) through flips and transposes;
+    the maps are summed in the channels' memory direction, and must equal adding the channels in order."""
+    rng = np.random.default_rng(3)
+    channel_labels = [int(v) for v in synthseg_labels.LABELS_V2]
+    channel_first = rng.random((len(channel_labels), 9, 11, 13), dtype=np.float32)
+    view = np.moveaxis(channel_first, 0, -1)[::-1, :, ::-1].transpose(0, 2, 1, 3)  # axes reversed and permuted
+    assert any(stride < 0 for stride in view.strides)
+    maps, _ = tissues.tissue_maps_from_posteriors(view, channel_labels)
+    table = tissues.tissue_table()
+    for tissue in tissues.TISSUES:
+        members = [i for i, v in enumerate(channel_labels) if v and table[v] == tissue]
+        expected = np.zeros(view.shape[:3], dtype=np.float32)
+        for index in members:  # float32, in the table's order
+            expected = expected + view[..., index]
+        assert np.array_equal(maps[tissue], expected), tissue
+        assert np.allclose(maps[tissue], view[..., members].sum(axis=-1, dtype=np.float64), rtol=0, atol=1e-5)
+        assert all(stride > 0 for stride in maps[tissue].strides)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "reversed", "box"])
+def test_cross_dilation_and_erosion_equal_scipy(layout):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    mask = ndimage.gaussian_filter(rng.random((30, 34, 38)), 1.5) > 0.5
+    mask[0, 3:9, 4:10] = True  # on a face: eroded there (border value 0)
+    mask = {"C": mask, "F": np.asfortranarray(mask), "reversed": np.asfortranarray(mask)[::-1, :, ::-1],
+            "box": mask[2:, 1:-3, ::2]}[layout]
+    for iterations in (1, 2, 3):
+        assert np.array_equal(quality.binary_dilation_cross(mask, iterations),
+                              ndimage.binary_dilation(mask, iterations=iterations)), iterations
+        assert np.array_equal(quality.binary_erosion_cross(mask, iterations),
+                              ndimage.binary_erosion(mask, iterations=iterations)), iterations
+    assert np.array_equal(quality.binary_dilation_cross(mask, 0), mask)

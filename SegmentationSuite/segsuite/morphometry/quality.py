@@ -358,13 +358,54 @@ def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 
         keep[0] = False
         bright_box = keep[components]
     del components
-    head_box = _fill_holes(ndimage.binary_closing(bright_box, iterations=closing_iterations) | bright_box)
-    near_head_box = ndimage.binary_dilation(head_box, iterations=margin) if margin > 0 else head_box
+    closed = binary_erosion_cross(binary_dilation_cross(bright_box, closing_iterations), closing_iterations)
+    head_box = _fill_holes(closed | bright_box)
+    near_head_box = binary_dilation_cross(head_box, margin)
     head = np.zeros_like(bright)  # in the image's memory layout, as the other masks
     head[box] = head_box
     air = np.ones_like(bright)
     air[box] = ~near_head_box
     return head, air
+
+
+def _along(axis: int, index, ndim: int) -> tuple:
+    key = [slice(None)] * ndim
+    key[axis] = index
+    return tuple(key)
+
+
+def _forward(mask: np.ndarray) -> tuple:
+    """The slices that view ``mask`` with every stride positive (applied twice: the original view)."""
+    return tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in mask.strides)
+
+
+def binary_dilation_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """scipy.ndimage.binary_dilation(mask, iterations=...) with its default cross (face-neighbour)
+    structure, as shifted ORs: several times faster than scipy's voxel-by-voxel pass. ``iterations`` < 1
+    leaves the mask as it is (scipy would repeat until nothing changes)."""
+    forward = _forward(mask)
+    grown = np.asarray(mask, dtype=bool)[forward]  # a symmetric structure commutes with the flips
+    for _ in range(iterations):
+        source, grown = grown, grown.copy(order="K")  # each shift then reads and writes in memory order
+        for axis in range(grown.ndim):
+            grown[_along(axis, slice(1, None), grown.ndim)] |= source[_along(axis, slice(None, -1), grown.ndim)]
+            grown[_along(axis, slice(None, -1), grown.ndim)] |= source[_along(axis, slice(1, None), grown.ndim)]
+    return grown[forward]
+
+
+def binary_erosion_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """scipy.ndimage.binary_erosion(mask, iterations=...) with its default cross structure and border
+    value 0 (voxels on the volume's faces erode), as shifted ANDs."""
+    forward = _forward(mask)
+    shrunk = np.asarray(mask, dtype=bool)[forward]
+    for _ in range(iterations):
+        source, shrunk = shrunk, shrunk.copy(order="K")
+        for axis in range(shrunk.ndim):
+            shrunk[_along(axis, slice(1, None), shrunk.ndim)] &= source[_along(axis, slice(None, -1), shrunk.ndim)]
+            shrunk[_along(axis, slice(None, -1), shrunk.ndim)] &= source[_along(axis, slice(1, None), shrunk.ndim)]
+            shrunk[_along(axis, 0, shrunk.ndim)] = False
+            shrunk[_along(axis, -1, shrunk.ndim)] = False
+    return shrunk[forward]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -66,13 +66,23 @@ def tissue_maps_from_posteriors(posteriors: np.ndarray, channel_labels: Sequence
                          "for their channels; give the posteriors SynthSeg wrote with this segmentation")
     groups, unknown = labels_by_tissue(channel_labels, table)
     channel = {int(value): index for index, value in enumerate(channel_labels)}
+    # Sum each channel in its own memory direction: SynthSeg's posteriors are channel-first arrays seen
+    # through the input's orientation (reversed axes among them), and adding a reversed view into a
+    # forward array leaves numpy's strided loop (5x slower). The map is flipped back once at the end.
+    forward = tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in posteriors.strides[:3])
+    channels = posteriors[forward]
     maps = {}
     for tissue in TISSUES:
-        # in the posteriors' own memory layout (SynthSeg's are channel-first arrays seen through the
-        # input's orientation): each channel is then added in one sequential pass
-        total = np.zeros_like(posteriors[..., 0], dtype=np.float32)
-        for value in groups[tissue]:
-            np.add(total, posteriors[..., channel[value]], out=total, casting="unsafe")
+        members = [channel[value] for value in groups[tissue]]
+        total = np.zeros_like(channels[..., 0], dtype=np.float32)
+        if members:  # the first channel copied (0 + a is a), the others added in the table's order
+            np.copyto(total, channels[..., members[0]], casting="unsafe")
+        for index in members[1:]:
+            np.add(total, channels[..., index], out=total, casting="unsafe")
+        if any(axis.step == -1 for axis in forward):  # back to the posteriors' indexing
+            flipped = np.empty_like(posteriors[..., 0], dtype=np.float32)
+            np.copyto(flipped, total[forward])
+            total = flipped
         maps[tissue] = total
     return maps, unknown
 
