@@ -338,3 +338,24 @@ def test_cross_dilation_and_erosion_equal_scipy(layout):
         assert np.array_equal(quality.binary_erosion_cross(mask, iterations),
                               ndimage.binary_erosion(mask, iterations=iterations)), iterations
     assert np.array_equal(quality.binary_dilation_cross(mask, 0), mask)
+
+
+def test_tissue_cores_counted_with_the_masks_equal_their_own_histograms(monkeypatch):
+    """The MAD's core voxels (above half each map's maximum) are counted in the masks' joint histogram;
+    without room for them there, each tissue gathers its own: both give the same statistics."""
+    image, labels = _phantom(noise=6.0)
+    image = np.round(np.clip(image, 0, None) * 3)
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    maps["GM"] = maps["GM"] * np.float32(0.8)
+    maps["WM"][labels == 2] = np.random.default_rng(2).uniform(0.2, 1.0, (labels == 2).sum()).astype(np.float32)
+    dseg = tissues.dseg_from_maps(maps)
+    head, air = quality.head_and_air_masks(image, dseg > 0)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    monkeypatch.setattr(quality, "JOINT_COUNT_LIMIT", 0)
+    apart, apart_statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    assert apart == metrics and apart_statistics == statistics
+    for tissue in ("csf", "gm", "wm"):  # the MAD as its definition: median |x - median| / 0.6745 over the core
+        probability = maps[tissue.upper()]
+        core = image[probability > 0.5 * probability.max()].astype(np.float64)
+        mad = np.median(np.abs(core - statistics[tissue]["median"])) / quality.GAUSSIAN_MAD_SCALE
+        assert statistics[tissue]["mad"] == pytest.approx(round(mad, 4), abs=1e-12), tissue

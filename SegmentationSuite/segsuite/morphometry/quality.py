@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 SPEC_EPSILON = 1e-8
+JOINT_COUNT_LIMIT = 2 ** 25  # bins of the one (intensity, mask code) count: 256 MiB of int64
 DIETRICH_FACTOR = 0.6551364  # 1 / sqrt(2 / (4 - pi)): Rayleigh-distributed air (Dietrich 2007, eq. A.12)
 GAUSSIAN_MAD_SCALE = 0.6744897501960817  # Phi^-1(3/4): the MAD of a unit Gaussian
 
@@ -224,12 +225,20 @@ def _rounded_statistics(mean, median, p95, p05, stdv, mad, n, decimals: int) -> 
             "p05": round(float(p05), decimals), "stdv": round(stdv, decimals), "mad": round(mad, decimals), "n": n}
 
 
+def _core_mask(probability: np.ndarray) -> np.ndarray:
+    """The voxels MRIQC takes the MAD over: above half the map's maximum."""
+    return probability > 0.5 * probability.max()
+
+
 def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int = 4,
-                      index: Optional[IntensityIndex] = None) -> dict[str, float]:
+                      index: Optional[IntensityIndex] = None,
+                      core_counts: Optional[np.ndarray] = None) -> dict[str, float]:
     """MRIQC's summary statistics of one tissue: weighted mean, median, p05, p95, stdv; MAD; n.
 
-    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues.
-    Only the bounding box of the tissue's voxels is visited (zero weights add nothing)."""
+    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues;
+    ``core_counts``: with an exact index, the histogram (over ``index.distinct``) of the _core_mask
+    voxels, where the caller counted it already. Only the bounding box of the tissue's voxels is
+    visited (zero weights add nothing)."""
     probability = np.asarray(probability)
     box = bounding_box(probability > 0)
     probability, image = probability[box], np.asarray(image)[box]
@@ -248,11 +257,12 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
         sums = index.histogram(box, weights=weights)
         mean, stdv = index.mean_std(sums)
         p05, median, p95 = index.quantiles(sums, [0.05, 0.5, 0.95])
-    core_mask = probability > 0.5 * probability.max()
     if index is not None and index.exact:
-        mad = _mad_of_histogram(index.distinct, index.histogram(box, core_mask), median)
+        if core_counts is None:
+            core_counts = index.histogram(box, _core_mask(probability))
+        mad = _mad_of_histogram(index.distinct, core_counts, median)
     else:
-        core = image[core_mask].astype(np.float64)
+        core = image[_core_mask(probability)].astype(np.float64)
         mad = float(np.median(np.abs(core - median) / GAUSSIAN_MAD_SCALE)) if core.size else float("nan")
     return _rounded_statistics(mean, median, p95, p05, stdv, mad, float(np.sum(probability, dtype=np.float64)),
                                decimals)
@@ -436,25 +446,38 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     index = IntensityIndex(rounded, exact=integer_valued, layout=tissue_maps["GM"]) \
         if IntensityIndex.usable(rounded) else None
     fast = index is not None and index.exact
+    core_counts = {}
     if fast:
-        # the histograms of every hard mask at once: one count of (intensity, brain, dseg class, region)
+        # the histograms of every hard mask at once: one count of (intensity, code), the code's bits saying
+        # brain, dseg class (2 bits), head, air and, where the count stays small, each tissue's core
+        with_cores = index.counts.size * 256 <= JOINT_COUNT_LIMIT
         code = np.empty_like(index.offsets, dtype=np.uint8)  # in the offsets' memory order
         np.copyto(code, brain_mask, casting="unsafe")
         code += np.uint8(2) * np.clip(dseg, 0, 3).astype(np.uint8)
         code += np.uint8(8) * head_mask.astype(np.uint8)
         code += np.uint8(16) * air_mask.astype(np.uint8)
-        joint = index.offsets * 32
+        for bit, tissue in enumerate(("CSF", "GM", "WM") if with_cores else ()):
+            code += np.uint8(32 << bit) * _core_mask(tissue_maps[tissue]).astype(np.uint8)
+        codes = np.arange(256 if with_cores else 32)
+        joint = index.offsets * codes.size
         joint += code
-        counts = np.bincount(joint.ravel(order="K"), minlength=index.counts.size * 32).reshape(-1, 32)
-        counts = counts[index.present].astype(np.float64).reshape(-1, 2, 2, 4, 2)  # air, head, class, brain
+        counts = np.bincount(joint.ravel(order="K"), minlength=index.counts.size * codes.size).reshape(-1, codes.size)
+        counts = counts[index.present].astype(np.float64)
         del joint, code
-        air_counts = counts[:, 1].sum(axis=(1, 2, 3))
-        head_counts = counts[:, :, 1].sum(axis=(1, 2, 3))
+
+        def counts_where(selected: np.ndarray) -> np.ndarray:  # integer counts: exact in any order
+            return counts[:, selected].sum(axis=1)
+
+        air_counts = counts_where(codes & 16 > 0)
+        head_counts = counts_where(codes & 8 > 0)
+        if with_cores:
+            core_counts = {tissue: counts_where(codes & (32 << bit) > 0)
+                           for bit, tissue in enumerate(("CSF", "GM", "WM"))}
     if fast and clipped is image:  # the spec's statistics of the image itself, from histograms
-        brain_counts = counts[..., 1].sum(axis=(1, 2, 3))
-        gm_counts = counts[:, :, :, 1].sum(axis=(1, 2, 3))
-        wm_counts = counts[:, :, :, 2].sum(axis=(1, 2, 3))
-        outside_counts = counts[..., 0].sum(axis=(1, 2, 3))
+        brain_counts = counts_where(codes & 1 > 0)
+        gm_counts = counts_where((codes >> 1) & 3 == 1)
+        wm_counts = counts_where((codes >> 1) & 3 == 2)
+        outside_counts = counts_where(codes & 1 == 0)
         signal = index.mean_std(brain_counts)[0]
         metrics = {
             "spec_snr": signal / (index.mean_std(outside_counts)[1] + SPEC_EPSILON),
@@ -469,7 +492,8 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
             "spec_snr_air": spec_snr(image, brain_mask, air_mask),
             "spec_cnr": spec_cnr(image[tissue_box], dseg[tissue_box] == 1, dseg[tissue_box] == 2),
         }
-    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index)
+    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index,
+                                                    core_counts=core_counts.get(tissue))
                   for tissue in ("CSF", "GM", "WM")}
     if fast:
         statistics["bg"] = _mask_statistics(index, air_counts)
