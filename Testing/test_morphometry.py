@@ -359,3 +359,23 @@ def test_tissue_cores_counted_with_the_masks_equal_their_own_histograms(monkeypa
         core = image[probability > 0.5 * probability.max()].astype(np.float64)
         mad = np.median(np.abs(core - statistics[tissue]["median"])) / quality.GAUSSIAN_MAD_SCALE
         assert statistics[tissue]["mad"] == pytest.approx(round(mad, 4), abs=1e-12), tissue
+
+
+def test_weighted_statistics_of_a_map_over_most_of_the_volume():
+    """A map whose box holds over half the volume is histogrammed over the whole volume (its voxels outside
+    the box weigh 0); that must equal the box's histogram (taken where negative values lie outside the
+    box, which the box leaves out) and the voxel-wise definition."""
+    image, _ = _phantom(noise=6.0)
+    image = np.round(np.clip(image, 0, None) * 3)
+    grid = np.indices(image.shape).astype(np.float32)
+    probability = np.clip(1.2 - ((grid - 25) ** 2).sum(axis=0) / 2000, 0, 1).astype(np.float32)
+    probability[:3] = 0  # outside the box
+    box = quality.bounding_box(probability > 0)
+    assert 2 * probability[box].size > probability.size and probability[box].min() == 0
+    index = quality.IntensityIndex(image, exact=True, layout=probability)
+    whole = quality.tissue_statistics(image, probability, index=index)
+    negative_outside = probability.copy()
+    negative_outside[:3] = -0.3
+    boxed = quality.tissue_statistics(image, negative_outside, index=index)
+    assert whole == boxed
+    assert whole == pytest.approx(quality.tissue_statistics(image, probability), rel=1e-9)

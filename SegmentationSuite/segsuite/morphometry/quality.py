@@ -239,11 +239,14 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
     ``core_counts``: with an exact index, the histogram (over ``index.distinct``) of the _core_mask
     voxels, where the caller counted it already. Only the bounding box of the tissue's voxels is
     visited (zero weights add nothing)."""
-    probability = np.asarray(probability)
-    box = bounding_box(probability > 0)
-    probability, image = probability[box], np.asarray(image)[box]
-    single = np.asarray(probability, dtype=np.float32)  # MRIQC rounds float32 maps (here in their own layout)
-    weights = np.round(single, 3, out=np.empty_like(single))
+    whole_map = np.asarray(probability)
+    box = bounding_box(whole_map > 0)
+    probability, image = whole_map[box], np.asarray(image)[box]
+    # a box over half the volume would cost a copy of its intensity offsets to flatten them: the weighted
+    # histogram then runs over the whole volume, whose voxels outside the box weigh exactly 0 (none < 0)
+    whole = index is not None and 2 * probability.size > whole_map.size and float(whole_map.min()) >= 0
+    single = np.asarray(whole_map if whole else probability, dtype=np.float32)  # MRIQC rounds float32 maps
+    weights = np.round(single, 3, out=np.empty_like(single))  # (here in their own layout)
     if not weights.any():  # a tissue the segmentation does not contain: nothing to summarise
         return dict(_EMPTY_STATISTICS)
     if index is None:
@@ -254,7 +257,7 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
         stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
         p05, median, p95 = weighted_quantiles(data, weights, [0.05, 0.5, 0.95])
     else:  # every voxel of the box (zero weights add nothing): no gather of the tissue's voxels
-        sums = index.histogram(box, weights=weights)
+        sums = index.histogram(() if whole else box, weights=weights)
         mean, stdv = index.mean_std(sums)
         p05, median, p95 = index.quantiles(sums, [0.05, 0.5, 0.95])
     if index is not None and index.exact:

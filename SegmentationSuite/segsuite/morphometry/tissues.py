@@ -116,12 +116,19 @@ def dseg_from_maps(maps: dict[str, np.ndarray]) -> np.ndarray:
 
     Ties go to the first of background, GM, WM, CSF (numpy's argmax order)."""
     gm, wm, csf = (maps[tissue] for tissue in TISSUES)
-    best_value = 1.0 - (gm + wm + csf)  # background
-    best = np.zeros_like(gm, dtype=np.uint8)  # in the maps' memory layout: one sequential pass each
-    for value, probability in ((1, gm), (2, wm), (3, csf)):  # 1 GM, 2 WM, 3 CSF: DSEG_VALUES
-        better = probability > best_value  # strictly: the first maximum wins, as numpy's argmax
-        best[better] = value
-        np.maximum(best_value, probability, out=best_value)
+    best = np.zeros_like(gm, dtype=np.uint8)  # in the maps' memory layout
+    # slabs across the slowest memory axis, ~1 MiB each: the eight passes below then stay in cache
+    slowest = int(np.argmax(np.abs(gm.strides)))
+    planes = max(1, (1 << 20) // max(1, gm.nbytes // max(1, gm.shape[slowest])))
+    for start in range(0, gm.shape[slowest], planes):
+        slab = tuple(slice(start, start + planes) if axis == slowest else slice(None) for axis in range(gm.ndim))
+        best_value = gm[slab] + wm[slab]
+        best_value += csf[slab]
+        np.subtract(1.0, best_value, out=best_value)  # background: 1 - (GM + WM + CSF)
+        for value, probability in ((1, gm[slab]), (2, wm[slab]), (3, csf[slab])):  # 1 GM, 2 WM, 3 CSF: DSEG_VALUES
+            # strictly greater: the first maximum wins, as numpy's argmax
+            np.copyto(best[slab], np.uint8(value), where=probability > best_value)
+            np.maximum(best_value, probability, out=best_value)
     return best
 
 
