@@ -379,3 +379,17 @@ def test_weighted_statistics_of_a_map_over_most_of_the_volume():
     boxed = quality.tissue_statistics(image, negative_outside, index=index)
     assert whole == boxed
     assert whole == pytest.approx(quality.tissue_statistics(image, probability), rel=1e-9)
+
+
+def test_dseg_equals_the_argmax_of_background_and_tissues():
+    """dseg_from_maps works in ~1 MiB slabs of the maps' slowest memory axis; it must equal numpy's argmax
+    over (1 - GM - WM - CSF, GM, WM, CSF), ties included, in any layout."""
+    rng = np.random.default_rng(4)
+    shape = (300, 40, 41)  # 2 MB of float32: more than one slab
+    maps = {tissue: (rng.integers(0, 4, shape) / 10).astype(np.float32) for tissue in tissues.TISSUES}  # many ties
+    stack = np.stack([1.0 - (maps["GM"] + maps["WM"] + maps["CSF"])] + [maps[t] for t in tissues.TISSUES])
+    expected = np.argmax(stack, axis=0)
+    assert np.array_equal(tissues.dseg_from_maps(maps), expected)
+    relaid = {name: np.asfortranarray(m[:, ::-1])[:, ::-1] for name, m in maps.items()}  # same values
+    assert relaid["GM"].strides[1] < 0 and np.array_equal(relaid["GM"], maps["GM"])
+    assert np.array_equal(tissues.dseg_from_maps(relaid), expected)
