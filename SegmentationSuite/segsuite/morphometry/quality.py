@@ -363,11 +363,16 @@ def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 
     bright_box, brain_box = bright[box], brain[box]
     components, count = ndimage.label(bright_box)
     if count > 1:
-        sizes = np.bincount(components.ravel(order="K"))
+        # one count of (component, brain) gives each component's size and whether the brain touches it
+        flat_components, flat_brain = _flatten_alike(components, brain_box)
+        pairs = flat_components.astype(np.intp) * 2
+        pairs += flat_brain
+        counts = np.bincount(pairs, minlength=2 * (count + 1)).reshape(-1, 2)
+        del pairs
+        sizes = counts.sum(axis=1)
         sizes[0] = 0
-        keep = np.zeros(count + 1, dtype=bool)
+        keep = counts[:, 1] > 0  # every component the brain touches
         keep[np.argmax(sizes)] = True
-        keep[components[brain_box]] = True  # every component the brain touches
         keep[0] = False
         bright_box = keep[components]
     del components
