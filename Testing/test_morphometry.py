@@ -393,3 +393,16 @@ def test_dseg_equals_the_argmax_of_background_and_tissues():
     relaid = {name: np.asfortranarray(m[:, ::-1])[:, ::-1] for name, m in maps.items()}  # same values
     assert relaid["GM"].strides[1] < 0 and np.array_equal(relaid["GM"], maps["GM"])
     assert np.array_equal(tissues.dseg_from_maps(relaid), expected)
+
+
+def test_the_image_copied_into_the_maps_layout_keeps_every_value():
+    from segsuite.morphometry.subject import _in_layout_of
+
+    rng = np.random.default_rng(6)
+    image = np.asfortranarray(rng.integers(-5, 300, (70, 45, 66)).astype(np.int16))  # a NIfTI's layout
+    maps_layout = np.moveaxis(np.zeros((3, 70, 66, 45), np.float32), 0, -1)[::-1, :, :, 0].transpose(0, 2, 1)
+    for reference in (maps_layout, np.zeros((70, 45, 66), np.float32)):
+        copied = _in_layout_of(reference, image, tile=16)  # tiles that do not divide the shape
+        assert copied.dtype == np.float32 and np.array_equal(copied, image)
+        assert sorted(copied.strides) == sorted(abs(s) for s in reference.strides)
+        assert np.argsort(copied.strides).tolist() == np.argsort(np.abs(reference.strides)).tolist()
