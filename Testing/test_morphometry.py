@@ -301,3 +301,108 @@ def test_aseg_stats_writer_round_trips_through_the_reader(tmp_path):
     assert frame.loc[0, "TIV"] == pytest.approx(morphometry.tiv, abs=1e-6)
     assert frame.loc[0, "Left-Cerebral-Cortex"] == pytest.approx(morphometry.volumes["Left-Cerebral-Cortex"], abs=1e-4)
 
+
+
+def test_tissue_maps_from_reversed_channel_first_posteriors_equal_the_channel_sums():
+    """SynthSeg's posteriors are a channel-first array seen as (X, Y, Z, C) through flips and transposes;
+    the maps are summed in the channels' memory direction, and must equal adding the channels in order."""
+    rng = np.random.default_rng(3)
+    channel_labels = [int(v) for v in synthseg_labels.LABELS_V2]
+    channel_first = rng.random((len(channel_labels), 9, 11, 13), dtype=np.float32)
+    view = np.moveaxis(channel_first, 0, -1)[::-1, :, ::-1].transpose(0, 2, 1, 3)  # axes reversed and permuted
+    assert any(stride < 0 for stride in view.strides)
+    maps, _ = tissues.tissue_maps_from_posteriors(view, channel_labels)
+    table = tissues.tissue_table()
+    for tissue in tissues.TISSUES:
+        members = [i for i, v in enumerate(channel_labels) if v and table[v] == tissue]
+        expected = np.zeros(view.shape[:3], dtype=np.float32)
+        for index in members:  # float32, in the table's order
+            expected = expected + view[..., index]
+        assert np.array_equal(maps[tissue], expected), tissue
+        assert np.allclose(maps[tissue], view[..., members].sum(axis=-1, dtype=np.float64), rtol=0, atol=1e-5)
+        assert all(stride > 0 for stride in maps[tissue].strides)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "reversed", "box"])
+def test_cross_dilation_and_erosion_equal_scipy(layout):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    mask = ndimage.gaussian_filter(rng.random((30, 34, 38)), 1.5) > 0.5
+    mask[0, 3:9, 4:10] = True  # on a face: eroded there (border value 0)
+    mask = {"C": mask, "F": np.asfortranarray(mask), "reversed": np.asfortranarray(mask)[::-1, :, ::-1],
+            "box": mask[2:, 1:-3, ::2]}[layout]
+    for iterations in (1, 2, 3):
+        assert np.array_equal(quality.binary_dilation_cross(mask, iterations),
+                              ndimage.binary_dilation(mask, iterations=iterations)), iterations
+        assert np.array_equal(quality.binary_erosion_cross(mask, iterations),
+                              ndimage.binary_erosion(mask, iterations=iterations)), iterations
+    assert np.array_equal(quality.binary_dilation_cross(mask, 0), mask)
+
+
+def test_tissue_cores_counted_with_the_masks_equal_their_own_histograms(monkeypatch):
+    """The MAD's core voxels (above half each map's maximum) are counted in the masks' joint histogram;
+    without room for them there, each tissue gathers its own: both give the same statistics."""
+    image, labels = _phantom(noise=6.0)
+    image = np.round(np.clip(image, 0, None) * 3)
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    maps["GM"] = maps["GM"] * np.float32(0.8)
+    maps["WM"][labels == 2] = np.random.default_rng(2).uniform(0.2, 1.0, (labels == 2).sum()).astype(np.float32)
+    dseg = tissues.dseg_from_maps(maps)
+    head, air = quality.head_and_air_masks(image, dseg > 0)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    monkeypatch.setattr(quality, "JOINT_COUNT_LIMIT", 0)
+    apart, apart_statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    assert apart == metrics and apart_statistics == statistics
+    for tissue in ("csf", "gm", "wm"):  # the MAD as its definition: median |x - median| / 0.6745 over the core
+        probability = maps[tissue.upper()]
+        core = image[probability > 0.5 * probability.max()].astype(np.float64)
+        mad = np.median(np.abs(core - statistics[tissue]["median"])) / quality.GAUSSIAN_MAD_SCALE
+        assert statistics[tissue]["mad"] == pytest.approx(round(mad, 4), abs=1e-12), tissue
+
+
+def test_weighted_statistics_of_a_map_over_most_of_the_volume():
+    """A map whose box holds over half the volume is histogrammed over the whole volume (its voxels outside
+    the box weigh 0); that must equal the box's histogram (taken where negative values lie outside the
+    box, which the box leaves out) and the voxel-wise definition."""
+    image, _ = _phantom(noise=6.0)
+    image = np.round(np.clip(image, 0, None) * 3)
+    grid = np.indices(image.shape).astype(np.float32)
+    probability = np.clip(1.2 - ((grid - 25) ** 2).sum(axis=0) / 2000, 0, 1).astype(np.float32)
+    probability[:3] = 0  # outside the box
+    box = quality.bounding_box(probability > 0)
+    assert 2 * probability[box].size > probability.size and probability[box].min() == 0
+    index = quality.IntensityIndex(image, exact=True, layout=probability)
+    whole = quality.tissue_statistics(image, probability, index=index)
+    negative_outside = probability.copy()
+    negative_outside[:3] = -0.3
+    boxed = quality.tissue_statistics(image, negative_outside, index=index)
+    assert whole == boxed
+    assert whole == pytest.approx(quality.tissue_statistics(image, probability), rel=1e-9)
+
+
+def test_dseg_equals_the_argmax_of_background_and_tissues():
+    """dseg_from_maps works in ~1 MiB slabs of the maps' slowest memory axis; it must equal numpy's argmax
+    over (1 - GM - WM - CSF, GM, WM, CSF), ties included, in any layout."""
+    rng = np.random.default_rng(4)
+    shape = (300, 40, 41)  # 2 MB of float32: more than one slab
+    maps = {tissue: (rng.integers(0, 4, shape) / 10).astype(np.float32) for tissue in tissues.TISSUES}  # many ties
+    stack = np.stack([1.0 - (maps["GM"] + maps["WM"] + maps["CSF"])] + [maps[t] for t in tissues.TISSUES])
+    expected = np.argmax(stack, axis=0)
+    assert np.array_equal(tissues.dseg_from_maps(maps), expected)
+    relaid = {name: np.asfortranarray(m[:, ::-1])[:, ::-1] for name, m in maps.items()}  # same values
+    assert relaid["GM"].strides[1] < 0 and np.array_equal(relaid["GM"], maps["GM"])
+    assert np.array_equal(tissues.dseg_from_maps(relaid), expected)
+
+
+def test_the_image_copied_into_the_maps_layout_keeps_every_value():
+    from segsuite.morphometry.subject import _in_layout_of
+
+    rng = np.random.default_rng(6)
+    image = np.asfortranarray(rng.integers(-5, 300, (70, 45, 66)).astype(np.int16))  # a NIfTI's layout
+    maps_layout = np.moveaxis(np.zeros((3, 70, 66, 45), np.float32), 0, -1)[::-1, :, :, 0].transpose(0, 2, 1)
+    for reference in (maps_layout, np.zeros((70, 45, 66), np.float32)):
+        copied = _in_layout_of(reference, image, tile=16)  # tiles that do not divide the shape
+        assert copied.dtype == np.float32 and np.array_equal(copied, image)
+        assert sorted(copied.strides) == sorted(abs(s) for s in reference.strides)
+        assert np.argsort(copied.strides).tolist() == np.argsort(np.abs(reference.strides)).tolist()

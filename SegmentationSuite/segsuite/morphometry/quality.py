@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 SPEC_EPSILON = 1e-8
+JOINT_COUNT_LIMIT = 2 ** 25  # bins of the one (intensity, mask code) count: 256 MiB of int64
 DIETRICH_FACTOR = 0.6551364  # 1 / sqrt(2 / (4 - pi)): Rayleigh-distributed air (Dietrich 2007, eq. A.12)
 GAUSSIAN_MAD_SCALE = 0.6744897501960817  # Phi^-1(3/4): the MAD of a unit Gaussian
 
@@ -224,17 +225,28 @@ def _rounded_statistics(mean, median, p95, p05, stdv, mad, n, decimals: int) -> 
             "p05": round(float(p05), decimals), "stdv": round(stdv, decimals), "mad": round(mad, decimals), "n": n}
 
 
+def _core_mask(probability: np.ndarray) -> np.ndarray:
+    """The voxels MRIQC takes the MAD over: above half the map's maximum."""
+    return probability > 0.5 * probability.max()
+
+
 def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int = 4,
-                      index: Optional[IntensityIndex] = None) -> dict[str, float]:
+                      index: Optional[IntensityIndex] = None,
+                      core_counts: Optional[np.ndarray] = None) -> dict[str, float]:
     """MRIQC's summary statistics of one tissue: weighted mean, median, p05, p95, stdv; MAD; n.
 
-    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues.
-    Only the bounding box of the tissue's voxels is visited (zero weights add nothing)."""
-    probability = np.asarray(probability)
-    box = bounding_box(probability > 0)
-    probability, image = probability[box], np.asarray(image)[box]
-    single = np.asarray(probability, dtype=np.float32)  # MRIQC rounds float32 maps (here in their own layout)
-    weights = np.round(single, 3, out=np.empty_like(single))
+    ``index``: the image rounded to integers and counted (IntensityIndex), shared between tissues;
+    ``core_counts``: with an exact index, the histogram (over ``index.distinct``) of the _core_mask
+    voxels, where the caller counted it already. Only the bounding box of the tissue's voxels is
+    visited (zero weights add nothing)."""
+    whole_map = np.asarray(probability)
+    box = bounding_box(whole_map > 0)
+    probability, image = whole_map[box], np.asarray(image)[box]
+    # a box over half the volume would cost a copy of its intensity offsets to flatten them: the weighted
+    # histogram then runs over the whole volume, whose voxels outside the box weigh exactly 0 (none < 0)
+    whole = index is not None and 2 * probability.size > whole_map.size and float(whole_map.min()) >= 0
+    single = np.asarray(whole_map if whole else probability, dtype=np.float32)  # MRIQC rounds float32 maps
+    weights = np.round(single, 3, out=np.empty_like(single))  # (here in their own layout)
     if not weights.any():  # a tissue the segmentation does not contain: nothing to summarise
         return dict(_EMPTY_STATISTICS)
     if index is None:
@@ -245,14 +257,15 @@ def tissue_statistics(image: np.ndarray, probability: np.ndarray, decimals: int 
         stdv = math.sqrt(float(np.dot(weights, (data - mean) ** 2)) / total)
         p05, median, p95 = weighted_quantiles(data, weights, [0.05, 0.5, 0.95])
     else:  # every voxel of the box (zero weights add nothing): no gather of the tissue's voxels
-        sums = index.histogram(box, weights=weights)
+        sums = index.histogram(() if whole else box, weights=weights)
         mean, stdv = index.mean_std(sums)
         p05, median, p95 = index.quantiles(sums, [0.05, 0.5, 0.95])
-    core_mask = probability > 0.5 * probability.max()
     if index is not None and index.exact:
-        mad = _mad_of_histogram(index.distinct, index.histogram(box, core_mask), median)
+        if core_counts is None:
+            core_counts = index.histogram(box, _core_mask(probability))
+        mad = _mad_of_histogram(index.distinct, core_counts, median)
     else:
-        core = image[core_mask].astype(np.float64)
+        core = image[_core_mask(probability)].astype(np.float64)
         mad = float(np.median(np.abs(core - median) / GAUSSIAN_MAD_SCALE)) if core.size else float("nan")
     return _rounded_statistics(mean, median, p95, p05, stdv, mad, float(np.sum(probability, dtype=np.float64)),
                                decimals)
@@ -350,21 +363,67 @@ def head_and_air_masks(image: np.ndarray, brain_mask: np.ndarray, margin: int = 
     bright_box, brain_box = bright[box], brain[box]
     components, count = ndimage.label(bright_box)
     if count > 1:
-        sizes = np.bincount(components.ravel(order="K"))
+        # one count of (component, brain) gives each component's size and whether the brain touches it
+        flat_components, flat_brain = _flatten_alike(components, brain_box)
+        pairs = flat_components.astype(np.intp) * 2
+        pairs += flat_brain
+        counts = np.bincount(pairs, minlength=2 * (count + 1)).reshape(-1, 2)
+        del pairs
+        sizes = counts.sum(axis=1)
         sizes[0] = 0
-        keep = np.zeros(count + 1, dtype=bool)
+        keep = counts[:, 1] > 0  # every component the brain touches
         keep[np.argmax(sizes)] = True
-        keep[components[brain_box]] = True  # every component the brain touches
         keep[0] = False
         bright_box = keep[components]
     del components
-    head_box = _fill_holes(ndimage.binary_closing(bright_box, iterations=closing_iterations) | bright_box)
-    near_head_box = ndimage.binary_dilation(head_box, iterations=margin) if margin > 0 else head_box
+    closed = binary_erosion_cross(binary_dilation_cross(bright_box, closing_iterations), closing_iterations)
+    head_box = _fill_holes(closed | bright_box)
+    near_head_box = binary_dilation_cross(head_box, margin)
     head = np.zeros_like(bright)  # in the image's memory layout, as the other masks
     head[box] = head_box
     air = np.ones_like(bright)
     air[box] = ~near_head_box
     return head, air
+
+
+def _along(axis: int, index, ndim: int) -> tuple:
+    key = [slice(None)] * ndim
+    key[axis] = index
+    return tuple(key)
+
+
+def _forward(mask: np.ndarray) -> tuple:
+    """The slices that view ``mask`` with every stride positive (applied twice: the original view)."""
+    return tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in mask.strides)
+
+
+def binary_dilation_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """scipy.ndimage.binary_dilation(mask, iterations=...) with its default cross (face-neighbour)
+    structure, as shifted ORs: several times faster than scipy's voxel-by-voxel pass. ``iterations`` < 1
+    leaves the mask as it is (scipy would repeat until nothing changes)."""
+    forward = _forward(mask)
+    grown = np.asarray(mask, dtype=bool)[forward]  # a symmetric structure commutes with the flips
+    for _ in range(iterations):
+        source, grown = grown, grown.copy(order="K")  # each shift then reads and writes in memory order
+        for axis in range(grown.ndim):
+            grown[_along(axis, slice(1, None), grown.ndim)] |= source[_along(axis, slice(None, -1), grown.ndim)]
+            grown[_along(axis, slice(None, -1), grown.ndim)] |= source[_along(axis, slice(1, None), grown.ndim)]
+    return grown[forward]
+
+
+def binary_erosion_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """scipy.ndimage.binary_erosion(mask, iterations=...) with its default cross structure and border
+    value 0 (voxels on the volume's faces erode), as shifted ANDs."""
+    forward = _forward(mask)
+    shrunk = np.asarray(mask, dtype=bool)[forward]
+    for _ in range(iterations):
+        source, shrunk = shrunk, shrunk.copy(order="K")
+        for axis in range(shrunk.ndim):
+            shrunk[_along(axis, slice(1, None), shrunk.ndim)] &= source[_along(axis, slice(None, -1), shrunk.ndim)]
+            shrunk[_along(axis, slice(None, -1), shrunk.ndim)] &= source[_along(axis, slice(1, None), shrunk.ndim)]
+            shrunk[_along(axis, 0, shrunk.ndim)] = False
+            shrunk[_along(axis, -1, shrunk.ndim)] = False
+    return shrunk[forward]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -395,25 +454,38 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     index = IntensityIndex(rounded, exact=integer_valued, layout=tissue_maps["GM"]) \
         if IntensityIndex.usable(rounded) else None
     fast = index is not None and index.exact
+    core_counts = {}
     if fast:
-        # the histograms of every hard mask at once: one count of (intensity, brain, dseg class, region)
+        # the histograms of every hard mask at once: one count of (intensity, code), the code's bits saying
+        # brain, dseg class (2 bits), head, air and, where the count stays small, each tissue's core
+        with_cores = index.counts.size * 256 <= JOINT_COUNT_LIMIT
         code = np.empty_like(index.offsets, dtype=np.uint8)  # in the offsets' memory order
         np.copyto(code, brain_mask, casting="unsafe")
         code += np.uint8(2) * np.clip(dseg, 0, 3).astype(np.uint8)
         code += np.uint8(8) * head_mask.astype(np.uint8)
         code += np.uint8(16) * air_mask.astype(np.uint8)
-        joint = index.offsets * 32
+        for bit, tissue in enumerate(("CSF", "GM", "WM") if with_cores else ()):
+            code += np.uint8(32 << bit) * _core_mask(tissue_maps[tissue]).astype(np.uint8)
+        codes = np.arange(256 if with_cores else 32)
+        joint = index.offsets * codes.size
         joint += code
-        counts = np.bincount(joint.ravel(order="K"), minlength=index.counts.size * 32).reshape(-1, 32)
-        counts = counts[index.present].astype(np.float64).reshape(-1, 2, 2, 4, 2)  # air, head, class, brain
+        counts = np.bincount(joint.ravel(order="K"), minlength=index.counts.size * codes.size).reshape(-1, codes.size)
+        counts = counts[index.present].astype(np.float64)
         del joint, code
-        air_counts = counts[:, 1].sum(axis=(1, 2, 3))
-        head_counts = counts[:, :, 1].sum(axis=(1, 2, 3))
+
+        def counts_where(selected: np.ndarray) -> np.ndarray:  # integer counts: exact in any order
+            return counts[:, selected].sum(axis=1)
+
+        air_counts = counts_where(codes & 16 > 0)
+        head_counts = counts_where(codes & 8 > 0)
+        if with_cores:
+            core_counts = {tissue: counts_where(codes & (32 << bit) > 0)
+                           for bit, tissue in enumerate(("CSF", "GM", "WM"))}
     if fast and clipped is image:  # the spec's statistics of the image itself, from histograms
-        brain_counts = counts[..., 1].sum(axis=(1, 2, 3))
-        gm_counts = counts[:, :, :, 1].sum(axis=(1, 2, 3))
-        wm_counts = counts[:, :, :, 2].sum(axis=(1, 2, 3))
-        outside_counts = counts[..., 0].sum(axis=(1, 2, 3))
+        brain_counts = counts_where(codes & 1 > 0)
+        gm_counts = counts_where((codes >> 1) & 3 == 1)
+        wm_counts = counts_where((codes >> 1) & 3 == 2)
+        outside_counts = counts_where(codes & 1 == 0)
         signal = index.mean_std(brain_counts)[0]
         metrics = {
             "spec_snr": signal / (index.mean_std(outside_counts)[1] + SPEC_EPSILON),
@@ -428,7 +500,8 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
             "spec_snr_air": spec_snr(image, brain_mask, air_mask),
             "spec_cnr": spec_cnr(image[tissue_box], dseg[tissue_box] == 1, dseg[tissue_box] == 2),
         }
-    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index)
+    statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index,
+                                                    core_counts=core_counts.get(tissue))
                   for tissue in ("CSF", "GM", "WM")}
     if fast:
         statistics["bg"] = _mask_statistics(index, air_counts)

@@ -63,17 +63,19 @@ def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, si
     else:
         centre = np.array(labels.shape) // 2
     low, high = np.percentile(image[brain] if count else image, [1, 99.5])
+    slices = []
+    for axis in (2, 1, 0):  # axial, coronal, sagittal
+        index = [slice(None)] * 3
+        index[axis] = int(centre[axis])
+        slices.append((image[tuple(index)], labels[tuple(index)]))
     lut = freesurfer_lut()
-    values = distinct_labels(labels)
+    values = distinct_labels(np.concatenate([segment.ravel() for _, segment in slices]))  # only these are drawn
     palette = np.zeros((int(values.max()) + 1, 3), dtype=np.uint8)
     for value in values:
         label = lut.get(int(value))
         palette[int(value)] = label.color if label else fallback_color(int(value))
     planes = []
-    for axis in (2, 1, 0):  # axial, coronal, sagittal
-        index = [slice(None)] * 3
-        index[axis] = int(centre[axis])
-        grey, segment = image[tuple(index)], labels[tuple(index)]
+    for grey, segment in slices:
         # radiological-free display: superior/anterior up, patient's right on the left as in Slicer
         grey, segment = np.rot90(grey), np.rot90(segment)
         grey = _resize_nearest(grey, size)

@@ -66,13 +66,23 @@ def tissue_maps_from_posteriors(posteriors: np.ndarray, channel_labels: Sequence
                          "for their channels; give the posteriors SynthSeg wrote with this segmentation")
     groups, unknown = labels_by_tissue(channel_labels, table)
     channel = {int(value): index for index, value in enumerate(channel_labels)}
+    # Sum each channel in its own memory direction: SynthSeg's posteriors are channel-first arrays seen
+    # through the input's orientation (reversed axes among them), and adding a reversed view into a
+    # forward array leaves numpy's strided loop (5x slower). The map is flipped back once at the end.
+    forward = tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in posteriors.strides[:3])
+    channels = posteriors[forward]
     maps = {}
     for tissue in TISSUES:
-        # in the posteriors' own memory layout (SynthSeg's are channel-first arrays seen through the
-        # input's orientation): each channel is then added in one sequential pass
-        total = np.zeros_like(posteriors[..., 0], dtype=np.float32)
-        for value in groups[tissue]:
-            np.add(total, posteriors[..., channel[value]], out=total, casting="unsafe")
+        members = [channel[value] for value in groups[tissue]]
+        total = np.zeros_like(channels[..., 0], dtype=np.float32)
+        if members:  # the first channel copied (0 + a is a), the others added in the table's order
+            np.copyto(total, channels[..., members[0]], casting="unsafe")
+        for index in members[1:]:
+            np.add(total, channels[..., index], out=total, casting="unsafe")
+        if any(axis.step == -1 for axis in forward):  # back to the posteriors' indexing
+            flipped = np.empty_like(posteriors[..., 0], dtype=np.float32)
+            np.copyto(flipped, total[forward])
+            total = flipped
         maps[tissue] = total
     return maps, unknown
 
@@ -106,12 +116,19 @@ def dseg_from_maps(maps: dict[str, np.ndarray]) -> np.ndarray:
 
     Ties go to the first of background, GM, WM, CSF (numpy's argmax order)."""
     gm, wm, csf = (maps[tissue] for tissue in TISSUES)
-    best_value = 1.0 - (gm + wm + csf)  # background
-    best = np.zeros_like(gm, dtype=np.uint8)  # in the maps' memory layout: one sequential pass each
-    for value, probability in ((1, gm), (2, wm), (3, csf)):  # 1 GM, 2 WM, 3 CSF: DSEG_VALUES
-        better = probability > best_value  # strictly: the first maximum wins, as numpy's argmax
-        best[better] = value
-        np.maximum(best_value, probability, out=best_value)
+    best = np.zeros_like(gm, dtype=np.uint8)  # in the maps' memory layout
+    # slabs across the slowest memory axis, ~1 MiB each: the eight passes below then stay in cache
+    slowest = int(np.argmax(np.abs(gm.strides)))
+    planes = max(1, (1 << 20) // max(1, gm.nbytes // max(1, gm.shape[slowest])))
+    for start in range(0, gm.shape[slowest], planes):
+        slab = tuple(slice(start, start + planes) if axis == slowest else slice(None) for axis in range(gm.ndim))
+        best_value = gm[slab] + wm[slab]
+        best_value += csf[slab]
+        np.subtract(1.0, best_value, out=best_value)  # background: 1 - (GM + WM + CSF)
+        for value, probability in ((1, gm[slab]), (2, wm[slab]), (3, csf[slab])):  # 1 GM, 2 WM, 3 CSF: DSEG_VALUES
+            # strictly greater: the first maximum wins, as numpy's argmax
+            np.copyto(best[slab], np.uint8(value), where=probability > best_value)
+            np.maximum(best_value, probability, out=best_value)
     return best
 
 
