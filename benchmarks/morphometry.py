@@ -50,7 +50,7 @@ def main() -> None:
         begin = time.perf_counter()
         result = engine.segment(volume)
         synthseg_s = time.perf_counter() - begin
-        print(f"CPU {cpu_info()['model']}{cpu_family_and_model()}, {os.cpu_count()} cores; "
+        print(f"CPU {cpu_info()['model']}, {os.cpu_count()} cores; "
               "timings on a shared machine are noisy")
         print(f"image {args.image} {volume.data.shape}, {args.threads} threads; SynthSeg default {synthseg_s:.1f} s "
               f"(posteriors {result.posteriors.shape})")
@@ -76,20 +76,6 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         if args.model is None:
             shutil.rmtree(model, ignore_errors=True)
-
-
-def cpu_family_and_model() -> str:
-    """' (family F model M)' from /proc/cpuinfo: the model name alone ("AMD EPYC") does not say which."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    fields: dict[str, str] = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    family, model = fields.get("cpu family"), fields.get("model")
-    return f" (family {family} model {model})" if family and model else ""
 
 
 def realistic_brain(repeats: int, synthseg_s: float) -> None:
