@@ -406,3 +406,25 @@ def test_the_image_copied_into_the_maps_layout_keeps_every_value():
         assert copied.dtype == np.float32 and np.array_equal(copied, image)
         assert sorted(copied.strides) == sorted(abs(s) for s in reference.strides)
         assert np.argsort(copied.strides).tolist() == np.argsort(np.abs(reference.strides)).tolist()
+
+
+def test_an_image_too_wide_for_the_joint_count_takes_the_voxel_path(monkeypatch):
+    """The masks' joint (intensity, code) count is bounded (an integer image spanning millions of values
+    would need gigabytes): past the bound the metrics come from the voxels, with the same values up to
+    float32 rounding (wm2max: 1.3e-8 relative)."""
+    image, labels = _phantom(noise=6.0)
+    image = np.round(np.clip(image, 0, None) * 3)
+    maps, _ = tissues.tissue_maps_from_labels(labels)
+    dseg = tissues.dseg_from_maps(maps)
+    head, air = quality.head_and_air_masks(image, dseg > 0)
+    metrics, statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    counted = []
+    original = np.bincount
+    monkeypatch.setattr(quality.np, "bincount", lambda *a, **k: counted.append(k.get("minlength", 0)) or original(*a, **k))
+    monkeypatch.setattr(quality, "JOINT_COUNT_MAX", 0)
+    voxels, voxel_statistics = quality.image_quality_metrics(image, maps, dseg, dseg > 0, head, air)
+    monkeypatch.undo()
+    width = int(image.max() - image.min()) + 1
+    assert not any(length >= 32 * width for length in counted)  # no joint count was built
+    assert voxels == pytest.approx(metrics, rel=1e-6)
+    assert all(voxel_statistics[t] == pytest.approx(statistics[t], rel=1e-6) for t in statistics)

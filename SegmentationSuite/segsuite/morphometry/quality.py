@@ -26,6 +26,8 @@ import numpy as np
 
 SPEC_EPSILON = 1e-8
 JOINT_COUNT_LIMIT = 2 ** 25  # bins of the one (intensity, mask code) count: 256 MiB of int64
+# the masks' joint count (32 codes) at all: an image spanning more intensities takes the voxel path
+JOINT_COUNT_MAX = 2 ** 26  # 512 MiB of int64: a range of 2 million values
 DIETRICH_FACTOR = 0.6551364  # 1 / sqrt(2 / (4 - pi)): Rayleigh-distributed air (Dietrich 2007, eq. A.12)
 GAUSSIAN_MAD_SCALE = 0.6744897501960817  # Phi^-1(3/4): the MAD of a unit Gaussian
 
@@ -453,7 +455,7 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     rounded = clipped if integer_valued else np.round(clipped.astype(np.float64), 0)
     index = IntensityIndex(rounded, exact=integer_valued, layout=tissue_maps["GM"]) \
         if IntensityIndex.usable(rounded) else None
-    fast = index is not None and index.exact
+    fast = index is not None and index.exact and index.counts.size * 32 <= JOINT_COUNT_MAX
     core_counts = {}
     if fast:
         # the histograms of every hard mask at once: one count of (intensity, code), the code's bits saying
