@@ -128,7 +128,7 @@ def measured_peak_gflops(threads: int, size: int = 4096) -> tuple[float, str]:
     with torch.inference_mode():
         conv = 2 * channels * channels * side ** 3 / best_seconds(lambda: F.conv3d(x, w)) / 1e9
     if conv > sgemm:
-        return conv, "oneDNN 256 -> 256 1x1x1 conv; sgemm %.0f" % sgemm
+        return conv, f"oneDNN 256 -> 256 1x1x1 conv; sgemm {sgemm:.0f}"
     return sgemm, f"{size}^2 sgemm; oneDNN 1x1x1 conv {conv:.0f}"
 
 

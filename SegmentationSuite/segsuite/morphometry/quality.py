@@ -394,38 +394,41 @@ def _along(axis: int, index, ndim: int) -> tuple:
     return tuple(key)
 
 
-def _forward(mask: np.ndarray) -> tuple:
-    """The slices that view ``mask`` with every stride positive (applied twice: the original view)."""
-    return tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in mask.strides)
+def forward_slices(strides) -> tuple:
+    """The slices that view an array with these ``strides`` with every stride positive (applied
+    twice: the original view)."""
+    return tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in strides)
+
+
+def _cross_pass(mask: np.ndarray, iterations: int, dilate: bool) -> np.ndarray:
+    """``iterations`` dilations (ORs) or erosions (ANDs, faces eroding) of ``mask`` by the cross
+    structure, as shifted operations in the mask's memory order."""
+    forward = forward_slices(mask.strides)
+    result = np.asarray(mask, dtype=bool)[forward]  # a symmetric structure commutes with the flips
+    combine = np.bitwise_or if dilate else np.bitwise_and
+    for _ in range(iterations):
+        source, result = result, result.copy(order="K")  # each shift then reads and writes in memory order
+        for axis in range(result.ndim):
+            for target, neighbour in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+                view = result[_along(axis, target, result.ndim)]
+                combine(view, source[_along(axis, neighbour, result.ndim)], out=view)
+            if not dilate:
+                result[_along(axis, 0, result.ndim)] = False
+                result[_along(axis, -1, result.ndim)] = False
+    return result[forward]
 
 
 def binary_dilation_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     """scipy.ndimage.binary_dilation(mask, iterations=...) with its default cross (face-neighbour)
     structure, as shifted ORs: several times faster than scipy's voxel-by-voxel pass. ``iterations`` < 1
     leaves the mask as it is (scipy would repeat until nothing changes)."""
-    forward = _forward(mask)
-    grown = np.asarray(mask, dtype=bool)[forward]  # a symmetric structure commutes with the flips
-    for _ in range(iterations):
-        source, grown = grown, grown.copy(order="K")  # each shift then reads and writes in memory order
-        for axis in range(grown.ndim):
-            grown[_along(axis, slice(1, None), grown.ndim)] |= source[_along(axis, slice(None, -1), grown.ndim)]
-            grown[_along(axis, slice(None, -1), grown.ndim)] |= source[_along(axis, slice(1, None), grown.ndim)]
-    return grown[forward]
+    return _cross_pass(mask, iterations, dilate=True)
 
 
 def binary_erosion_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     """scipy.ndimage.binary_erosion(mask, iterations=...) with its default cross structure and border
     value 0 (voxels on the volume's faces erode), as shifted ANDs."""
-    forward = _forward(mask)
-    shrunk = np.asarray(mask, dtype=bool)[forward]
-    for _ in range(iterations):
-        source, shrunk = shrunk, shrunk.copy(order="K")
-        for axis in range(shrunk.ndim):
-            shrunk[_along(axis, slice(1, None), shrunk.ndim)] &= source[_along(axis, slice(None, -1), shrunk.ndim)]
-            shrunk[_along(axis, slice(None, -1), shrunk.ndim)] &= source[_along(axis, slice(1, None), shrunk.ndim)]
-            shrunk[_along(axis, 0, shrunk.ndim)] = False
-            shrunk[_along(axis, -1, shrunk.ndim)] = False
-    return shrunk[forward]
+    return _cross_pass(mask, iterations, dilate=False)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .quality import forward_slices
 
 TISSUES = ("GM", "WM", "CSF")
 # BIDS-Derivatives / fMRIPrep values of the 3-class tissue segmentation (_dseg)
@@ -69,7 +70,7 @@ def tissue_maps_from_posteriors(posteriors: np.ndarray, channel_labels: Sequence
     # Sum each channel in its own memory direction: SynthSeg's posteriors are channel-first arrays seen
     # through the input's orientation (reversed axes among them), and adding a reversed view into a
     # forward array leaves numpy's strided loop (5x slower). The map is flipped back once at the end.
-    forward = tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in posteriors.strides[:3])
+    forward = forward_slices(posteriors.strides[:3])
     channels = posteriors[forward]
     maps = {}
     for tissue in TISSUES:
