@@ -20,7 +20,7 @@ from segsuite.nets.upconv import conv3d_of_upsampled
 from segsuite.synthseg import labels as L
 from segsuite.synthseg.engine import qc_crop, reslice_nearest, resolve_weights
 from segsuite.synthseg.outputs import csv_text, plan_outputs
-from segsuite.synthseg.postprocess import (blur_weights, gaussian_blur_, hard_labels, largest_component,
+from segsuite.synthseg.postprocess import (blur_weights, channel_argmax, gaussian_blur_, hard_labels, largest_component,
                                            postprocess_segmentation, soft_volumes)
 from segsuite.synthseg.preprocess import (centre_crop_indices, pad_shape_for, pad_volume, prepare, ras_alignment,
                                           resample_to_1mm)
@@ -389,6 +389,24 @@ def test_hard_labels_take_the_first_maximum_like_numpy():
     # a strided view (the un-padded window of the padded posteriors) gives the same
     view = posteriors[:, 1:4, ::2]
     assert np.array_equal(hard_labels(view, labels), labels[np.argmax(view, axis=0)])
+
+
+@pytest.mark.parametrize("block", [1, 7, 40, 1 << 18])
+def test_channel_argmax_equals_torch_and_numpy_argmax(block):
+    rng = np.random.default_rng(5)
+    # few distinct values: ties everywhere, channel 0 among them
+    values = rng.integers(0, 4, size=(33, 9, 6, 5)).astype(np.float32)
+    expected = np.argmax(values, axis=0)
+    for source in (values, torch.from_numpy(values), values[:, 2:8, ::2, 1:], torch.from_numpy(values).flip(1)):
+        reference = torch.as_tensor(np.ascontiguousarray(np.asarray(source))).argmax(0).numpy()
+        found = channel_argmax(source, block=block)
+        assert found.dtype == torch.int64 and tuple(found.shape) == tuple(source.shape[1:])
+        assert np.array_equal(found.numpy(), reference)
+    assert np.array_equal(channel_argmax(values, block=block).numpy(), expected)
+    # continuous values (SynthSeg's posteriors) and a single channel
+    smooth = rng.random((5, 4, 3, 2), dtype=np.float32)
+    assert np.array_equal(channel_argmax(smooth, block=block).numpy(), np.argmax(smooth, axis=0))
+    assert not channel_argmax(smooth[:1], block=block).numpy().any()
 
 
 def test_volumes_total_and_parcellation_scaled_to_cortex():

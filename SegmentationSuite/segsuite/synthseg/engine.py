@@ -9,6 +9,7 @@ The steps follow SynthSeg's predict_synthseg.py (see docs/synthseg.md for the kn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..labels import Label, LabelTable, freesurfer_lut
 from ..progress import ProgressCallback, ensure_callback
 from ..result import SegmentationResult
 from . import labels as L
-from .postprocess import (channel_sums, gaussian_blur_, hard_labels, postprocess_parcellation,
+from .postprocess import (channel_argmax, channel_sums, gaussian_blur_, hard_labels, postprocess_parcellation,
                           postprocess_segmentation, soft_volumes)
 from .preprocess import Prepared, prepare
 
@@ -279,11 +280,14 @@ class SynthSegEngine:
         prepared = prepare(source, crop=self.crop, ct=self.ct)
         if subject is None:
             subject = subject_name(source)
-        with torch.inference_mode(), ieee_float32():
+        # one reused heap for the U-Net passes and the QC: the QC's 224^3 tensors then take pages the
+        # passes already faulted in instead of new ones (the robust chain keeps its own rule, below)
+        networks_heap = contextlib.nullcontext() if self.robust else reuse_freed_memory()
+        with torch.inference_mode(), ieee_float32(), networks_heap:
             report(0.05, "segmenting")
             net_progress = lambda f, m: report(0.05 + 0.6 * f, m)  # noqa: E731
             posteriors = self._segment_posteriors(prepared.image, net_progress)
-            argmax = posteriors.argmax(0) if (self.parc or self.do_qc) else None
+            argmax = channel_argmax(posteriors) if (self.parc or self.do_qc) else None
             parcellation = None
             if self.parc:
                 report(0.65, "parcellating the cortex")
