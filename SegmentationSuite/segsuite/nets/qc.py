@@ -23,7 +23,8 @@ from .fftconv import FFTConv3d
 # 4.3 / 4.1 s vs 2.9 / 2.2 s (spectra 0.5 s each, once per engine); Intel Xeon 6.0 / 5.4 s vs
 # 4.9 / 4.0 s. Level 0 (24 -> 24 at 224^3: 10.1 s direct vs 10.7-11.2 s FFT on the Zen 4, where
 # the inverse FFT alone takes 3.9 s) and levels 2-3 (a tie, for 0.3-2.4 GiB of kernel spectra)
-# stay direct.
+# stay direct. On the Intel Xeon level 0 alone is faster as FFT (4.2 vs 6.1 s), but the whole QC pass
+# on the fixture's labels is a tie (18.7 vs 19.3 s, medians of 3), so it stays direct there too.
 FFT_TILES: dict = {"conv_downarm_1_0": 28, "expand_down_merge_1": 28, "conv_downarm_1_1": 28}
 
 
