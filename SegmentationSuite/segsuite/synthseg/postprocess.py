@@ -165,11 +165,9 @@ def channel_argmax(posteriors, block: int = 1 << 18):
         top, first, hit = best[: stop - start], index[: stop - start], equal[: stop - start]
         torch.amax(slab, 0, out=top)
         first.zero_()
-        for channel in range(channels - 1, 0, -1):
+        for channel in range(channels - 1, -1, -1):  # down to 0: the first maximum is written last
             torch.eq(slab[channel], top, out=hit)
             first.masked_fill_(hit, channel)
-        torch.eq(slab[0], top, out=hit)
-        first.masked_fill_(hit, 0)
         out[start:stop] = first
     return out
 
