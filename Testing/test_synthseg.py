@@ -127,6 +127,30 @@ def test_qc_fast_path_skips_background_exactly(shape, brain):
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
 
 
+@pytest.mark.parametrize("region, slab", [(None, 2), (None, 4), (None, 6), (None, 64),
+                                          ([(4, 20), (2, 30), (6, 26)], 6), ([(0, 10), (12, 24), (0, 26)], 4)])
+def test_qc_level0_streamed_in_slabs_equals_plain_layers(region, slab):
+    """Level 0 streamed along x (look-ups into a rolling window, unpadded convolution per slab,
+    pooled slab by slab) equals the plain layers on the one-hot input, for any slab size, the
+    whole volume (odd sizes: ceil pooling, zero padding) or a region inside it (even bounds)."""
+    torch.manual_seed(7)
+    net = KerasQCNet()
+    randomise_batch_norm(net, seed=8)
+    layers = net.layers
+    labels = torch.randint(0, 9, (37, 30, 26))
+    shape = labels.shape
+    region = region or [(0, n) for n in shape]
+    with torch.inference_mode():
+        onehot = F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None]
+        h = layers["qc_conv_downarm_0_1"](F.relu(layers["qc_conv_downarm_0_0"](onehot)))
+        plain = F.max_pool3d(layers["qc_bn_down_0"](F.relu(h + F.relu(layers["qc_expand_down_merge_0"](onehot)))),
+                             2, ceil_mode=True)
+        plain = plain[(slice(None), slice(None)) + tuple(slice(lo // 2, -(-hi // 2)) for lo, hi in region)]
+        streamed = net._level0_pooled(labels, region, slab=slab)
+    assert streamed.shape == plain.shape and float(plain.abs().max()) > 1e-3
+    assert torch.allclose(streamed, plain, rtol=0, atol=1e-5), (streamed - plain).abs().max()
+
+
 def test_qc_box_covering_most_of_the_window_takes_the_plain_path():
     net = KerasQCNet()
     labels = torch.zeros((64, 64, 64), dtype=torch.int64)

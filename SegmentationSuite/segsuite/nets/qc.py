@@ -99,55 +99,106 @@ class KerasQCNet(nn.Module):
             tables.append(table.reshape(-1, out))
         return torch.cat(tables), groups, base
 
-    def _level0_lookup(self, labels: torch.Tensor, slab: int = 8):
-        """relu(conv_downarm_0_0(onehot)) and relu(expand_down_merge_0(onehot)) as channels-last
-        (1, width, X, Y, Z) tensors, computed from the label volume by summing table rows: a
-        convolution of a one-hot input only ever multiplies kernel weights by 0 or 1."""
+    def _level0_codes(self, labels: torch.Tensor):
+        """What the look-ups of ``labels`` need, computed once per volume: the tables, and per
+        z-group the labels of the group's taps as one base-``base`` number at every position of the
+        padded volume (label ``base - 1`` is the zero padding)."""
         p = self.prefix
-        conv0 = self.layers[f"{p}_conv_downarm_0_0"]
-        k = conv0.kernel_size[0]
-        pad = k // 2
         table, groups, base = self._one_hot_tables()
+        pad = self.layers[f"{p}_conv_downarm_0_0"].kernel_size[0] // 2
         padded = F.pad(labels.to(torch.int64), (pad,) * 6, value=base - 1)
-        size = labels.shape
-        codes = []  # per z-group, the labels of its taps as one base-`base` number, at each start
+        pad_taps = (2 * pad + 1) ** 2  # the (a, b) taps of one z-group
+        codes, offsets, row = [], [], 0
         for start, stop in groups:
             code = torch.zeros_like(padded[:, :, : padded.shape[2] - (stop - start) + 1])
             for c in range(start, stop):
                 code = code * base + padded[:, :, c - start: c - start + code.shape[2]]
             codes.append(code.to(torch.int32))
-        offsets, row = [], 0
-        for (start, stop) in groups:
             offsets.append(row)
-            row += k * k * base ** (stop - start)
-        width0 = conv0.out_channels
-        bias = torch.cat([conv0.bias] + ([self.layers[f"{p}_expand_down_merge_0"].bias] if self.expands[0] else []))
-        h = torch.empty((1, width0) + tuple(size), dtype=table.dtype, device=labels.device,
-                        memory_format=torch.channels_last_3d)
-        h_view = h[0].permute(1, 2, 3, 0)  # (X, Y, Z, C) view of the channels-last storage
-        r = r_view = None
-        if self.expands[0]:
-            r = torch.empty_like(h, memory_format=torch.channels_last_3d)
-            r_view = r[0].permute(1, 2, 3, 0)
+            row += pad_taps * base ** (stop - start)
+        bias = torch.cat([self.layers[f"{p}_conv_downarm_0_0"].bias, self.layers[f"{p}_expand_down_merge_0"].bias])
+        return table, groups, base, codes, offsets, bias
+
+    def _lookup_into(self, prepared, region, h_out, r_out, slab: int = 8):
+        """relu(conv_downarm_0_0(onehot)) into ``h_out`` and relu(expand_down_merge_0(onehot)) into
+        ``r_out`` ((X, Y, Z, C) views) for the voxels of ``region`` [(lo, hi)] * 3, by summing table
+        rows: a convolution of a one-hot input only ever multiplies kernel weights by 0 or 1."""
+        table, groups, base, codes, offsets, bias = prepared
+        k = self.layers[f"{self.prefix}_conv_downarm_0_0"].kernel_size[0]
+        width0 = h_out.shape[-1]
+        (x0, x1), (y0, y1), (z0, z1) = region
+        ny, nz = y1 - y0, z1 - z0
         # the look-up rows of every voxel of a slab, (slab, Y, Z, group, a, b), written in one pass per
         # group from a strided view of the group's codes: [x, y, z, a, b] -> code[x + a, y + b, z + start]
-        index = torch.empty((slab, size[1], size[2], len(groups), k, k), dtype=torch.int32, device=labels.device)
-        tap_rows = torch.arange(k * k, dtype=torch.int32, device=labels.device).view(k, k)
-        for x0 in range(0, size[0], slab):
-            x1 = min(x0 + slab, size[0])
-            rows = index[: x1 - x0]
+        index = torch.empty((min(slab, x1 - x0), ny, nz, len(groups), k, k), dtype=torch.int32, device=table.device)
+        tap_rows = torch.arange(k * k, dtype=torch.int32, device=table.device).view(k, k)
+        for a in range(x0, x1, slab):
+            b = min(a + slab, x1)
+            rows = index[: b - a]
             for g, ((start, stop), code, offset) in enumerate(zip(groups, codes, offsets)):
                 s0, s1, s2 = code.stride()
-                view = code.as_strided((x1 - x0, size[1], size[2], k, k), (s0, s1, s2, s0, s1),
-                                       code.storage_offset() + x0 * s0 + start * s2)
+                view = code.as_strided((b - a, ny, nz, k, k), (s0, s1, s2, s0, s1),
+                                       code.storage_offset() + a * s0 + y0 * s1 + (z0 + start) * s2)
                 torch.add(view, tap_rows * base ** (stop - start) + offset, out=rows[:, :, :, g])
             summed = F.embedding_bag(rows.view(-1, len(groups) * k * k), table, mode="sum")  # (voxels, out)
-            summed = summed.add_(bias).relu_().view(x1 - x0, size[1], size[2], -1)
-            h_view[x0:x1] = summed[..., :width0]
-            if r is not None:
-                r_view[x0:x1] = summed[..., width0:]
+            summed = summed.add_(bias).relu_().view(b - a, ny, nz, -1)
+            h_out[a - x0: b - x0] = summed[..., :width0]
+            r_out[a - x0: b - x0] = summed[..., width0:]
             del summed
-        return h, r
+
+    def _level0_pooled(self, labels: torch.Tensor, out, slab: int = 32):
+        """Level 0 (look-ups, ``conv_downarm_0_1``, residual, ReLU, batch norm, max-pool) on the
+        voxels ``out`` [(lo, hi)] * 3 (even lows): the pooled (1, C, ...) result, channels-last.
+
+        Streamed along x in slabs of ``slab`` rows, so that no full-size tensor exists: a rolling
+        window holds the look-up rows a slab's 5x5x5 convolution reads (2 more on each side, zeros
+        outside the volume); it is computed without padding, so each row is looked up once."""
+        p = self.prefix
+        if not self.expands[0] or self.n_conv != 2:
+            raise ValueError("the fast QC path needs level 0's matching convolution and two convolutions")
+        conv = self.layers[f"{p}_conv_downarm_0_1"]
+        halo = conv.kernel_size[0] // 2
+        width = conv.out_channels
+        size = labels.shape
+        prepared = self._level0_codes(labels)
+        (x0, x1), (y0, y1), (z0, z1) = out
+        window = (min(slab, x1 - x0) + 2 * halo, y1 - y0 + 2 * halo, z1 - z0 + 2 * halo)
+        # (1, C, X, Y, Z) channels-last, written through (X, Y, Z, C) views; a permuted (X, Y, Z, C)
+        # tensor would have a batch stride of C, which made oneDNN's convolution 1.7x slower
+        h_conv = torch.empty((1, width) + window, device=labels.device, memory_format=torch.channels_last_3d).zero_()
+        h_window = h_conv[0].permute(1, 2, 3, 0)
+        r_window = torch.zeros_like(h_window)
+        # the window's y/z part inside the volume (outside it stays zero: the conv's zero padding)
+        ys, zs = (max(y0 - halo, 0), min(y1 + halo, size[1])), (max(z0 - halo, 0), min(z1 + halo, size[2]))
+        yw, zw = slice(ys[0] - y0 + halo, ys[1] - y0 + halo), slice(zs[0] - z0 + halo, zs[1] - z0 + halo)
+        pooled = None
+        filled = x0 - halo  # window row 0 is volume row a - halo; rows < filled are already looked up
+        for a in range(x0, x1, slab):
+            b = min(a + slab, x1)
+            rows = b - a + 2 * halo
+            keep = max(filled - (a - halo), 0)  # rows the previous window already holds, moved down
+            if keep:  # the previous (full) window's last rows; they overlap the first when slab < keep
+                h_window[:keep] = h_window[slab: slab + keep].clone() if slab < keep else h_window[slab: slab + keep]
+                r_window[:keep] = r_window[slab: slab + keep].clone() if slab < keep else r_window[slab: slab + keep]
+            first, last = max(a - halo + keep, 0), min(b + halo, size[0])
+            h_window[max(last - (a - halo), keep): rows].zero_()  # rows past the volume's end
+            if last > first:
+                self._lookup_into(prepared, [(first, last), ys, zs],
+                                  h_window[first - (a - halo): last - (a - halo), yw, zw],
+                                  r_window[first - (a - halo): last - (a - halo), yw, zw])
+            filled = b + halo
+            h = F.conv3d(h_conv[:, :, :rows], conv.weight, conv.bias)  # (1, C, b - a, ...), unpadded
+            residual = r_window[halo: halo + b - a, halo: -halo, halo: -halo].permute(3, 0, 1, 2)[None]
+            h = h.add_(residual).relu_()
+            del residual
+            part = self._bn_after_pool(f"{p}_bn_down_0", h)
+            del h
+            if pooled is None:
+                pooled = torch.empty((1, width, -(-(x1 - x0) // 2)) + tuple(part.shape[3:]), dtype=part.dtype,
+                                     device=part.device, memory_format=torch.channels_last_3d)
+            pooled[:, :, (a - x0) // 2: (a - x0) // 2 + part.shape[2]] = part
+            del part
+        return pooled
 
     def _bn_after_pool(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """batch_norm then max-pool 2: pooled first when every scale is positive (the affine map
@@ -207,7 +258,7 @@ class KerasQCNet(nn.Module):
             index.append(torch.where(v < band, v, torch.where(v >= n - band, v - n + 2 * band, band)))
         cl = small[0].permute(1, 2, 3, 0)  # (S, S, S, C)
         filled = cl[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]  # (X, Y, Z, C)
-        return filled.permute(3, 0, 1, 2)[None]  # channels-last (1, C, X, Y, Z)
+        return filled[None].permute(0, 4, 1, 2, 3)  # channels-last (1, C, X, Y, Z), batch stride X*Y*Z*C
 
     @staticmethod
     def _paste(out, result, box, inner):
@@ -235,7 +286,7 @@ class KerasQCNet(nn.Module):
     def scores(self, labels: torch.Tensor) -> torch.Tensor:
         """The network's output (n_outputs,) for the one-hot encoding of ``labels`` (an integer
         (X, Y, Z) volume of channel indices), without building the one-hot tensor: level 0's two
-        convolutions of the one-hot input are table look-ups (``_level0_lookup``), the large 5x5x5
+        convolutions of the one-hot input are table look-ups (``_level0_pooled``), the large 5x5x5
         layers are tiled FFT convolutions (``FFT_TILES``), levels 0 and 1 convolve only where the
         labels are not all background (see ``BACKGROUND_SIZE``), every other convolution runs on
         channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs and batch norms
@@ -255,29 +306,31 @@ class KerasQCNet(nn.Module):
         for level in range(self.n_levels):
             level_box = box if level < self.BOXED_LEVELS else None
             if level == 0:
+                reach = 2 * self.n_conv
                 if level_box is None:
-                    h, residual = self._level0_lookup(labels)
-                    if record is not None:
-                        record["lookup_h"], record["lookup_r"] = h.clone(), residual.clone()
-                else:  # the look-up is a 'same' 5x5x5 convolution too: the box's labels, 2 voxels more
-                    out_box = self._grow(level_box, 2, size)
-                    inner = self._grow(out_box, 2, size)
-                    parts = self._level0_lookup(labels[tuple(slice(lo, hi) for lo, hi in inner)])
-                    h, residual = [self._paste(self._background_fill(background[key], size), part, out_box, inner)
-                                   for key, part in zip(("lookup_h", "lookup_r"), parts)]
-                    del parts
-                first = 1
-            else:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-                h, residual, first = x, None, 0
-                merged = self._fast_conv(f"conv_downarm_{level}_0", f"expand_down_merge_{level}") \
-                    if self.expands[level] and self.n_conv > 1 else None
-                if merged is not None:  # one input spectrum for the level's first conv and its expand
-                    both = self._conv_on_box(merged, x, f"merged_{level}", level_box and self._grow(level_box, 2, size),
-                                             record, background)
-                    width = self.layers[f"{p}_conv_downarm_{level}_0"].out_channels
-                    h, residual, first = both[:, :width].relu_(), both[:, width:].relu_(), 1
-                    del both
+                    x = self._level0_pooled(labels, [(0, n) for n in size])
+                else:  # the region whose outputs can differ from the background's, widened to even bounds
+                    out = [(lo // 2 * 2, min(-(-hi // 2) * 2, n)) for (lo, hi), n in zip(self._grow(level_box, reach, size), size)]
+                    x = self._background_fill(background["pooled_0"], tuple(-(-n // 2) for n in size))
+                    x[(slice(None), slice(None)) + tuple(slice(lo // 2, hi // 2) for lo, hi in out)] = \
+                        self._level0_pooled(labels, out)
+                if record is not None:
+                    record["pooled_0"] = x.clone()
+                if box is not None:
+                    box = [(max((lo - reach) // 2, 0), min(-(-(hi + reach) // 2), -(-n // 2)))
+                           for (lo, hi), n in zip(box, size)]
+                size = x.shape[2:]
+                continue
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            h, residual, first = x, None, 0
+            merged = self._fast_conv(f"conv_downarm_{level}_0", f"expand_down_merge_{level}") \
+                if self.expands[level] and self.n_conv > 1 else None
+            if merged is not None:  # one input spectrum for the level's first conv and its expand
+                both = self._conv_on_box(merged, x, f"merged_{level}", level_box and self._grow(level_box, 2, size),
+                                         record, background)
+                width = self.layers[f"{p}_conv_downarm_{level}_0"].out_channels
+                h, residual, first = both[:, :width].relu_(), both[:, width:].relu_(), 1
+                del both
             reach = 2 * first
             for conv in range(first, self.n_conv):
                 reach += 2
@@ -285,14 +338,12 @@ class KerasQCNet(nn.Module):
                                       level_box and self._grow(level_box, reach, size), record, background)
                 if conv < self.n_conv - 1:
                     h = h.relu_()
-            if level > 0 and residual is None:
+            if residual is None:
                 if self.expands[level]:
                     residual = self._conv_on_box(self._fast_conv(f"expand_down_merge_{level}"), x, f"expand_{level}",
                                                  level_box and self._grow(level_box, 2, size), record, background).relu_()
                 else:
                     residual = x
-            elif level == 0 and not self.expands[0]:
-                raise ValueError("the fast QC path needs level 0's matching convolution")
             del x
             h = h.add_(residual).relu_()
             del residual
