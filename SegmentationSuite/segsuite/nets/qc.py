@@ -158,6 +158,7 @@ class KerasQCNet(nn.Module):
             raise ValueError("the fast QC path needs level 0's matching convolution and two convolutions")
         conv = self.layers[f"{p}_conv_downarm_0_1"]
         halo = conv.kernel_size[0] // 2
+        slab += slab % 2  # even, so that every slab pools on the volume's 2x2x2 grid
         width = conv.out_channels
         size = labels.shape
         prepared = self._level0_codes(labels)
