@@ -76,6 +76,21 @@ def test_large_blocks_come_from_the_heap_only_inside():
 
 
 @in_fresh_interpreter
+def test_a_large_free_top_is_kept_inside_and_handed_back_on_exit():
+    """glibc trims a free top above the trim threshold; 2 GiB (the largest positive value) still let
+    it trim between two networks. np.empty touches no pages, so 2.5 GiB of heap costs no memory."""
+    size = 5 * 2 ** 29  # 2.5 GiB
+    with memory.reuse_freed_memory():
+        base = mallinfo().arena
+        block = np.empty(size // 8)
+        grown = mallinfo().arena
+        assert grown >= base + size
+        del block
+        assert mallinfo().arena == grown  # kept for the next network
+    assert mallinfo().arena < grown - size // 2  # trimmed on exit
+
+
+@in_fresh_interpreter
 def test_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SEGSUITE_REUSE_MEMORY", "0")
     assert not memory.available()
