@@ -29,9 +29,10 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
-# glibc's documented defaults, restored on exit; a trim threshold of -1 disables trimming (mallopt(3))
+# glibc's documented defaults, restored on exit
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024,
              _M_MMAP_MAX: 65536}
+# a trim threshold of -1 disables trimming (mallopt(3))
 _REUSE = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: -1, _M_TOP_PAD: 64 * 2 ** 20}
 
 _lock = threading.Lock()

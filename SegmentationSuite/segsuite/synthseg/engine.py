@@ -224,15 +224,14 @@ class SynthSegEngine:
             del groups
             progress(0.5, "robust: segmenting")
             return self._softmax_into(self.unet2, torch.cat([x, onehot], 1))
-        with reuse_freed_memory():
-            posteriors = self._softmax_into(self.unet, x)
-            if self.flip is not None:
-                progress(0.3, "segmenting the flipped image")
-                self._softmax_into(self.unet, torch.flip(x, dims=[2]), out=posteriors, flip_channels=self.flip)
-                posteriors.mul_(0.5)
-            # default and --fast both blur (only the robust chain does not); the blur is linear and
-            # symmetric, so blurring the flip average equals averaging the two blurred outputs
-            gaussian_blur_(posteriors)
+        posteriors = self._softmax_into(self.unet, x)
+        if self.flip is not None:
+            progress(0.3, "segmenting the flipped image")
+            self._softmax_into(self.unet, torch.flip(x, dims=[2]), out=posteriors, flip_channels=self.flip)
+            posteriors.mul_(0.5)
+        # default and --fast both blur (only the robust chain does not); the blur is linear and
+        # symmetric, so blurring the flip average equals averaging the two blurred outputs
+        gaussian_blur_(posteriors)
         return posteriors
 
     def _parcellate(self, image, argmax):
@@ -257,8 +256,7 @@ class SynthSegEngine:
         crop = qc_crop(argmax.cpu().numpy(), L.QC_INPUT_SHAPE, L.QC_EXCLUDED_INDEX)
         groups = torch.from_numpy(L.qc_groups(self.labels)[crop]).to(self.device)
         # the fast path takes the label window itself (its level-0 convolutions are look-ups)
-        with reuse_freed_memory():
-            scores = self.qc_net.scores(groups).cpu().numpy().astype(np.float64)
+        scores = self.qc_net.scores(groups).cpu().numpy().astype(np.float64)
         del groups
         return np.around(np.clip(scores[1:], 0, 1), 4)
 
@@ -278,7 +276,7 @@ class SynthSegEngine:
         if subject is None:
             subject = subject_name(source)
         # one reused heap for every network and the QC: each takes pages the previous one already
-        # faulted in (robust chain: 5.5 GiB peak, 49 s instead of 5.2 GiB, 56-71 s per scan)
+        # faulted in (robust chain: 49 s per scan at a 5.5 GiB peak, instead of 56-71 s at 5.2 GiB)
         with torch.inference_mode(), ieee_float32(), reuse_freed_memory():
             report(0.05, "segmenting")
             net_progress = lambda f, m: report(0.05 + 0.6 * f, m)  # noqa: E731
