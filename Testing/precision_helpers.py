@@ -28,11 +28,16 @@ def record_tf32_state_in_networks(monkeypatch) -> list:
     from segsuite.nets.unet import KerasUNet
 
     seen = []
-    original = KerasUNet.features
+    features, feature_slabs = KerasUNet.features, KerasUNet.feature_slabs
 
     def recording_features(self, x):
         seen.append(tf32_state())
-        return original(self, x)
+        return features(self, x)
+
+    def recording_feature_slabs(self, x, *args, **kwargs):  # recorded when the first slab is asked for
+        seen.append(tf32_state())
+        yield from feature_slabs(self, x, *args, **kwargs)
 
     monkeypatch.setattr(KerasUNet, "features", recording_features)
+    monkeypatch.setattr(KerasUNet, "feature_slabs", recording_feature_slabs)
     return seen

@@ -208,6 +208,51 @@ def test_unet_with_partial_skips_matches_naive_graph():
         assert torch.allclose(net(x), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("prefix, channels, options, shape", [
+    ("unet", 1, dict(n_levels=3, n_features=3), (24, 16, 8)),  # one input channel (oneDNN's 2-channel trick)
+    ("l2l", 3, dict(n_levels=3, n_features=4, kernel_size=5, n_skip_levels=1), (16, 8, 12)),  # no skip at level 0
+    ("unet2", 4, dict(n_levels=2, n_features=3), (12, 8, 8)),
+    ("deep", 2, dict(n_levels=3, n_features=2, n_conv_per_level=3), (20, 8, 8)),  # two convs after the merge
+    ("single", 2, dict(n_levels=2, n_features=2, n_conv_per_level=1), (20, 8, 8)),  # none after the merge
+])
+def test_unet_level0_slabs_equal_the_whole_volume_forward(prefix, channels, options, shape):
+    net = KerasUNet(prefix, channels, 3, **options)
+    randomise_batch_norm(net)
+    x = torch.rand((1, channels) + shape)
+    with torch.inference_mode():
+        expected = net.features(x)
+        assert expected.abs().mean() > 0.01
+        for slab in (1, 2, 3, 6, 7, 100):  # odd sizes round up to even; the last slab may be shorter
+            slabs = list(net.feature_slabs(x, slab))
+            starts = [start for start, _, _ in slabs]
+            assert starts[0] == 0 and slabs[-1][1] == shape[0]
+            assert all(stop == following for (_, stop, _), following in zip(slabs, starts[1:]))
+            found = torch.cat([block for _, _, block in slabs], 2)
+            assert found.shape == expected.shape
+            assert torch.allclose(found, expected, atol=1e-5), f"slab {slab}"
+
+
+def test_row_window_pads_with_zero_rows_outside_the_volume():
+    from segsuite.nets.upconv import row_window
+
+    x = (torch.arange(5.0) + 1).view(1, 1, 5, 1, 1)
+    windows = {(-2, 3): [0, 0, 1, 2, 3], (-3, -1): [0, 0], (6, 8): [0, 0], (3, 7): [4, 5, 0, 0], (1, 4): [2, 3, 4]}
+    for (start, stop), values in windows.items():
+        assert row_window(x, start, stop).flatten().tolist() == values
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_conv_of_upsampled_rows_equal_the_rows_of_the_whole_result(kernel):
+    x = torch.randn(1, 3, 6, 4, 5, dtype=torch.float64)
+    weight = torch.randn(2, 3, kernel, kernel, kernel, dtype=torch.float64)
+    whole = conv3d_of_upsampled(x, weight)
+    for rows in [(0, 2), (1, 4), (5, 6), (-1, 2), (4, 7)]:
+        part = conv3d_of_upsampled(x, weight, rows=rows)
+        inside = slice(max(2 * rows[0], 0), min(2 * rows[1], 12))
+        offset = inside.start - 2 * rows[0]
+        assert torch.allclose(part[:, :, offset:offset + inside.stop - inside.start], whole[:, :, inside], atol=1e-10)
+
+
 # ---- geometry -----------------------------------------------------------------------------------------
 def test_resample_2mm_to_1mm_keeps_world_position():
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
@@ -599,6 +644,10 @@ def test_slabwise_argmax_and_one_hot_match_whole_volume():
         onehot = engine._one_hot(groups, 4)
         assert onehot.shape == (1, 4, 12, 8, 8) and torch.equal(onehot.argmax(1)[0], groups)
         assert torch.equal(onehot, F.one_hot(groups, 4).permute(3, 0, 1, 2)[None].float())
+        image = torch.rand((1, 1) + tuple(groups.shape))
+        both = engine._one_hot(groups, 4, image=image)  # unet2's input: the image, then the one-hot
+        assert both.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(both, torch.cat([image, onehot], 1))
         expected = net.logits(onehot).argmax(1)[0]
         assert torch.equal(engine._argmax(net, onehot, slab=5), expected)
 

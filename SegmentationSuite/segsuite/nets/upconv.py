@@ -42,24 +42,45 @@ def phase_kernels(weight: torch.Tensor) -> dict:
     return kernels
 
 
+def row_window(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of axis 2 of ``x`` (N, C, X, Y, Z), zero rows where they fall outside
+    (a view, still channels-last, when they all lie inside)."""
+    lo, hi = min(max(start, 0), x.shape[2]), min(max(stop, 0), x.shape[2])
+    if hi <= lo:  # no row inside
+        lo = hi = 0
+        start, stop = 0, stop - start
+    inside = x[:, :, lo:hi]
+    before, after = lo - start, stop - hi
+    if before or after:
+        inside = F.pad(inside, (0, 0, 0, 0, before, after))
+    return inside
+
+
 def conv3d_of_upsampled(x: torch.Tensor, weight: torch.Tensor, bias=None, kernels: dict | None = None,
-                        out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
+                        out: torch.Tensor | None = None, accumulate: bool = False,
+                        rows: tuple[int, int] | None = None) -> torch.Tensor:
     """conv3d(nearest_upsample_x2(x), weight, bias, padding='same') for odd cubic kernels.
 
     The 8 phase kernels run as ONE convolution with 8x the output channels over the padded input
     (no per-phase copies of the input); each phase's block is then shifted by its first offset and
-    written (or added, if ``accumulate``) into every second voxel of ``out``.
+    written (or added, if ``accumulate``) into every second voxel of ``out``. With ``rows=(a, b)``
+    only the output rows 2a:2b of axis 2 are computed (``out`` then holds just those rows).
     """
     if kernels is None:
         kernels = phase_kernels(weight)
-    n, _, d, h, w = x.shape
     n_out = weight.shape[0]
     phases = list(kernels.items())
     size = phases[0][1][0].shape[-1]
     low = min(min(first) for _, (_, first) in phases)
     high = max(max(first) for _, (_, first) in phases) + size - 1
     before, after = -low, high  # margins so that every phase's window lies inside the padded input
-    padded = F.pad(x, (before, after) * 3)
+    if rows is None:
+        padded = F.pad(x, (before, after) * 3)
+    else:
+        padded = F.pad(row_window(x, rows[0] - before, rows[1] + after), (before, after, before, after, 0, 0))
+    n, _, d, h, w = x.shape
+    if rows is not None:
+        d = rows[1] - rows[0]
     stacked = torch.cat([kernel for _, (kernel, _) in phases])
     blocks = F.conv3d(padded, stacked)  # (n, 8 * n_out, d + high - low - size + 2, ...)
     if out is None:

@@ -144,36 +144,37 @@ class SynthSegEngine:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     @staticmethod
-    def _slab_logits(net, x, flip_channels=None, slab: int = 16, channel_first: bool = True):
-        """(start, stop, logits) for slabs of axis 0: the last 1x1x1 conv as one matrix product per
-        slab, channel-first (C, voxels) or else (voxels, C), straight from the channels-last
-        features, so that no full-size logits tensor exists. With ``flip_channels``, ``x`` is the
-        image flipped on axis 0: each slab is flipped back and its channels reordered (left <->
-        right); ``start:stop`` then index the un-flipped volume."""
+    def _slab_logits(net, x, flip_channels=None, slab: int = 32, channel_first: bool = True, rows: int = 16):
+        """(start, stop, logits) for slabs of axis 0 (at most ``rows`` rows each): the last 1x1x1
+        conv as one matrix product, channel-first (C, voxels) or else (voxels, C), straight from
+        the network's slabs of ``slab`` channels-last feature rows (``feature_slabs``), so that no
+        full-size features or logits tensor exists. With ``flip_channels``, ``x`` is the image
+        flipped on axis 0: each slab is flipped back and its channels reordered (left <-> right);
+        ``start:stop`` then index the un-flipped volume."""
         import torch
 
-        features = net.features(x)
         likelihood = net.layers[f"{net.prefix}_likelihood"]
         weight, bias = likelihood.weight, likelihood.bias
         if flip_channels is not None:
             # a channel permutation of the output is a row permutation of the 1x1 conv
-            index = torch.as_tensor(flip_channels, device=features.device)
+            index = torch.as_tensor(flip_channels, device=x.device)
             weight, bias = weight[index], bias[index]
         weight = weight.reshape(weight.shape[0], -1)
-        size = features.shape[2]
-        for start in range(0, size, slab):
-            stop = min(start + slab, size)
-            if flip_channels is None:
-                block = features[0, :, start:stop]
-            else:
-                block = features[0, :, size - stop:size - start].flip(1)
-            block = block.reshape(block.shape[0], -1)
-            if channel_first:
-                yield start, stop, torch.addmm(bias[:, None], weight, block)
-            else:
-                yield start, stop, torch.addmm(bias, block.t(), weight.t())
+        size = x.shape[2]
+        for first, last, features in net.feature_slabs(x, slab):
+            if flip_channels is not None:
+                first, last, features = size - last, size - first, features.flip(2)
+            for start in range(first, last, rows):
+                stop = min(start + rows, last)
+                block = features[0, :, start - first:stop - first]
+                block = block.reshape(block.shape[0], -1)
+                if channel_first:
+                    yield start, stop, torch.addmm(bias[:, None], weight, block)
+                else:
+                    yield start, stop, torch.addmm(bias, block.t(), weight.t())
+            del features
 
-    def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 16):
+    def _softmax_into(self, net, x, out=None, flip_channels=None, slab: int = 32):
         """Softmax posteriors of ``net`` as a contiguous (C, X, Y, Z) tensor, slab by slab; with
         ``flip_channels`` (``x`` flipped on axis 0) the un-flipped posteriors are ADDED to ``out``."""
         if out is None:
@@ -190,7 +191,7 @@ class SynthSegEngine:
             del logits
         return out
 
-    def _argmax(self, net, x, slab: int = 16):
+    def _argmax(self, net, x, slab: int = 32):
         """Index of the largest logit per voxel, (X, Y, Z) int64."""
         import torch
 
@@ -201,12 +202,18 @@ class SynthSegEngine:
         return out
 
     @staticmethod
-    def _one_hot(groups, count: int):
-        """(1, count, X, Y, Z) float one-hot of an index volume, channels-last (the convs' layout)."""
+    def _one_hot(groups, count: int, image=None):
+        """(1, count, X, Y, Z) float one-hot of an index volume, channels-last (the convs' layout);
+        with ``image`` (1, 1, X, Y, Z) that image as channel 0 before the one-hot channels."""
         import torch
 
-        onehot = torch.zeros((1,) + tuple(groups.shape) + (count,), dtype=torch.float32, device=groups.device)
-        return onehot.permute(0, 4, 1, 2, 3).scatter_(1, groups[None, None], 1.0)
+        first = 0 if image is None else 1
+        onehot = torch.zeros((1,) + tuple(groups.shape) + (first + count,), dtype=torch.float32, device=groups.device)
+        onehot = onehot.permute(0, 4, 1, 2, 3)
+        if image is not None:
+            onehot[:, :1] = image
+        onehot[:, first:].scatter_(1, groups[None, None], 1.0)
+        return onehot
 
     def _segment_posteriors(self, image, progress):
         """Padded (C, X, Y, Z) posteriors of the segmentation network(s)."""
@@ -220,10 +227,10 @@ class SynthSegEngine:
             del groups
             groups = self._argmax(self.l2l, onehot)
             del onehot
-            onehot = self._one_hot(groups, L.N_DENOISER_GROUPS)
-            del groups
             progress(0.5, "robust: segmenting")
-            return self._softmax_into(self.unet2, torch.cat([x, onehot], 1))
+            image_and_groups = self._one_hot(groups, L.N_DENOISER_GROUPS, image=x)  # the input, channels-last
+            del groups
+            return self._softmax_into(self.unet2, image_and_groups)
         posteriors = self._softmax_into(self.unet, x)
         if self.flip is not None:
             progress(0.3, "segmenting the flipped image")
