@@ -290,7 +290,10 @@ def run_reference(args, mode: str) -> dict:
                 command.append(os.path.join(folder, flag[2:] + ".csv"))
         log = open(os.path.join(folder, "log.txt"), "w+")
         begin = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # the reference's own environment: a PYTHONPATH meant for ours (a checkout under test) has
+        # modules that shadow the reference's
+        env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)  # this process's own peak RSS
         wall = time.perf_counter() - begin
         process.returncode = os.waitstatus_to_exitcode(status)
