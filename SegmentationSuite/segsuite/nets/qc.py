@@ -15,17 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fftconv import FFTConv3d
+from .fftconv import DFTConv3d, FFTConv3d
 
-# 5x5x5 layers of the fast path that run as tiled FFT convolutions, with their tile size (window =
-# tile + 4: 32, a power of two, is what the FFT runs fastest on). Level 1 only, measured one layer at
-# a time (24 -> 48+48 and 48 -> 48 at 112^3, direct vs FFT, kernel spectra cached): AMD EPYC Zen 4
-# 4.3 / 4.1 s vs 2.9 / 2.2 s (spectra 0.5 s each, once per engine); Intel Xeon 6.0 / 5.4 s vs
-# 4.9 / 4.0 s. Level 0 (24 -> 24 at 224^3: 10.1 s direct vs 10.7-11.2 s FFT on the Zen 4, where
-# the inverse FFT alone takes 3.9 s) and levels 2-3 (a tie, for 0.3-2.4 GiB of kernel spectra)
-# stay direct. On the Intel Xeon level 0 alone is faster as FFT (4.2 vs 6.1 s), but the whole QC pass
-# on the fixture's labels is a tie (18.7 vs 19.3 s, medians of 3), so it stays direct there too.
-FFT_TILES: dict = {"conv_downarm_1_0": 28, "expand_down_merge_1": 28, "conv_downarm_1_1": 28}
+# 5x5x5 layers of the fast path that run as tiled Fourier convolutions: (method, tile size), window =
+# tile + 4. "matmul": the transforms as matrix products (DFTConv3d); "fft": torch.fft (FFTConv3d),
+# slower here. One layer at a time, 2 threads, AMD EPYC Zen 4, seconds (direct / torch.fft / matmul,
+# tile): level 0, 24 -> 24 at 224^3: 10.4 / 10.7 / 3.6 (28); level 1, 24 -> 48+48 at 112^3:
+# 3.9 / 3.2 / 1.7 (14); 48 -> 48: 4.0 / 1.75 / 1.2 (14); level 2, 48 -> 96+96 at 56^3: 1.9 / - / 0.5
+# (14); 96 -> 96: 1.7 / - / 0.5 (14). Tile 14 needs 1/5 of tile 28's kernel spectrum (57 vs 306 MiB
+# at level 1) for the same speed. Level 3 stays direct: its spectra (0.4-0.9 GiB) take longer to
+# compute than the convolutions they would save on one scan.
+FFT_TILES: dict = {"conv_downarm_0_1": ("matmul", 28),
+                   "conv_downarm_1_0": ("matmul", 14), "expand_down_merge_1": ("matmul", 14),
+                   "conv_downarm_1_1": ("matmul", 14),
+                   "conv_downarm_2_0": ("matmul", 14), "expand_down_merge_2": ("matmul", 14),
+                   "conv_downarm_2_1": ("matmul", 14)}
 
 
 class KerasQCNet(nn.Module):
@@ -60,17 +64,19 @@ class KerasQCNet(nn.Module):
 
     def _fast_conv(self, *names: str):
         """The layers ``prefix_name`` (one, or several of one input whose outputs are stacked) as
-        the fast path runs them: a tiled FFT convolution (kernel spectrum cached) when all are in
-        ``FFT_TILES`` with one tile size, else the direct convolution (of one layer)."""
+        the fast path runs them: a tiled Fourier convolution (kernel spectrum cached) when all are in
+        ``FFT_TILES`` with one method and tile size, else the direct convolution (of one layer)."""
         layers = [self.layers[f"{self.prefix}_{name}"] for name in names]
-        tiles = {FFT_TILES.get(name) for name in names}
-        if None in tiles or len(tiles) > 1:
+        methods = {FFT_TILES.get(name) for name in names}
+        if None in methods or len(methods) > 1:
             if len(layers) > 1:
                 return None
             return layers[0]
+        method, tile = methods.pop()
         cache = self.__dict__.setdefault("_fft_convs", {})  # not a submodule: no state_dict entry
-        if names not in cache or cache[names].convs != layers:
-            cache[names] = FFTConv3d(layers, tiles.pop())
+        if names not in cache or cache[names].convs != layers or cache[names].tile != tile \
+                or isinstance(cache[names], DFTConv3d) != (method == "matmul"):
+            cache[names] = (DFTConv3d if method == "matmul" else FFTConv3d)(layers, tile)
         return cache[names]
 
     # ---- fast path: the label volume in, channels-last throughout -------------------------------
@@ -158,12 +164,20 @@ class KerasQCNet(nn.Module):
             raise ValueError("the fast QC path needs level 0's matching convolution and two convolutions")
         conv = self.layers[f"{p}_conv_downarm_0_1"]
         halo = conv.kernel_size[0] // 2
+        fourier = self._fast_conv("conv_downarm_0_1")
+        fourier = fourier if isinstance(fourier, DFTConv3d) else None
+        if fourier is not None:  # slabs of one tile row; the window's y/z reach whole tiles
+            slab = fourier.tile
         slab += slab % 2  # even, so that every slab pools on the volume's 2x2x2 grid
         width = conv.out_channels
         size = labels.shape
         prepared = self._level0_codes(labels)
         (x0, x1), (y0, y1), (z0, z1) = out
-        window = (min(slab, x1 - x0) + 2 * halo, y1 - y0 + 2 * halo, z1 - z0 + 2 * halo)
+        ny, nz = y1 - y0, z1 - z0
+        window = (min(slab, x1 - x0), ny, nz)
+        if fourier is not None:
+            window = tuple(-(-n // fourier.tile) * fourier.tile for n in window)
+        window = tuple(n + 2 * halo for n in window)
         # (1, C, X, Y, Z) channels-last, written through (X, Y, Z, C) views; a permuted (X, Y, Z, C)
         # tensor would have a batch stride of C, which made oneDNN's convolution 1.7x slower
         h_conv = torch.empty((1, width) + window, device=labels.device, memory_format=torch.channels_last_3d).zero_()
@@ -174,6 +188,8 @@ class KerasQCNet(nn.Module):
         yw, zw = slice(ys[0] - y0 + halo, ys[1] - y0 + halo), slice(zs[0] - z0 + halo, zs[1] - z0 + halo)
         pooled = torch.empty((1, width) + tuple(-(-(hi - lo) // 2) for lo, hi in out), device=labels.device,
                              memory_format=torch.channels_last_3d)
+        if fourier is not None:  # the convolution's output, one slab, reused
+            h_slab = torch.empty((1, width, slab, ny, nz), device=labels.device, memory_format=torch.channels_last_3d)
         for a in range(x0, x1, slab):  # window row 0 is volume row a - halo
             b = min(a + slab, x1)
             rows = b - a + 2 * halo
@@ -186,8 +202,12 @@ class KerasQCNet(nn.Module):
                 self._lookup_into(prepared, [(first, last), ys, zs],
                                   h_window[first - (a - halo): last - (a - halo), yw, zw],
                                   r_window[first - (a - halo): last - (a - halo), yw, zw])
-            h = F.conv3d(h_conv[:, :, :rows], conv.weight, conv.bias)  # (1, C, b - a, ...), unpadded
-            residual = r_window[halo: halo + b - a, halo: -halo, halo: -halo].permute(3, 0, 1, 2)[None]
+            if fourier is not None:
+                h = h_slab[:, :, : b - a]
+                fourier.valid(h_window, h[0].permute(1, 2, 3, 0))
+            else:
+                h = F.conv3d(h_conv[:, :, :rows], conv.weight, conv.bias)  # (1, C, b - a, ...), unpadded
+            residual = r_window[halo: halo + b - a, halo: halo + ny, halo: halo + nz].permute(3, 0, 1, 2)[None]
             h = h.add_(residual).relu_()
             del residual
             pooled[:, :, (a - x0) // 2: -(-(b - x0) // 2)] = self._bn_after_pool(f"{p}_bn_down_0", h)
@@ -285,11 +305,11 @@ class KerasQCNet(nn.Module):
     def scores(self, labels: torch.Tensor) -> torch.Tensor:
         """The network's output (n_outputs,) for the one-hot encoding of ``labels`` (an integer
         (X, Y, Z) volume of channel indices), without building the one-hot tensor: level 0's two
-        convolutions of the one-hot input are table look-ups (``_level0_pooled``), the large 5x5x5
-        layers are tiled FFT convolutions (``FFT_TILES``), levels 0 and 1 convolve only where the
-        labels are not all background (see ``BACKGROUND_SIZE``), every other convolution runs on
-        channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs and batch norms
-        work in place, and the batch norms run after the max-pools."""
+        convolutions of the one-hot input are table look-ups (``_level0_pooled``), the 5x5x5 layers
+        of levels 0-2 are tiled Fourier convolutions (``FFT_TILES``), levels 0 and 1 convolve only
+        where the labels are not all background (see ``BACKGROUND_SIZE``), every other convolution
+        runs on channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs and batch
+        norms work in place, and the batch norms run after the max-pools."""
         box = self._label_box(labels)
         background = None
         if box is not None:
