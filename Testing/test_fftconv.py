@@ -119,13 +119,14 @@ def test_qc_fast_path_with_fourier_layers_equals_plain_forward(monkeypatch, tabl
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()
 
 
-def test_default_fft_table_runs_levels_zero_to_two_as_fourier_and_equals_plain_forward():
-    """The shipped table (matrix-product transforms at levels 0-2, tiles 28 and 14) is what the
+def test_default_fft_table_runs_levels_zero_to_three_as_fourier_and_equals_plain_forward():
+    """The shipped table (matrix-product transforms at levels 0-3, tiles 28, 14 and 4) is what the
     fast path uses, and it still equals the plain forward within 1e-5."""
     from segsuite.nets import qc
 
-    assert set(qc.FFT_TILES) == {"conv_downarm_0_1", "conv_downarm_1_0", "expand_down_merge_1", "conv_downarm_1_1",
-                                 "conv_downarm_2_0", "expand_down_merge_2", "conv_downarm_2_1"}
+    # every 5x5x5 layer but level 0's first two (look-ups)
+    assert set(qc.FFT_TILES) == {"conv_downarm_0_1"} | {name.format(level) for level in (1, 2, 3) for name in
+                                                        ("conv_downarm_{}_0", "expand_down_merge_{}", "conv_downarm_{}_1")}
     torch.manual_seed(5)
     net = qc.KerasQCNet()
     labels = torch.randint(0, 9, (34, 30, 26))
@@ -133,8 +134,8 @@ def test_default_fft_table_runs_levels_zero_to_two_as_fourier_and_equals_plain_f
         fast = net.scores(labels)
         plain = net(F.one_hot(labels, 9).permute(3, 0, 1, 2).float()[None])[0]
     convs = net.__dict__["_fft_convs"]
-    assert set(convs) == {("conv_downarm_0_1",), ("conv_downarm_1_0", "expand_down_merge_1"), ("conv_downarm_1_1",),
-                          ("conv_downarm_2_0", "expand_down_merge_2"), ("conv_downarm_2_1",)}
+    assert set(convs) == {("conv_downarm_0_1",)} | {(f"conv_downarm_{level}_0", f"expand_down_merge_{level}")
+                                                    for level in (1, 2, 3)} | {(f"conv_downarm_{level}_1",) for level in (1, 2, 3)}
     assert all(isinstance(conv, DFTConv3d) for conv in convs.values())
     assert float(plain.abs().max()) > 1e-3
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5), (fast - plain).abs().max()

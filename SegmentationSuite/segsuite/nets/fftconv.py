@@ -264,19 +264,23 @@ class DFTConv3d(FFTConv3d):
         b = self._bias() if bias else None
         return out.add_(b) if b is not None else out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad_rows: bool = True) -> torch.Tensor:
+        """The layers' 'same' convolution of a (1, Cin, X, Y, Z) ``x``; with ``pad_rows`` False,
+        unpadded along axis 2 (``x`` is a window of rows that brings its own halo)."""
         _, cin, size_x, size_y, size_z = x.shape
         k, tile = self.kernel, self.tile
         pad = k // 2
+        row_pad = pad if pad_rows else 0
+        rows = size_x + 2 * row_pad - (k - 1)
         spectrum, stages = self._prepared()
         cout = spectrum[0].shape[2]
-        out = torch.empty((1, cout, size_x, size_y, size_z), dtype=x.dtype, device=x.device,
+        out = torch.empty((1, cout, rows, size_y, size_z), dtype=x.dtype, device=x.device,
                           memory_format=torch.channels_last_3d)
         out_view, source = out[0].permute(1, 2, 3, 0), x[0].permute(1, 2, 3, 0)
         # one zero-padded x-row of tiles at a time, reused
         slab = source.new_zeros((tile + k - 1, -(-size_y // tile) * tile + k - 1, -(-size_z // tile) * tile + k - 1, cin))
-        for x0 in range(0, size_x, tile):
-            lo, hi = x0 - pad, min(x0 + tile + pad, size_x)
+        for x0 in range(0, rows, tile):
+            lo, hi = x0 - row_pad, min(x0 - row_pad + tile + k - 1, size_x)  # the input rows of its windows
             slab[: max(0, -lo)] = 0
             slab[max(0, -lo): hi - lo, pad: pad + size_y, pad: pad + size_z] = source[max(0, lo): hi]
             slab[hi - lo:] = 0

@@ -22,14 +22,17 @@ from .fftconv import DFTConv3d, FFTConv3d
 # slower here. One layer at a time, 2 threads, AMD EPYC Zen 4, seconds (direct / torch.fft / matmul,
 # tile): level 0, 24 -> 24 at 224^3: 10.4 / 10.7 / 3.6 (28); level 1, 24 -> 48+48 at 112^3:
 # 3.9 / 3.2 / 1.7 (14); 48 -> 48: 4.0 / 1.75 / 1.2 (14); level 2, 48 -> 96+96 at 56^3: 1.9 / - / 0.5
-# (14); 96 -> 96: 1.7 / - / 0.5 (14). Tile 14 needs 1/5 of tile 28's kernel spectrum (57 vs 306 MiB
-# at level 1) for the same speed. Level 3 stays direct: its spectra (0.4-0.9 GiB) take longer to
-# compute than the convolutions they would save on one scan.
+# (14); 96 -> 96: 1.7 / - / 0.5 (14); level 3 at 28^3, first call (kernel spectrum included), 96 ->
+# 192+192: 0.96 / - / 0.63 (4), 192 -> 192: 1.0 / - / 0.57 (4). Smaller tiles need smaller kernel
+# spectra (57 MiB at level 1 for tile 14 vs 306 MiB for 28, the same speed; 90 MiB at level 3 for
+# tile 4 vs 441 MiB for 10, whose spectra take longer to compute than they save on one scan).
 FFT_TILES: dict = {"conv_downarm_0_1": ("matmul", 28),
                    "conv_downarm_1_0": ("matmul", 14), "expand_down_merge_1": ("matmul", 14),
                    "conv_downarm_1_1": ("matmul", 14),
                    "conv_downarm_2_0": ("matmul", 14), "expand_down_merge_2": ("matmul", 14),
-                   "conv_downarm_2_1": ("matmul", 14)}
+                   "conv_downarm_2_1": ("matmul", 14),
+                   "conv_downarm_3_0": ("matmul", 4), "expand_down_merge_3": ("matmul", 4),
+                   "conv_downarm_3_1": ("matmul", 4)}
 
 
 class KerasQCNet(nn.Module):
@@ -306,7 +309,7 @@ class KerasQCNet(nn.Module):
         """The network's output (n_outputs,) for the one-hot encoding of ``labels`` (an integer
         (X, Y, Z) volume of channel indices), without building the one-hot tensor: level 0's two
         convolutions of the one-hot input are table look-ups (``_level0_pooled``), the 5x5x5 layers
-        of levels 0-2 are tiled Fourier convolutions (``FFT_TILES``), levels 0 and 1 convolve only
+        of levels 0-3 are tiled Fourier convolutions (``FFT_TILES``), levels 0 and 1 convolve only
         where the labels are not all background (see ``BACKGROUND_SIZE``), every other convolution
         runs on channels-last tensors (oneDNN's fast layout), the residual sums, ReLUs and batch
         norms work in place, and the batch norms run after the max-pools."""
