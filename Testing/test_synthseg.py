@@ -232,6 +232,29 @@ def test_unet_level0_slabs_equal_the_whole_volume_forward(prefix, channels, opti
             assert torch.allclose(found, expected, atol=1e-5), f"slab {slab}"
 
 
+@pytest.mark.parametrize("tile", [3, 4, 7])
+def test_unet_with_fourier_layers_equals_the_direct_one(tile):
+    """Every plain 5x5x5 convolution as a tiled Fourier convolution (small tiles: several per slab,
+    partial tiles at the edges): the whole-volume and the slab-by-slab features equal those of
+    the same weights run directly within 1e-5."""
+    options = dict(n_levels=3, n_features=4, kernel_size=5, n_skip_levels=1)
+    direct = KerasUNet("l2l", 3, 3, **options)
+    randomise_batch_norm(direct)
+    names = [name for name, layer in direct.layers.items() if isinstance(layer, torch.nn.Conv3d)
+             and layer.kernel_size == (5, 5, 5) and not ("uparm" in name and name.endswith("_0"))]  # merges stay
+    fourier = KerasUNet("l2l", 3, 3, fourier_tiles={name: tile for name in names}, **options)
+    fourier.load_state_dict(direct.state_dict())
+    x = torch.rand((1, 3, 16, 12, 8))
+    with torch.inference_mode():
+        expected = direct.features(x)
+        assert expected.abs().mean() > 0.01
+        assert torch.allclose(fourier.features(x), expected, atol=1e-5)
+        for slab in (4, 10):
+            found = torch.cat([block for _, _, block in fourier.feature_slabs(x, slab)], 2)
+            assert torch.allclose(found, expected, atol=1e-5), f"slab {slab}"
+    assert set(fourier.__dict__["_fourier_convs"]) == set(names)
+
+
 def test_row_window_pads_with_zero_rows_outside_the_volume():
     from segsuite.nets.upconv import row_window
 

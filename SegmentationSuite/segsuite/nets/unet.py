@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fftconv import DFTConv3d
 from .upconv import conv3d_of_upsampled, phase_kernels, row_window
 
 
@@ -25,11 +26,14 @@ def _row_padding(conv: nn.Conv3d) -> tuple:
 class KerasUNet(nn.Module):
     def __init__(self, prefix: str, in_channels: int, n_labels: int, n_levels: int = 5,
                  n_features: int = 24, feat_mult: int = 2, kernel_size: int = 3, n_conv_per_level: int = 2,
-                 n_skip_levels: Optional[int] = None, batch_norm: bool = True, softmax: bool = True):
+                 n_skip_levels: Optional[int] = None, batch_norm: bool = True, softmax: bool = True,
+                 fourier_tiles: Optional[dict] = None):
         """n_skip_levels: how many decoder levels (counted from the deepest) concatenate their skip
-        connection; None means all (SynthSeg's l2l net uses 2 of 4)."""
+        connection; None means all (SynthSeg's l2l net uses 2 of 4). fourier_tiles: {layer name:
+        tile} of plain convolutions that run as tiled Fourier convolutions (``DFTConv3d``)."""
         super().__init__()
         self.prefix = prefix
+        self.fourier_tiles = dict(fourier_tiles or {})
         self.n_levels = n_levels
         self.n_conv = n_conv_per_level
         self.batch_norm = batch_norm
@@ -63,8 +67,21 @@ class KerasUNet(nn.Module):
     def keras_layers(self) -> dict[str, nn.Module]:
         return dict(self.layers.items())
 
+    def _fourier(self, name: str) -> Optional[DFTConv3d]:
+        tile = self.fourier_tiles.get(name)
+        if tile is None:
+            return None
+        cache = self.__dict__.setdefault("_fourier_convs", {})  # not a submodule: no state_dict entry
+        conv = self.layers[name]
+        if name not in cache or cache[name].convs != [conv] or cache[name].tile != tile:
+            cache[name] = DFTConv3d(conv, tile)
+        return cache[name]
+
     def _conv_elu(self, name: str, x: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """elu(conv(x)); with ``rows`` unpadded along axis 2 (x is a window of rows with its halo)."""
+        fourier = self._fourier(name) if x.device.type == "cpu" else None
+        if fourier is not None:
+            return F.elu(fourier(x, pad_rows=not rows), inplace=True)
         conv = self.layers[name]
         weight = conv.weight
         padding = _row_padding(conv) if rows else conv.padding
