@@ -159,12 +159,12 @@ def dft_stages(window: int, tile: int, kernel: int) -> tuple:
     forward = -2 * torch.pi * n[:, None] * n[None, :] / window
     angle_z = -2 * torch.pi * half[:, None] * n[None, :] / window
     forward_z = torch.cat([torch.cos(angle_z), torch.sin(angle_z)])  # rows (re|im, f)
-    forward_y = complex_block(forward, 1.0, True, False)  # (y, re|im) -> (re|im, y')
-    forward_x = complex_block(forward, 1.0, True, False)  # (x, re|im) -> (re|im, x')
+    # y and x use one matrix: (point, re|im) rows in, (re|im, point') rows out
+    forward_y = forward_x = complex_block(forward, 1.0, True, False)
     valid = torch.arange(kernel - 1, kernel - 1 + tile, dtype=torch.float64)
     inverse = 2 * torch.pi * valid[:, None] * n[None, :] / window
-    inverse_x = complex_block(inverse, 1 / window, False, True)  # (re|im, x') -> (x, re|im)
-    inverse_y = complex_block(inverse, 1 / window, False, True)  # (re|im, y') -> (y, re|im)
+    # and back: (re|im, point') rows in, (point, re|im) rows out, only the tile's valid points
+    inverse_x = inverse_y = complex_block(inverse, 1 / window, False, True)
     # real output along z: the Hermitian half counts twice except f = 0 and the Nyquist frequency
     weight = torch.full((window // 2 + 1,), 2.0, dtype=torch.float64)
     weight[0] = 1
