@@ -119,16 +119,25 @@ class FFTConv3d(nn.Module):
         self.tile, self.kernel = tile, k
         self._spectrum, self._versions = None, None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _stacked_weight_if_changed(self):
+        """The layers' weights stacked along the outputs when the cached spectrum is missing or
+        stale (new or reloaded weights), else None."""
         versions = [conv.weight._version for conv in self.convs]
-        if self._spectrum is None or self._versions != versions:  # new or reloaded weights
-            weight = torch.cat([conv.weight.detach() for conv in self.convs])
-            self._spectrum = kernel_spectrum(weight, self.tile + self.kernel - 1)
-            self._versions = versions
-        bias = None
+        if self._spectrum is not None and self._versions == versions:
+            return None
+        self._versions = versions
+        return torch.cat([conv.weight.detach() for conv in self.convs])
+
+    def _bias(self):
         if all(conv.bias is not None for conv in self.convs):
-            bias = torch.cat([conv.bias.detach() for conv in self.convs])
-        return fft_conv3d(x, self._spectrum, bias, self.kernel, self.tile)
+            return torch.cat([conv.bias.detach() for conv in self.convs])
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self._stacked_weight_if_changed()
+        if weight is not None:
+            self._spectrum = kernel_spectrum(weight, self.tile + self.kernel - 1)
+        return fft_conv3d(x, self._spectrum, self._bias(), self.kernel, self.tile)
 
 
 # ---- the same convolution with the transforms as matrix products ------------------------------
@@ -243,25 +252,18 @@ class DFTConv3d(FFTConv3d):
     convolves an already padded window."""
 
     def _prepared(self):
-        versions = [conv.weight._version for conv in self.convs]
-        if self._spectrum is None or self._versions != versions:
-            weight = torch.cat([conv.weight.detach() for conv in self.convs])
+        weight = self._stacked_weight_if_changed()
+        if weight is not None:
             window = self.tile + self.kernel - 1
             self._spectrum = dft_kernel_spectrum(weight, window)
             self._stages = dft_stages(window, self.tile, self.kernel)
-            self._versions = versions
         return self._spectrum, self._stages
 
-    def _bias(self):
-        if all(conv.bias is not None for conv in self.convs):
-            return torch.cat([conv.bias.detach() for conv in self.convs])
-        return None
-
-    def valid(self, source: torch.Tensor, out: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    def valid(self, source: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` (X, Y, Z, Cout) view = the layers on the padded (X', Y', Z', Cin) ``source`` view."""
         spectrum, stages = self._prepared()
         dft_conv3d_valid(source, spectrum, stages, self.kernel, self.tile, out)
-        b = self._bias() if bias else None
+        b = self._bias()
         return out.add_(b) if b is not None else out
 
     def forward(self, x: torch.Tensor, pad_rows: bool = True) -> torch.Tensor:
@@ -287,3 +289,14 @@ class DFTConv3d(FFTConv3d):
             dft_conv3d_valid(slab, spectrum, stages, k, tile, out_view[x0: x0 + tile])
         b = self._bias()
         return out.add_(b.view(1, -1, 1, 1, 1)) if b is not None else out
+
+
+def cached_fourier_conv(cache: dict, key, layers, tile: int, method: str = "matmul") -> FFTConv3d:
+    """The tiled Fourier convolution of ``layers`` held in ``cache`` under ``key`` (a plain dict
+    of its owner's: not a submodule, so no state_dict entry), made anew when its layers, tile or
+    method ("matmul": DFTConv3d, "fft": FFTConv3d) differ."""
+    kind = DFTConv3d if method == "matmul" else FFTConv3d
+    held = cache.get(key)
+    if held is None or type(held) is not kind or held.convs != list(layers) or held.tile != tile:
+        held = cache[key] = kind(layers, tile)
+    return held

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fftconv import DFTConv3d, FFTConv3d
+from .fftconv import DFTConv3d, cached_fourier_conv
 
 # 5x5x5 layers of the fast path that run as tiled Fourier convolutions: (method, tile size), window =
 # tile + 4. "matmul": the transforms as matrix products (DFTConv3d); "fft": torch.fft (FFTConv3d),
@@ -76,11 +76,7 @@ class KerasQCNet(nn.Module):
                 return None
             return layers[0]
         method, tile = methods.pop()
-        cache = self.__dict__.setdefault("_fft_convs", {})  # not a submodule: no state_dict entry
-        if names not in cache or cache[names].convs != layers or cache[names].tile != tile \
-                or isinstance(cache[names], DFTConv3d) != (method == "matmul"):
-            cache[names] = (DFTConv3d if method == "matmul" else FFTConv3d)(layers, tile)
-        return cache[names]
+        return cached_fourier_conv(self.__dict__.setdefault("_fft_convs", {}), names, layers, tile, method)
 
     # ---- fast path: the label volume in, channels-last throughout -------------------------------
     def _one_hot_tables(self):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fftconv import DFTConv3d
+from .fftconv import DFTConv3d, cached_fourier_conv
 from .upconv import conv3d_of_upsampled, phase_kernels, row_window
 
 
@@ -71,11 +71,7 @@ class KerasUNet(nn.Module):
         tile = self.fourier_tiles.get(name)
         if tile is None:
             return None
-        cache = self.__dict__.setdefault("_fourier_convs", {})  # not a submodule: no state_dict entry
-        conv = self.layers[name]
-        if name not in cache or cache[name].convs != [conv] or cache[name].tile != tile:
-            cache[name] = DFTConv3d(conv, tile)
-        return cache[name]
+        return cached_fourier_conv(self.__dict__.setdefault("_fourier_convs", {}), name, [self.layers[name]], tile)
 
     def _conv_elu(self, name: str, x: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """elu(conv(x)); with ``rows`` unpadded along axis 2 (x is a window of rows with its halo)."""
