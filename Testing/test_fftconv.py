@@ -92,6 +92,20 @@ def test_dft_conv_module_equals_conv_and_follows_weight_changes():
         assert torch.allclose(dft(x)[:, 2:], second(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("module", [DFTConv3d, FFTConv3d])
+def test_fourier_conv_of_a_net_built_in_inference_mode(module):
+    """Layers made under torch.inference_mode hold inference tensors, which keep no version counter
+    (the benchmark's oneDNN pass built its QC net that way and crashed): the module still runs,
+    and a reload into new tensors still refreshes the cached spectrum."""
+    with torch.inference_mode():
+        conv = torch.nn.Conv3d(3, 2, 5, padding=2)
+        fourier = module([conv], 6)
+        x = torch.randn(1, 3, 9, 8, 7).contiguous(memory_format=torch.channels_last_3d)
+        assert torch.allclose(fourier(x), conv(x), atol=1e-4)
+        conv.weight = torch.nn.Parameter(conv.weight * -2, requires_grad=False)
+        assert torch.allclose(fourier(x), conv(x), atol=1e-4)
+
+
 @pytest.mark.parametrize("table", [
     # level 0 and level 1 by matrix-product transforms, level 1's second conv by torch.fft
     {"conv_downarm_0_1": ("matmul", 8), "conv_downarm_1_0": ("matmul", 8),

@@ -122,7 +122,10 @@ class FFTConv3d(nn.Module):
     def _stacked_weight_if_changed(self):
         """The layers' weights stacked along the outputs when the cached spectrum is missing or
         stale (new or reloaded weights), else None."""
-        versions = [conv.weight._version for conv in self.convs]
+        # inference tensors (a net built under torch.inference_mode) keep no version counter:
+        # their storage stands in, so a reload into new tensors is still seen
+        versions = [conv.weight.data_ptr() if conv.weight.is_inference() else conv.weight._version
+                    for conv in self.convs]
         if self._spectrum is not None and self._versions == versions:
             return None
         self._versions = versions
