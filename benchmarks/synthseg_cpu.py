@@ -15,9 +15,10 @@ its own process, so its peak RSS is its own.
 --vs-reference DIR times the reference CLI (DIR/scripts/commands/SynthSeg_predict.py, BBillot/SynthSeg
 66342c1, under the TensorFlow environment --reference-python points to) on the same image with the
 same flags and threads, interleaved with ours run by run (paired), and prints the ratios of the medians.
-A reference run that fails (on a 24 GiB AVX2 Zen 3 its QC stops with std::bad_alloc) is reported with
-its reason, time and peak RSS, and not repeated for that mode; --reference-env sets variables for the
-reference's processes only (e.g. TF_ENABLE_ONEDNN_OPTS=0).
+A reference run that fails is reported with its reason, time and peak RSS, and not repeated for that
+mode: on a 24 GiB AVX2 Zen 3 its --qc modes stop with std::bad_alloc under Linux's default heuristic
+overcommit; `sysctl vm.overcommit_memory=1` (root, for the run) lets them finish at a 9.7 GiB peak.
+--reference-env sets variables for the reference's processes only (e.g. TF_ENABLE_ONEDNN_OPTS=0).
 Both sides are timed as whole processes (interpreter start, imports and model load included); our
 in-process segment + write time and per-stage times are printed beside. --onednn-verbose adds one QC
 pass under ONEDNN_VERBOSE=1 and lists the primitive oneDNN chose for each convolution.
