@@ -315,7 +315,7 @@ def run_reference(args, mode: str) -> dict:
         report = {"wall_s": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss / 2 ** 20, 2)}
         tables = [os.path.join(folder, flag[2:] + ".csv") for flag in mode.split() if flag in ("--vol", "--qc")]
         if process.returncode or not all(_has_a_row(table) for table in tables):
-            # a failed run is a result too (TensorFlow's oneDNN on AVX2 ran out of memory in the QC):
+            # a failed run is a result too (the reference's --qc on a 24 GiB AVX2 machine: std::bad_alloc):
             # kept with its reason, not timed as a finished run
             log.seek(0)
             lines = [line for line in log.read().strip().splitlines() if line.strip()]
