@@ -320,7 +320,7 @@ def run_reference(args, mode: str) -> dict:
             log.seek(0)
             lines = [line for line in log.read().strip().splitlines() if line.strip()]
             reason = next((line.strip() for line in reversed(lines) if "what()" in line or "Error" in line),
-                          lines[-1].strip() if lines else f"exit status {process.returncode}")
+                          lines[-1].strip() if lines else "no output")
             report["failed"] = f"{reason} (exit status {process.returncode})"
         log.close()
     return report
@@ -424,8 +424,9 @@ def main() -> None:
                 report = run_ours(args, mode)
                 ours.append(report)
                 report_run(mode, report, report["runs"][0], nominal, measured)
-                if args.vs_reference and not any("failed" in r for r in reference):
-                    # a failure (out of memory) repeats: the mode's later runs time ours only
+                if args.vs_reference and not (reference and "failed" in reference[-1]):
+                    # a failure (out of memory) repeats: the mode's later runs time ours only, so
+                    # a failed run is always the mode's last reference run
                     reference.append(run_reference(args, mode))
                     failed = reference[-1].get("failed")
                     print(f"  ref  {mode:22s} wall {reference[-1]['wall_s']:6.1f} s, peak RSS "
@@ -435,15 +436,14 @@ def main() -> None:
             line = f"{mode:22s} ours median {median:.1f} s (peak RSS {rss:.2f} GiB"
             qc = [r["runs"][0]["stages"]["qc"] for r in ours if "qc" in r["runs"][0]["stages"]]
             line += f", QC stage median {statistics.median(qc):.1f} s)" if qc else ")"
-            finished = [r for r in reference if "failed" not in r]
-            if finished:
-                ref_median = statistics.median(r["wall_s"] for r in finished)
-                line += (f", reference median {ref_median:.1f} s (peak RSS {max(r['peak_rss_gib'] for r in finished):.2f} "
+            failed = reference.pop() if reference and "failed" in reference[-1] else None
+            if reference:  # the finished runs
+                ref_median = statistics.median(r["wall_s"] for r in reference)
+                line += (f", reference median {ref_median:.1f} s (peak RSS {max(r['peak_rss_gib'] for r in reference):.2f} "
                          f"GiB), ratio {median / ref_median:.2f}")
-            if len(finished) < len(reference):
-                failure = next(r["failed"] for r in reference if "failed" in r)
-                line += (f", reference FAILED after {reference[-1]['wall_s']:.0f} s at {reference[-1]['peak_rss_gib']:.1f} GiB "
-                         f"({failure}; not run again)")
+            if failed:
+                line += (f", reference FAILED after {failed['wall_s']:.0f} s at {failed['peak_rss_gib']:.1f} GiB "
+                         f"({failed['failed']}; not run again)")
             print(line, flush=True)
         if args.onednn_verbose:
             onednn_summary(args.threads)
