@@ -2,11 +2,13 @@
 
 Requirements are ranges that accept the versions Slicer 5.10 and 5.12 bundle (see
 Testing/slicer_constraints/). A package Slicer bundles (numpy, scipy, SimpleITK, requests, pillow,
-packaging, ...) is only checked: it is never installed, upgraded or downgraded, and every install
-runs under a constraints file pinning the versions present now, so pip cannot change them as a
-dependency either. The user is asked once, PyTorch included. On Slicer 5.12+ the install goes
-through ``slicer.packaging`` (which offers a restart when an imported package changed); on 5.10
-through ``slicer.util.pip_install``, with the same restart offer made here.
+packaging, pip, ...) is only checked: it is never installed, upgraded or downgraded, and every pip
+run, PyTorch's included, runs under a constraints file pinning the versions present now, so pip
+cannot change them as a dependency either. The user is asked once, PyTorch included; in Slicer's
+testing mode nothing is installed (testing_mode.refuse_in_testing). Each pip run is one step with
+at least one requirement (``pip_steps``): on Slicer 5.12+ through ``slicer.packaging.pip_install``
+(progress dialog), on 5.10 through ``slicer.util.pip_install``; the restart offer for an already
+imported package is made here on both.
 
 Checking needs no Slicer: ``python -m segsuite_slicer.install --dry-run [--engine NAME]`` prints
 the requirement specs it would install, one per line (nothing when all are satisfied).
@@ -14,7 +16,9 @@ the requirement specs it would install, one per line (nothing when all are satis
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import logging
 import os
 import sys
 import tempfile
@@ -45,8 +49,14 @@ SCEPI_REQUIREMENTS = ["acvl-utils>=0.2", "batchgenerators>=0.25", "batchgenerato
                       "imagecodecs>=2023.1", "yacs>=0.1.8", "connected-components-3d>=3.12",
                       "matplotlib>=3.5", "seaborn>=0.12", "graphviz>=0.20"]
 TORCH_REQUIREMENT = ">=2.1"
-ENGINES = ("synthseg", "sclimbic", "scepi", "samseg", "models")
+# What the PyTorch extension installs, unconstrained, before its first torch install
+# (SlicerPyTorch PyTorchUtils.py _installLightTheTorch, e1c85cc); it pins pip below Slicer 5.12's.
+LIGHT_THE_TORCH = "light-the-torch>=0.5"
+ENGINES = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "models")
+# The SAMSEG label filter and the model manager are numpy/scipy only.
+TORCH_ENGINES = frozenset({"synthseg", "sclimbic", "scepi"})
 REQUESTER = "SegmentationSuite"
+log = logging.getLogger("SegmentationSuite")
 
 
 def requirements_for(engine: str) -> tuple[list[str], list[str]]:
@@ -93,14 +103,38 @@ def plan(engine: str) -> tuple[list[str], list[str]]:
     return missing_requirements(requirements), missing_requirements(no_deps)
 
 
+def needs_torch(engine: str) -> bool:
+    return engine in TORCH_ENGINES
+
+
 def bundled_constraints() -> str:
-    """Constraint lines pinning every bundled package present now at its current version."""
-    lines = []
-    for distribution in importlib.metadata.distributions():
+    """Constraint lines pinning every bundled package present now at its current version, each once.
+
+    A distribution can be on the path twice: ``import setuptools`` (or pkg_resources) appends
+    setuptools/_vendor, which holds its own packaging and wheel. The first one on the path is the
+    one imported and the one pip sees; a second pin of the same name makes pip refuse the file.
+    """
+    pins: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions():  # in sys.path order
         name = distribution.metadata.get("Name") or ""
-        if name and canonicalize_name(name) in SLICER_BUNDLED:
-            lines.append(f"{name}=={distribution.version}")
-    return "\n".join(sorted(set(lines))) + "\n"
+        key = canonicalize_name(name) if name else ""
+        if key in SLICER_BUNDLED and key not in pins:
+            pins[key] = f"{name}=={distribution.version}"
+    return "\n".join(sorted(pins.values(), key=str.lower)) + "\n"
+
+
+def pip_steps(missing: Sequence[str], missing_no_deps: Sequence[str]) -> list[list[str]]:
+    """The pip install arguments (between "install" and "-c FILE") of each step, none empty.
+
+    The --no-deps step comes first, as slicer.packaging's no_deps_requirements does; a step with
+    no requirement is never made (pip exits 1 on "install -c FILE" alone).
+    """
+    steps = []
+    if missing_no_deps:
+        steps.append(["--no-deps", *missing_no_deps])
+    if missing:
+        steps.append(list(missing))
+    return steps
 
 
 def _top_level_modules(spec: str) -> set[str]:
@@ -126,39 +160,31 @@ def ensure_requirements(engine: str, ask: bool = True) -> bool:
     """Inside Slicer: install what ``engine`` lacks, asking once (PyTorch included). False if declined."""
     import slicer
 
+    from .testing_mode import refuse_in_testing
+
     problems = bundled_problems()
     if problems:
         raise RuntimeError("SegmentationSuite needs newer versions of packages that come with Slicer: "
                            + ", ".join(problems) + ". Install a newer Slicer (5.10 or later).")
     missing, missing_no_deps = plan(engine)
-    need_torch = engine != "models" and not torch_installed()
+    need_torch = needs_torch(engine) and not torch_installed()
     if not (missing or missing_no_deps or need_torch):
         return True
-    listing = "\n".join(missing + missing_no_deps + (["torch (through the PyTorch extension)"] if need_torch else []))
+    listing = missing + missing_no_deps + (["torch (through the PyTorch extension)"] if need_torch else [])
+    refuse_in_testing("install Python packages (" + ", ".join(listing) + ")")
     if ask and not slicer.util.confirmOkCancelDisplay(
             "SegmentationSuite needs these Python packages, which will be downloaded and installed now "
-            f"(this can take several minutes):\n\n{listing}", windowTitle="SegmentationSuite: first use"):
+            "(this can take several minutes):\n\n" + "\n".join(listing), windowTitle="SegmentationSuite: first use"):
         return False
-    if need_torch:
-        _install_torch()
     already_imported = needs_restart(missing + missing_no_deps)
     with tempfile.TemporaryDirectory() as folder:
         constraints = os.path.join(folder, "slicer-bundled-constraints.txt")
         with open(constraints, "w", encoding="utf-8") as file:
             file.write(bundled_constraints())
-        packaging = _slicer_packaging()
-        if packaging is not None and hasattr(packaging, "pip_ensure"):        # Slicer 5.12+
-            if missing_no_deps:
-                packaging.pip_install([], constraints=constraints, no_deps_requirements=missing_no_deps,
-                                      requester=REQUESTER)
-            if missing:
-                packaging.pip_ensure(missing, constraints=constraints, prompt_install=False, prompt_restart=True,
-                                     requester=REQUESTER)
-            return True
-        if missing_no_deps:                                                   # Slicer 5.10
-            slicer.util.pip_install(["--no-deps", "-c", constraints] + missing_no_deps)
-        if missing:
-            slicer.util.pip_install(["-c", constraints] + missing)
+        if need_torch:
+            _install_torch(constraints)
+        for step in pip_steps(missing, missing_no_deps):
+            _pip_install(step, constraints)
     if already_imported and slicer.util.confirmYesNoDisplay(
             "Python packages that were already loaded were updated. Restart Slicer now to use them?",
             windowTitle="SegmentationSuite: restart"):
@@ -174,20 +200,70 @@ def _slicer_packaging():
     return packaging
 
 
-def _install_torch() -> None:
-    """PyTorch through the PyTorch extension, without its own confirmation (ours was asked)."""
+def _pip_install(arguments: list[str], constraints: str) -> None:
+    """One pip step under the constraints file: Slicer 5.12+ shows its progress dialog, 5.10 blocks."""
     import slicer
 
-    try:
-        import PyTorchUtils
-    except ImportError:
-        raise RuntimeError("SegmentationSuite needs PyTorch: install the 'PyTorch' extension from the Extensions "
-                           "Manager, restart Slicer, and try again") from None
-    logic = PyTorchUtils.PyTorchUtilsLogic()
-    if not logic.torchInstalled():
-        torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-        if torch is None:
-            raise RuntimeError("PyTorch was not installed; SegmentationSuite cannot run without it")
+    packaging = _slicer_packaging()
+    if packaging is not None and hasattr(packaging, "pip_install"):        # Slicer 5.12+
+        packaging.pip_install(list(arguments), constraints=constraints, requester=REQUESTER)
+    else:                                                                   # Slicer 5.10
+        slicer.util.pip_install(list(arguments) + ["-c", constraints])
+
+
+def _pip_accepts(specs: Sequence[str], constraints: str) -> bool:
+    """Whether pip can install ``specs`` under the constraints (a dry run: nothing changes)."""
+    import subprocess
+
+    from .engine_run import slicer_python
+
+    done = subprocess.run([slicer_python(), "-m", "pip", "install", "--dry-run", "--quiet", "-c", constraints,
+                           *specs], capture_output=True, text=True)
+    if done.returncode != 0:
+        log.info("SegmentationSuite: pip cannot install %s without changing Slicer's packages:\n%s",
+                 " ".join(specs), done.stderr[-2000:])
+    return done.returncode == 0
+
+
+def light_the_torch_usable() -> bool:
+    """light-the-torch is installed and accepts the pip that is installed (it patches pip's internals)."""
+    if installed_version("light-the-torch") is None:
+        return False
+    for spec in importlib.metadata.requires("light-the-torch") or []:
+        requirement = Requirement(spec)
+        if canonicalize_name(requirement.name) == "pip" and not requirement.specifier.contains(
+                installed_version("pip") or "0", prereleases=True):
+            return False
+    return True
+
+
+def _install_torch(constraints: str) -> None:
+    """PyTorch without changing anything Slicer bundles, Slicer's pip included.
+
+    The PyTorch extension's light-the-torch picks the CUDA build for the driver, but its releases
+    pin pip below what Slicer 5.12 ships, and PyTorchUtils installs it unconstrained, downgrading
+    Slicer's pip. So light-the-torch is used only when it is there already (and fits the pip), or
+    pip can install it under our constraints; otherwise torch comes from PyPI with pip, under them.
+    """
+    import slicer
+
+    if not light_the_torch_usable() and _pip_accepts([LIGHT_THE_TORCH], constraints):
+        _pip_install([LIGHT_THE_TORCH], constraints)
+        importlib.invalidate_caches()
+    if light_the_torch_usable():
+        try:
+            import PyTorchUtils
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            logic = PyTorchUtils.PyTorchUtilsLogic()
+            if not logic.torchInstalled():
+                torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+                if torch is None:
+                    raise RuntimeError("PyTorch was not installed; SegmentationSuite cannot run without it")
+            slicer.app.processEvents()
+            return
+    _pip_install([f"torch{TORCH_REQUIREMENT}"], constraints)
     slicer.app.processEvents()
 
 
