@@ -12,6 +12,7 @@ from slicer.util import VTKObservationMixin
 
 from segsuite_slicer.engine_run import EngineRunLogic, parse_bool
 from segsuite_slicer.module_gui import EngineModuleWidgetMixin
+from segsuite_slicer.self_test import EngineModuleSelfTest
 
 ENGINE = "samseg-filter"
 
@@ -23,7 +24,7 @@ class SamsegBrainMask(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation.SegmentationSuite"]
         self.parent.dependencies = []
         self.parent.contributors = ["SegmentationSuite contributors"]
-        self.parent.helpText = ("Turns a SAMSEG segmentation into a brain mask and a cleaned aseg (brain labels only). Uses FreeSurfer's run_samseg when installed, else the samseg package, to segment a T1 first when needed. "
+        self.parent.helpText = ("Turns a SAMSEG segmentation (the label map SAMSEG wrote, e.g. seg.mgz, not an MRI image) into a brain mask and a cleaned aseg (brain labels only). It runs no network and needs no PyTorch. "
                                 "See <a href='https://github.com/SegmentationSuite/SlicerSegmentationSuite'>the documentation</a>.")
         self.parent.acknowledgementText = "SAMSEG: O Puonti et al., NeuroImage 2016; FreeSurfer."
 
@@ -46,6 +47,7 @@ class SamsegBrainMaskWidget(EngineModuleWidgetMixin, ScriptedLoadableModuleWidge
 class SamsegBrainMaskLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
     engine = ENGINE
     accepts_label_maps = True  # a SAMSEG segmentation may be loaded as a label map
+    network_options = False  # a label filter: no device, threads, posteriors or model
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -56,17 +58,22 @@ class SamsegBrainMaskLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
         return {"preset": "samseg2recon" if parse_bool(parameters.get("keepCsf")) else "fmriprep"}
 
 
-class SamsegBrainMaskTest(ScriptedLoadableModuleTest):
-    """Apply in real Slicer on real input: child process, model from the model manager, nodes checked."""
+class SamsegBrainMaskTest(EngineModuleSelfTest, ScriptedLoadableModuleTest):
+    """ctest (the extensions factory) runs EngineModuleSelfTest's test_* methods: no network, pip or
+    weights. "Reload and Test" runs those, then the full Apply on real input (asks before installing)."""
+
+    module_name = "SamsegBrainMask"
+    logic_class = SamsegBrainMaskLogic
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.run_factory_safe_tests()
         self.setUp()
-        self.test_SamsegBrainMask_apply()
+        self.full_apply_SamsegBrainMask()
 
-    def test_SamsegBrainMask_apply(self):
+    def full_apply_SamsegBrainMask(self):  # not test_*: ctest must not collect it
         from segsuite_slicer.self_test import run_apply_self_test, sample_volume
 
         from segsuite_slicer.self_test import SAMSEG_REMOVED, make_samseg_volume

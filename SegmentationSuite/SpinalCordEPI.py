@@ -12,6 +12,7 @@ from slicer.util import VTKObservationMixin
 
 from segsuite_slicer.engine_run import EngineRunLogic, parse_bool
 from segsuite_slicer.module_gui import EngineModuleWidgetMixin
+from segsuite_slicer.self_test import EngineModuleSelfTest
 
 ENGINE = "scepi"
 
@@ -55,17 +56,22 @@ class SpinalCordEPILogic(EngineRunLogic, ScriptedLoadableModuleLogic):
                 "test_time_augmentation": parse_bool(parameters.get("testTimeAugmentation"))}
 
 
-class SpinalCordEPITest(ScriptedLoadableModuleTest):
-    """Apply in real Slicer on real input: child process, model from the model manager, nodes checked."""
+class SpinalCordEPITest(EngineModuleSelfTest, ScriptedLoadableModuleTest):
+    """ctest (the extensions factory) runs EngineModuleSelfTest's test_* methods: no network, pip or
+    weights. "Reload and Test" runs those, then the full Apply on real input (asks before installing)."""
+
+    module_name = "SpinalCordEPI"
+    logic_class = SpinalCordEPILogic
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.run_factory_safe_tests()
         self.setUp()
-        self.test_SpinalCordEPI_apply()
+        self.full_apply_SpinalCordEPI()
 
-    def test_SpinalCordEPI_apply(self):
+    def full_apply_SpinalCordEPI(self):  # not test_*: ctest must not collect it
         from segsuite_slicer.self_test import run_apply_self_test, sample_volume
 
         volume = sample_volume(environment_variable="SEGSUITE_TEST_SCEPI_INPUT")

@@ -12,6 +12,7 @@ from slicer.util import VTKObservationMixin
 
 from segsuite_slicer.engine_run import EngineRunLogic, parse_bool
 from segsuite_slicer.module_gui import EngineModuleWidgetMixin
+from segsuite_slicer.self_test import EngineModuleSelfTest
 
 ENGINE = "synthseg"
 
@@ -55,17 +56,22 @@ class SynthSegLogic(EngineRunLogic, ScriptedLoadableModuleLogic):
                 "fast": parse_bool(parameters.get("fast")), "qc": parse_bool(parameters.get("qc"))}
 
 
-class SynthSegTest(ScriptedLoadableModuleTest):
-    """Apply in real Slicer on real input: child process, model from the model manager, nodes checked."""
+class SynthSegTest(EngineModuleSelfTest, ScriptedLoadableModuleTest):
+    """ctest (the extensions factory) runs EngineModuleSelfTest's test_* methods: no network, pip or
+    weights. "Reload and Test" runs those, then the full Apply on real input (asks before installing)."""
+
+    module_name = "SynthSeg"
+    logic_class = SynthSegLogic
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        self.run_factory_safe_tests()
         self.setUp()
-        self.test_SynthSeg_apply()
+        self.full_apply_SynthSeg()
 
-    def test_SynthSeg_apply(self):
+    def full_apply_SynthSeg(self):  # not test_*: ctest must not collect it
         from segsuite_slicer.self_test import run_apply_self_test, sample_volume
 
         volume = sample_volume("MRHead")

@@ -149,7 +149,12 @@ def test_engine_module_logic_builds_a_run_engine_command(monkeypatch, name):
     parsed = cli.build_parser().parse_args(arguments)
     assert parsed.engine == logic.engine and parsed.engine in ENGINES
     assert parsed.input == ["in.nii.gz"] and parsed.output_dir == "out"
-    assert parsed.threads == 2 and parsed.device == "cpu" and json.loads(parsed.options) == options
+    assert json.loads(parsed.options) == options
+    if logic.network_options:
+        assert parsed.threads == 2 and parsed.device == "cpu"
+    else:  # the SAMSEG label filter: no network, so none of its options reach the engine (issue 29, defect 4)
+        with_all = logic.build_arguments(["in.nii.gz"], "out", dict(parameters, model="/m.pt", posteriors="true"))
+        assert not {"--device", "--threads", "--model", "--posteriors"} & set(with_all)
     # Every option check box the widget wires exists in its .ui file.
     ui = (MODULE_DIR / "Resources" / "UI" / f"{name}.ui").read_text()
     for parameter in widget_class.option_parameters:

@@ -52,6 +52,9 @@ class Widget:
     def setCurrentText(self, text):
         self.currentText = text
 
+    def isHidden(self):
+        return not self.visible
+
     def addItems(self, items):
         self.items = list(items)
 
@@ -61,12 +64,12 @@ class Widget:
 
 UI_NAMES = ["inputVolumeSelector", "batchCheckBox", "inputFolderPathLineEdit", "outputFolderPathLineEdit",
             "outputFolderHintLabel", "deviceComboBox", "threadsSpinBox", "posteriorsCheckBox", "modelPathLineEdit",
-            "modelFolderButton", "applyButton", "progressBar", "statusLabel", "parcCheckBox", "robustCheckBox",
-            "fastCheckBox", "qcCheckBox"]
+            "modelFolderButton", "advancedCollapsibleButton", "applyButton", "progressBar", "statusLabel",
+            "parcCheckBox", "robustCheckBox", "fastCheckBox", "qcCheckBox"]
 
 
 @pytest.fixture
-def widget(monkeypatch, tmp_path):
+def widget(monkeypatch, tmp_path, request):
     monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
     sys.modules.pop("segsuite_slicer.module_gui", None)
     from segsuite_slicer.engine_run import EngineRunLogic
@@ -82,6 +85,7 @@ def widget(monkeypatch, tmp_path):
 
     class Logic(EngineRunLogic):
         engine = "synthseg"
+        network_options = getattr(request, "param", True)  # False: an engine without a network (SAMSEG filter)
 
         def getParameterNode(self):  # what ScriptedLoadableModuleLogic.getParameterNode does at v5.10.0
             node = scene.GetSingletonNode("SynthSeg", "vtkMRMLScriptedModuleNode")
@@ -152,3 +156,22 @@ def test_the_old_removal_with_event_0_warns(widget):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         widget.setParameterNode(None)  # the observer added for ModifiedEvent is still there, and goes
+
+
+@pytest.mark.parametrize("widget", [True, False], indirect=True, ids=["network", "no-network"])
+def test_the_self_tests_widget_check_passes_on_real_mrml(widget, monkeypatch):
+    """segsuite_slicer.self_test.check_widget_and_parameter_node (what ctest runs inside Slicer)
+    on this widget: the GUI and the parameter node follow each other, a scene close brings the
+    defaults back, Apply needs an input; Advanced (device, threads, posteriors, model) is hidden
+    for an engine without a network (issue 29, defect 4)."""
+    import unittest
+
+    from segsuite_slicer import self_test
+
+    monkeypatch.setattr(slicer.util, "selectModule", lambda name: None, raising=False)
+    monkeypatch.setattr(slicer.util, "getModuleWidget", lambda name: widget, raising=False)
+    assert widget.ui.advancedCollapsibleButton.isHidden() is (not widget.logic.network_options)
+    self_test.check_widget_and_parameter_node(unittest.TestCase(), "SynthSeg")
+    widget.ui.advancedCollapsibleButton.visible = not widget.ui.advancedCollapsibleButton.visible
+    with pytest.raises(AssertionError):  # the check sees a wrongly shown (or hidden) Advanced section
+        self_test.check_widget_and_parameter_node(unittest.TestCase(), "SynthSeg")

@@ -60,6 +60,8 @@ class EngineRunLogic:
 
     engine = ""  # run-engine's --engine name, set by each module
     accepts_label_maps = False  # the SAMSEG filter reads a segmentation, which may be a label map node
+    # Device, CPU threads, posteriors and a model file: for the engines that run a network (PyTorch).
+    network_options = True
     default_parameters: dict[str, str] = {"device": "auto", "threads": "0", "posteriors": "false"}
 
     def __init__(self) -> None:
@@ -78,10 +80,12 @@ class EngineRunLogic:
         import json
 
         arguments = ["run-engine", "--engine", self.engine, "--output-dir", output_dir,
-                     "--options", json.dumps(self.engine_options(parameters)),
-                     "--device", parameters.get("device", "auto") or "auto"]
+                     "--options", json.dumps(self.engine_options(parameters))]
         for path in inputs:
             arguments += ["--input", path]
+        if not self.network_options:
+            return arguments
+        arguments += ["--device", parameters.get("device", "auto") or "auto"]
         threads = parse_threads(parameters.get("threads", "0"))
         if threads > 0:
             arguments += ["--threads", str(threads)]

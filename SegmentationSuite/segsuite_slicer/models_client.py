@@ -15,6 +15,8 @@ from typing import Optional
 
 from segsuite.runner import FinishedEvent, LogEvent, ProcessRunner, error_message_from_log
 
+from .testing_mode import refuse_in_testing
+
 COLUMNS = ["Model", "Status", "Size", "Licence", "Citation"]
 
 
@@ -131,6 +133,8 @@ def action_arguments(action: str, model_id: str = "", path: str = "") -> list[st
 
 
 def start_action(action: str, model_id: str = "", path: str = "", python: Optional[str] = None) -> ProcessRunner:
+    if action == "download":
+        refuse_in_testing(f"download the model {model_id}")
     return ProcessRunner.for_segsuite(action_arguments(action, model_id, path), python=python).start()
 
 

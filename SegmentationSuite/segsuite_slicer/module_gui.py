@@ -62,6 +62,8 @@ class EngineModuleWidgetMixin:
         for name in self.option_parameters:
             getattr(self.ui, f"{name}CheckBox").toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
+        # device, threads, posteriors and model file mean nothing to an engine without a network
+        self.ui.advancedCollapsibleButton.visible = logic.network_options
         self.initializeParameterNode()
 
     # -- the template's life cycle ---------------------------------------------------------------

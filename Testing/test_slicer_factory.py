@@ -1,0 +1,168 @@
+"""The self-tests as the extensions factory runs them (issue 29, defects 2 and 4).
+
+The factory builds the extension and runs every ctest test (Extensions/CMake/SlicerBlockUploadExtension.cmake,
+v5.10.0 and v5.12.3: run_extension_ctest_with_test defaults to TRUE). Each module file is registered
+with ``slicer_add_python_unittest``, which starts ``Slicer --testing`` and calls
+``slicer.testing.runUnitTest(paths, "<Module>")``: ``unittest.TestLoader().loadTestsFromName`` on the
+module, i.e. every ``test*`` method of every TestCase class in it (CMake/SlicerMacroPythonTesting.cmake
+and Base/Python/slicer/testing.py at both tags). "Reload and Test" instead calls the test class's
+``runTest`` (ScriptedLoadableModule.py ``onReloadAndTest`` / ``ScriptedLoadableModule.runTest``).
+Here the module files are loaded with slicer-core and a unittest-based ScriptedLoadableModuleTest;
+the same loader collects what ctest would run, and those tests run on real MRML in testing mode with
+the network and pip blocked.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import socket
+import subprocess
+import sys
+import types
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SegmentationSuite"
+ENGINE_MODULES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask"]
+FACTORY_SAFE = {"test_module_widget_and_parameter_node", "test_adapters_on_a_small_result", "test_run_rules"}
+NEEDS_THE_GUI = {"test_module_widget_and_parameter_node"}  # selectModule / getModuleWidget: the application
+
+
+class Blocked(AssertionError):
+    pass
+
+
+@pytest.fixture
+def factory(monkeypatch):
+    """Module files importable with slicer-core; Slicer in testing mode; no network, no pip."""
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            self.parent = types.SimpleNamespace()
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):  # a TestCase, as at v5.10.0 / v5.12.3
+        def delayDisplay(self, message, *args, **kwargs):
+            pass
+
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
+        setattr(scripted, name, type(name, (Base,), {}))
+    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    qt = types.ModuleType("qt")
+    qt.__getattr__ = lambda name: type(name, (), {"__init__": lambda self, *a, **k: None})
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    for name in ENGINE_MODULES + ["SegmentationSuiteModels"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+
+    def no_network(*args, **kwargs):
+        raise Blocked("the network was used in testing mode")
+
+    real_popen = subprocess.Popen
+
+    def no_pip(args, *rest, **kwargs):
+        if "pip" in [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]:
+            raise Blocked(f"pip was run in testing mode: {args}")
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(subprocess, "Popen", no_pip)
+    return scene
+
+
+def ctest_collects(module) -> list[str]:
+    """What slicer.testing.runUnitTest runs for this module (its unittest loader)."""
+    suite = unittest.TestLoader().loadTestsFromModule(module)
+
+    def flatten(item):
+        return [name for sub in item for name in flatten(sub)] if isinstance(item, unittest.TestSuite) else [item.id()]
+
+    return flatten(suite)
+
+
+@pytest.mark.parametrize("name", ENGINE_MODULES)
+def test_ctest_collects_only_the_factory_safe_tests(factory, name):
+    module = importlib.import_module(name)
+    collected = {test_id.rsplit(".", 1)[1] for test_id in ctest_collects(module)}
+    assert collected == FACTORY_SAFE, f"ctest would run {sorted(collected)}"
+    # "Reload and Test" runs them, then the full Apply (which is not a test* method)
+    test_class = getattr(module, f"{name}Test")
+    run_test = next(node for node in ast.walk(ast.parse((MODULE_DIR / f"{name}.py").read_text()))
+                    if isinstance(node, ast.FunctionDef) and node.name == "runTest")
+    called = [node.func.attr for node in ast.walk(run_test) if isinstance(node, ast.Call)
+              and isinstance(node.func, ast.Attribute)]
+    assert called[0] == "run_factory_safe_tests" and f"full_apply_{name}" in called
+    assert hasattr(test_class, f"full_apply_{name}")
+
+
+@pytest.mark.parametrize("name", ENGINE_MODULES)
+def test_factory_safe_tests_pass_in_testing_mode_without_network_or_pip(factory, name):
+    module = importlib.import_module(name)
+    suite = unittest.TestSuite()
+    test_class = getattr(module, f"{name}Test")
+    for method in sorted(FACTORY_SAFE - NEEDS_THE_GUI):
+        suite.addTest(test_class(method))
+    result = unittest.TestResult()
+    suite.run(result)
+    problems = [f"{test.id()}: {trace}" for test, trace in result.errors + result.failures]
+    assert not problems and result.testsRun == 2, "\n".join(problems)
+
+
+def test_the_full_apply_and_every_download_are_refused_in_testing_mode(factory):
+    from segsuite_slicer import models_client, self_test
+    from segsuite_slicer.testing_mode import TestingModeRefusal
+
+    SynthSeg = importlib.import_module("SynthSeg")
+    test = SynthSeg.SynthSegTest("test_run_rules")
+    with pytest.raises(TestingModeRefusal, match="testing mode"):
+        test.full_apply_SynthSeg()          # before any download, install or engine run
+    with pytest.raises(TestingModeRefusal, match="sample data MRHead"):
+        self_test.sample_volume("MRHead")
+    with pytest.raises(TestingModeRefusal, match="model sclimbic"):
+        models_client.start_action("download", "sclimbic")
+    with pytest.raises(TestingModeRefusal):
+        self_test.run_apply_self_test(test, SynthSeg.SynthSegLogic(), {}, None)
+
+
+def test_the_adapter_check_fails_on_a_misplaced_segment(factory, monkeypatch):
+    """The world-space check is real: a segmentation shifted by one voxel fails it."""
+    from segsuite_slicer import mrml, self_test
+
+    original = mrml.add_segmentation_from_result
+
+    def misplaced(result, **kwargs):
+        moved = type(result)(labels=np.roll(result.labels, 1, axis=0), affine=result.affine,
+                             label_table=result.label_table)
+        return original(moved, **kwargs)
+
+    monkeypatch.setattr(mrml, "add_segmentation_from_result", misplaced)
+    with pytest.raises(AssertionError, match="world space"):
+        self_test.check_adapters_on_small_result(unittest.TestCase(), types.SimpleNamespace(engine="synthseg"),
+                                                 scene=factory)
+
+
+def test_samseg_help_promises_no_t1_and_the_filter_refuses_one(factory):
+    """Defect 4: the help said a T1 is segmented first; the engine behind the module is the label filter."""
+    from segsuite.errors import InputError
+    from segsuite.samseg.filter import SamsegBrainMask
+
+    module = importlib.import_module("SamsegBrainMask")
+    help_text = module.SamsegBrainMask(None).parent.helpText
+    assert "segmentation" in help_text and "not an MRI image" in help_text
+    assert "run_samseg" not in help_text and "segment a T1" not in help_text
+    t1_like = np.random.default_rng(0).normal(100, 20, (20, 20, 20)).astype(np.float32)
+    with pytest.raises(InputError):
+        SamsegBrainMask().segment((t1_like, np.eye(4)))
+    assert module.SamsegBrainMaskLogic.network_options is False
