@@ -171,6 +171,21 @@ def test_testing_mode_installs_nothing_and_says_why(tmp_path, slicer_version):
 
 
 @pytest.mark.parametrize("slicer_version", SLICER_VERSIONS)
+def test_light_the_torch_is_installed_under_the_pins_when_it_fits_them(tmp_path, slicer_version):
+    """Slicer 5.10 (pip 25.1.1) and light-the-torch 0.8.1 (pip<26.1): it is installed, under the constraints."""
+    if not installed("torch"):
+        pytest.skip("needs torch installed (pip resolves the fallback against it)")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "light-the-torch", "0.8.1", requires=["pip>=22.3"])
+    run = run_standin(tmp_path, slicer_version, ENSURE, "synthseg", hide=["torch"], wheels=wheels)
+    assert run.done.returncode == 0, run.done.stderr[-3000:]
+    ltt_steps = [entry["args"] for entry in run.pip_runs if "light-the-torch>=0.5" in entry["args"]]
+    assert len(ltt_steps) == 1 and ltt_steps[0][-2] == "-c"
+    assert [canonicalize_name(name) for name in run.planned()] == ["light-the-torch"]
+
+
+@pytest.mark.parametrize("slicer_version", SLICER_VERSIONS)
 def test_torch_install_never_changes_slicers_pip(tmp_path, slicer_version):
     """Defect 9: PyTorchUtils pip-installs light-the-torch unconstrained, and light-the-torch pins
     pip below what Slicer ships (0.8.1: pip<26.1; Slicer 5.12.3 bundles pip 26.1.1): pip downgrades

@@ -247,15 +247,15 @@ def _install_torch(constraints: str) -> None:
     """
     import slicer
 
-    if not light_the_torch_usable() and _pip_accepts([LIGHT_THE_TORCH], constraints):
-        _pip_install([LIGHT_THE_TORCH], constraints)
-        importlib.invalidate_caches()
-    if light_the_torch_usable():
-        try:
-            import PyTorchUtils
-        except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is not None:
+    try:
+        import PyTorchUtils
+    except ImportError:  # the PyTorch extension is a dependency, but may have been removed
+        PyTorchUtils = None
+    if PyTorchUtils is not None:
+        if not light_the_torch_usable() and _pip_accepts([LIGHT_THE_TORCH], constraints):
+            _pip_install([LIGHT_THE_TORCH], constraints)
+            importlib.invalidate_caches()
+        if light_the_torch_usable():
             logic = PyTorchUtils.PyTorchUtilsLogic()
             if not logic.torchInstalled():
                 torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
