@@ -125,16 +125,17 @@ def small_result(engine: str = ""):
     labels[2:5, 3:6, 1:4] = 17
     labels[6:10, 3:6, 1:5] = 53
     affine = np.array([[-1.0, 0, 0, 5], [0, 0, 1.2, -3], [0, -1.0, 0, 7], [0, 0, 0, 1]])
-    voxel = 1.2
+    voxel_volume = 1.2  # mm3: the affine's column lengths are 1, 1 and 1.2
     qc = {"general": 0.9, "hippocampus": 0.5} if engine in FLAG_THRESHOLDS else {}
     return SegmentationResult(labels=labels, affine=affine, label_table=freesurfer_lut().subset([0, 17, 53]),
-                              volumes={"Left-Hippocampus": 27 * voxel, "Right-Hippocampus": 48 * voxel}, qc=qc,
+                              volumes={"Left-Hippocampus": 27 * voxel_volume, "Right-Hippocampus": 48 * voxel_volume}, qc=qc,
                               subject="factory-test")
 
 
 def check_adapters_on_small_result(test_case, logic, scene=None) -> dict:
     """The nodes a finished run gives (segmentation, volumes / QC tables, score chart) for a result
-    made here, checked like a real Apply and in world space against a label map exported by MRML."""
+    made here, checked like a real Apply; each segment's labelmap must cover the result's voxels of
+    its label in world space (same count, same bounding box)."""
     from . import mrml
     from .run_rules import FLAG_THRESHOLDS
 
