@@ -8,8 +8,9 @@ module, i.e. every ``test*`` method of every TestCase class in it (CMake/SlicerM
 and Base/Python/slicer/testing.py at both tags). "Reload and Test" instead calls the test class's
 ``runTest`` (ScriptedLoadableModule.py ``onReloadAndTest`` / ``ScriptedLoadableModule.runTest``).
 Here the module files are loaded with slicer-core and a unittest-based ScriptedLoadableModuleTest;
-the same loader collects what ctest would run, and those tests run on real MRML in testing mode with
-the network and pip blocked.
+the same loader collects what ctest would run (the imported base class too, whose runTest runs
+nothing), and those tests run on real MRML in testing mode with the network and pip blocked; the
+Models module's collected tests run their real child processes offline with an empty model home.
 """
 
 from __future__ import annotations
@@ -48,9 +49,23 @@ def factory(monkeypatch):
         def __init__(self, *args, **kwargs):
             self.parent = types.SimpleNamespace()
 
-    class ScriptedLoadableModuleTest(unittest.TestCase):  # a TestCase, as at v5.10.0 / v5.12.3
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        """As at v5.10.0 / v5.12.3: a TestCase whose own runTest runs every callable named *test*."""
+
+        def __init__(self, *args, **kwargs):
+            self.moduleTestNames = []
+            super().__init__(*args, **kwargs)
+            if not self.moduleTestNames:
+                self.moduleTestNames = [name for name in dir(self) if "test" in name and callable(getattr(self, name))]
+
         def delayDisplay(self, message, *args, **kwargs):
             pass
+
+        def runTest(self):
+            for name in self.moduleTestNames:
+                self.setUp()
+                getattr(self, name)()
+                self.tearDown()
 
     for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
         setattr(scripted, name, type(name, (Base,), {}))
@@ -64,7 +79,8 @@ def factory(monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     scene = slicer.vtkMRMLScene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True, processEvents=lambda: None),
+                        raising=False)
 
     def no_network(*args, **kwargs):
         raise Blocked("the network was used in testing mode")
@@ -82,14 +98,22 @@ def factory(monkeypatch):
     return scene
 
 
-def ctest_collects(module) -> list[str]:
-    """What slicer.testing.runUnitTest runs for this module (its unittest loader)."""
-    suite = unittest.TestLoader().loadTestsFromModule(module)
-
+def ctest_suite(module) -> list[unittest.TestCase]:
+    """What slicer.testing.runUnitTest runs for this module (its unittest loader), every test case."""
     def flatten(item):
-        return [name for sub in item for name in flatten(sub)] if isinstance(item, unittest.TestSuite) else [item.id()]
+        return [case for sub in item for case in flatten(sub)] if isinstance(item, unittest.TestSuite) else [item]
 
-    return flatten(suite)
+    return flatten(unittest.TestLoader().loadTestsFromModule(module))
+
+
+def ctest_collects(module) -> list[str]:
+    """The ids of the module's own tests that ctest runs. The loader also finds the imported
+    ScriptedLoadableModuleTest base; its runTest runs nothing (no callable of it is named *test*)."""
+    cases = ctest_suite(module)
+    for case in cases:
+        if type(case).__module__ != module.__name__:
+            assert type(case).__name__ == "ScriptedLoadableModuleTest" and case.moduleTestNames == []
+    return [case.id() for case in cases if type(case).__module__ == module.__name__]
 
 
 @pytest.mark.parametrize("name", ENGINE_MODULES)
@@ -166,3 +190,23 @@ def test_samseg_help_promises_no_t1_and_the_filter_refuses_one(factory):
     with pytest.raises(InputError):
         SamsegBrainMask().segment((t1_like, np.eye(4)))
     assert module.SamsegBrainMaskLogic.network_options is False
+
+
+def test_models_module_ctest_tests_run_in_testing_mode_offline_and_without_pip(factory, tmp_path, monkeypatch):
+    """The Models module's test* methods are collected by ctest too: they list and verify through
+    real child processes, with no pip run, no install and no download (the children get an
+    unreachable proxy and an empty model home, so any download would fail the test)."""
+    monkeypatch.setenv("SEGSUITE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SEGSUITE_CONFIG", str(tmp_path / "config.json"))
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("SEGSUITE_REGISTRY", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(MODULE_DIR))
+    module = importlib.import_module("SegmentationSuiteModels")
+    cases = [case for case in ctest_suite(module) if type(case).__module__ == module.__name__]
+    assert cases and all(case._testMethodName.startswith("test") for case in cases)
+    result = unittest.TestResult()
+    unittest.TestSuite(cases).run(result)
+    problems = [f"{test.id()}: {trace}" for test, trace in result.errors + result.failures]
+    assert not problems and result.testsRun == len(cases), "\n".join(problems)
+    assert not (tmp_path / "home" / "models").exists() or not any((tmp_path / "home" / "models").iterdir())
