@@ -34,6 +34,11 @@ def resolve_device(device: Optional[str] = "auto") -> str:
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SegSuiteError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+        index = choice.partition(":")[2]
+        if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+            count = torch.cuda.device_count()
+            raise SegSuiteError(f"device {device!r} was asked for but PyTorch sees {count} CUDA GPU(s) "
+                                f"(cuda:0 to cuda:{count - 1}); choose one of those or --device cuda")
         return choice
     if choice == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
