@@ -99,6 +99,7 @@ class EngineRunLogic:
         self._scene = None
         self._scene_observer = None
         self._callbacks: tuple = (None, None, None, "")
+        self.on_log: Optional[Callable[[str], None]] = None  # each line the engine prints (the module's log box)
 
     # -- things modules override -------------------------------------------------------
     def engine_options(self, parameters: dict) -> dict:
@@ -217,14 +218,13 @@ class EngineRunLogic:
         if self.runner is None:
             return False
         on_progress, on_finished, on_error, output_dir = self._callbacks
-        on_log = getattr(self, "on_log", None)
         for event in self.runner.poll():
             if isinstance(event, ProgressEvent) and on_progress:
                 on_progress(event.fraction, event.message)
             elif isinstance(event, LogEvent):
                 log.info("%s", event.line)
-                if on_log:
-                    on_log(event.line)
+                if self.on_log:
+                    self.on_log(event.line)
             elif isinstance(event, FinishedEvent):
                 self._stop_timer()
                 self._forget_scene()
