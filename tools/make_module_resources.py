@@ -193,7 +193,7 @@ def engine_ui(module: str) -> str:
     ui.add("</item>")
     ui.counter = 0
     ui.section("logCollapsibleButton", "Log", collapsed=True)
-    ui.full_row("QPlainTextEdit", "logTextEdit", readOnly=("bool", True),
+    ui.full_row("QPlainTextEdit", "logTextEdit", readOnly=("bool", True), maximumBlockCount=("number", 5000),
                 toolTip=("string", "What the engine reported during the last run"))
     ui.end_section()
     return ui.document(module)
