@@ -232,6 +232,10 @@ def test_a_cuda_index_beyond_the_gpus_is_a_clear_error():
     from segsuite.engine import resolve_device
     from segsuite.errors import SegSuiteError
 
+    # a misspelt GPU is a clear error on any machine (torch would fail later with a traceback)
+    for spelling in ("cuda:", "cuda:x", "cuda:-1", "cuda1", "cudax", "cuda:1.0", "cuda:\u0661"):
+        with pytest.raises(SegSuiteError, match="--device cuda or cuda:N"):
+            resolve_device(spelling)
     if not torch.cuda.is_available():
         with pytest.raises(SegSuiteError, match="sees no CUDA GPU"):
             resolve_device("cuda:1")
