@@ -277,3 +277,27 @@ def test_model_box_names_registry_models(engine, options, expected):
         assert "no trained model" in html
     assert "chosen under Advanced: /m/x.h5" in model_info_html(engine, options, explicit_model="/m/x.h5",
                                                                registry=registry)
+
+
+@pytest.mark.parametrize("options", [{}, {"qc": True}, {"parc": True, "qc": True}, {"robust": True, "parc": True}])
+def test_model_box_names_what_the_synthseg_engine_loads(options, monkeypatch):
+    """The model box (model_info.model_ids_for) and the engine name the same registry ids: a SynthSeg
+    engine is built for the module's options and the ids its weight loading asks for are recorded."""
+    pytest.importorskip("torch")
+    from segsuite.synthseg.engine import SynthSegEngine
+    from segsuite_slicer.model_info import model_ids_for
+
+    asked = []
+    monkeypatch.setattr(SynthSegEngine, "_load", lambda self, model, model_id, *rest: asked.append(model_id))
+    SynthSegEngine(device="cpu", **options)
+    assert sorted(asked) == sorted(model_ids_for("synthseg", options))
+
+
+def test_model_box_names_the_ids_the_other_engines_ask_the_model_manager_for():
+    from segsuite.scepi.modelfolder import MODEL_ID as SCEPI_MODEL
+    from segsuite.sclimbic.engine import MODEL_ID as SCLIMBIC_MODEL
+    from segsuite.sclimbic.registration import TEMPLATE_ID
+    from segsuite_slicer.model_info import model_ids_for
+
+    assert model_ids_for("sclimbic", {"etiv": "register"}) == [SCLIMBIC_MODEL, TEMPLATE_ID]
+    assert model_ids_for("scepi", {}) == [SCEPI_MODEL]
