@@ -142,12 +142,10 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
         model_id = self.selectedModelId()
         # Actions that write the cache take its lock (filelock, not bundled with Slicer); listing needs nothing.
         from segsuite_slicer.install import ensure_requirements
-        if not ensure_requirements("models"):
-            return
-        try:
-            self.logic.start(action, model_id, path)
-        except Exception as error:
-            slicer.util.errorDisplay(f"Could not start: {error}")
+        problem = self.logic.start(action, model_id, path, ensure_requirements=ensure_requirements)
+        if problem:
+            self.ui.statusLabel.text = problem
+            slicer.util.errorDisplay(problem, windowTitle="Model manager")
             return
         self.ui.progressBar.visible = True
         self.ui.progressBar.value = 0
@@ -205,24 +203,19 @@ class SegmentationSuiteModelsWidget(ScriptedLoadableModuleWidget):
         self.queryTimer.stop()
         if self.listing is not None:
             self.listing.cancel()
-        self.logic.cancel()
+        self.logic.stop()
 
 
-class SegmentationSuiteModelsLogic(ScriptedLoadableModuleLogic):
+class SegmentationSuiteModelsLogic(models_client.ModelActions, ScriptedLoadableModuleLogic):
+    """Start / cancel (never blocking the GUI thread) / stop: segsuite_slicer.models_client.ModelActions."""
+
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.runner = None
+        models_client.ModelActions.__init__(self)
 
-    def busy(self):
-        return self.runner is not None and self.runner.running
-
-    def start(self, action, model_id="", path=""):
-        self.runner = models_client.start_action(action, model_id, path, python=slicer_python())
-        return self.runner
-
-    def cancel(self):
-        if self.busy():
-            self.runner.cancel()
+    def start(self, action, model_id="", path="", ensure_requirements=None):
+        return models_client.ModelActions.start(self, action, model_id, path, python=slicer_python(),
+                                                ensure_requirements=ensure_requirements)
 
 
 class SegmentationSuiteModelsTest(ScriptedLoadableModuleTest):

@@ -41,7 +41,8 @@ CLASSES_USED = ["vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkSegmentation", "v
                 "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode",
                 "vtkMRMLLinearTransformNode", "vtkOrientedImageData", "vtkSegmentationConverter",
                 "vtkMRMLSelectionNode", "vtkMRMLApplicationLogic", "vtkMRMLSegmentationStorageNode",
-                "vtkSlicerSegmentationsModuleLogic", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode"]
+                "vtkSlicerSegmentationsModuleLogic", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode",
+                "vtkMRMLSegmentationDisplayNode"]
 VTK_CLASSES = ["vtkMatrix4x4", "vtkImageData", "vtkStringArray", "vtkDoubleArray", "vtkIntArray", "vtkPointData",
                "vtkTable"]
 

@@ -116,8 +116,9 @@ class Ui:
                          + ("<container>1</container>" if container else "") + "</customwidget>")
         parts += ["</customwidgets>", "<connections>"]
         if module != "SegmentationSuiteModels":  # the node selector follows the module's scene
-            parts.append(f"<connection><sender>{module}</sender><signal>mrmlSceneChanged(vtkMRMLScene*)</signal>"
-                         "<receiver>inputVolumeSelector</receiver><slot>setMRMLScene(vtkMRMLScene*)</slot></connection>")
+            for selector in ("inputVolumeSelector", "outputSegmentationSelector"):
+                parts.append(f"<connection><sender>{module}</sender><signal>mrmlSceneChanged(vtkMRMLScene*)</signal>"
+                             f"<receiver>{selector}</receiver><slot>setMRMLScene(vtkMRMLScene*)</slot></connection>")
         parts += ["</connections>", "</ui>"]
         return "\n".join(parts) + "\n"
 
@@ -144,6 +145,15 @@ def engine_ui(module: str) -> str:
            toolTip=("string", "Where results are kept (one folder per subject); a batch without one goes to the "
                                "default folder shown below; existing results are replaced only if you agree"))
     ui.full_row("QLabel", "outputFolderHintLabel", text=("string", ""), wordWrap=("bool", True))
+    # as TotalSegmentator / MONAIAuto3DSeg: a new segmentation, or one to replace (node, display and IDs kept)
+    ui.row("Output segmentation:", "qMRMLNodeComboBox", "outputSegmentationSelector",
+           nodeTypes=("stringlist", ["vtkMRMLSegmentationNode"]), addEnabled=("bool", False),
+           removeEnabled=("bool", False), renameEnabled=("bool", True), noneEnabled=("bool", True),
+           noneDisplay=("string", "Create new segmentation"),
+           toolTip=("string", "A new segmentation node, or an existing one whose segments are replaced "
+                               "(the node, its display settings and the IDs of segments found again are kept)"))
+    ui.full_row("QCheckBox", "show3DCheckBox", text=("string", "Show 3D"),
+                toolTip=("string", "Show the result as surfaces in the 3D view (remembered)"))
     ui.end_section()
     ui.counter = 0
     ui.section("optionsCollapsibleButton", "Options")
@@ -155,6 +165,8 @@ def engine_ui(module: str) -> str:
     ui.section("advancedCollapsibleButton", "Advanced", collapsed=True)
     ui.row("Device:", "QComboBox", "deviceComboBox",
            toolTip=("string", "auto uses a CUDA GPU when PyTorch sees one, else the CPU"))
+    ui.row("CUDA device:", "QSpinBox", "gpuSpinBox", minimum=("number", 0), maximum=("number", 63),
+           enabled=("bool", False), toolTip=("string", "Which GPU when the device is cuda (0 is the first; cuda:N)"))
     ui.row("CPU threads:", "QSpinBox", "threadsSpinBox", minimum=("number", 0), maximum=("number", 256),
            specialValueText=("string", "automatic"), toolTip=("string", "0: let PyTorch choose"))
     ui.full_row("QCheckBox", "posteriorsCheckBox", text=("string", "Load posterior probabilities as volumes"))
@@ -162,6 +174,11 @@ def engine_ui(module: str) -> str:
            toolTip=("string", "Leave empty to use the model manager (downloads on first use)"))
     ui.full_row("QPushButton", "modelFolderButton", text=("string", "Choose a model folder..."),
                 toolTip=("string", "For models that are a folder (the spinal cord nnU-Net model)"))
+    ui.end_section()
+    ui.counter = 0
+    ui.section("modelCollapsibleButton", "Model", collapsed=True)
+    ui.full_row("QTextBrowser", "modelInfoBrowser", openExternalLinks=("bool", True),
+                toolTip=("string", "From the model registry: what the run will use, its licence and what to cite"))
     ui.end_section()
     ui.add("<item>")
     ui.widget("QPushButton", "applyButton", text=("string", "Apply"), enabled=("bool", False),
@@ -174,6 +191,11 @@ def engine_ui(module: str) -> str:
     ui.widget("QLabel", "statusLabel", text=("string", ""), wordWrap=("bool", True))
     ui.end()
     ui.add("</item>")
+    ui.counter = 0
+    ui.section("logCollapsibleButton", "Log", collapsed=True)
+    ui.full_row("QPlainTextEdit", "logTextEdit", readOnly=("bool", True), maximumBlockCount=("number", 5000),
+                toolTip=("string", "What the engine reported during the last run"))
+    ui.end_section()
     return ui.document(module)
 
 

@@ -32,8 +32,17 @@ def resolve_device(device: Optional[str] = "auto") -> str:
             return "mps"
         return "cpu"
     if choice.startswith("cuda"):
+        name, colon, index = choice.partition(":")
+        # checked before the hardware: a misspelt device is the same mistake on any machine
+        if name != "cuda" or (colon and not (index.isascii() and index.isdigit())):
+            raise SegSuiteError(f"unknown device {device!r}: for a GPU use --device cuda or cuda:N, N the GPU's "
+                                "number (cuda:0 is the first)")
         if not torch.cuda.is_available():
             raise SegSuiteError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise SegSuiteError(f"device {device!r} was asked for but PyTorch sees {count} CUDA GPU(s) "
+                                f"(cuda:0 to cuda:{count - 1}); choose one of those or --device cuda")
         return choice
     if choice == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):

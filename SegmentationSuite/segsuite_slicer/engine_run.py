@@ -4,7 +4,14 @@ A module's Logic mixes this in and only says which engine it runs and how its GU
 engine options. The engine runs in ``segsuite run-engine`` in a separate process (see
 segsuite.runner); a timer polls it so the GUI stays responsive. Cancel stops the process tree from a
 worker thread (terminating can take seconds) while the timer keeps polling until the process is gone.
-Where results go, and whether an existing result may be replaced, follows run_rules.
+Where results go, and whether an existing result may be replaced, follows run_rules; what the
+process's end means (exit status 1 with some subjects written included) is run_rules.run_outcome.
+
+The logic owns a run's whole lifetime (process, timer, exported input, scene observer): every
+early end goes through ``stop``. Closing the scene stops the run (nothing is loaded into the new
+scene); the widget's cleanup, which Slicer calls for each module when the application exits
+(qSlicerCoreApplication::onAboutToQuit -> unloadModules -> moduleAboutToBeUnloaded, v5.10.0),
+stops it and waits, so the exported input is deleted before Slicer goes.
 Qt is imported only when a timer is needed, and MRML only when results are loaded, so the
 option and argument building is testable without Slicer.
 """
@@ -23,8 +30,8 @@ from typing import Callable, Optional
 
 from segsuite.runner import FinishedEvent, LogEvent, ProcessRunner, ProgressEvent
 
-from .run_rules import (FLAG_THRESHOLDS, OutputChoice, choose_output_folder, existing_outputs, overwrite_arguments,
-                        parse_bool, parse_threads, planned_subjects)
+from .run_rules import (FLAG_THRESHOLDS, OutputChoice, RunOutcome, choose_output_folder, device_argument,
+                        existing_outputs, overwrite_arguments, parse_bool, parse_threads, planned_subjects, run_outcome)
 
 log = logging.getLogger("SegmentationSuite")
 
@@ -43,6 +50,25 @@ class RunPlan:
     output: OutputChoice
     subjects: list
     existing: list  # <output>/<subject> folders that exist and would be replaced
+
+
+def cancel_in_background(runner: ProcessRunner, previous: Optional[threading.Thread] = None) -> threading.Thread:
+    """Stop ``runner``'s process tree from a worker thread (SIGTERM, SIGKILL after the grace time),
+    so the GUI thread never waits; a cancel already under way is returned as it is."""
+    if previous is not None and previous.is_alive():
+        return previous
+    runner.cancelled = True
+    thread = threading.Thread(target=runner.cancel, name="segsuite-cancel", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_and_wait(runner: Optional[ProcessRunner], cancel_thread: Optional[threading.Thread] = None) -> None:
+    """Stop ``runner``'s process tree and return only when it is gone (module cleanup, application exit)."""
+    if cancel_thread is not None and cancel_thread.is_alive():
+        cancel_thread.join()
+    if runner is not None and runner.process is not None and runner.process.poll() is None:
+        runner.cancel()
 
 
 def ensure_parameter_defaults(node, defaults: dict) -> None:
@@ -69,6 +95,13 @@ class EngineRunLogic:
         self.work_dir: Optional[str] = None
         self._timer = None
         self.keep_work_dir = False
+        self.outcome: Optional[RunOutcome] = None  # how the last run ended
+        self._cancel_thread: Optional[threading.Thread] = None
+        self._stopped_reason = ""
+        self._scene = None
+        self._scene_observer = None
+        self._callbacks: tuple = (None, None, None, "")
+        self.on_log: Optional[Callable[[str], None]] = None  # each line the engine prints (the module's log box)
 
     # -- things modules override -------------------------------------------------------
     def engine_options(self, parameters: dict) -> dict:
@@ -76,16 +109,19 @@ class EngineRunLogic:
         return {}
 
     # -- arguments -----------------------------------------------------------------------
-    def build_arguments(self, inputs: list[str], output_dir: str, parameters: dict) -> list[str]:
+    def build_arguments(self, inputs: list[str], output_dir: str, parameters: dict,
+                        manifest: Optional[str] = None) -> list[str]:
         import json
 
         arguments = ["run-engine", "--engine", self.engine, "--output-dir", output_dir,
                      "--options", json.dumps(self.engine_options(parameters))]
+        if manifest:  # a copy in the run's own work folder: proof that this run wrote it (run_rules.run_outcome)
+            arguments += ["--manifest", manifest]
         for path in inputs:
             arguments += ["--input", path]
         if not self.network_options:
             return arguments
-        arguments += ["--device", parameters.get("device", "auto") or "auto"]
+        arguments += ["--device", device_argument(parameters.get("device", "auto"), parameters.get("gpu", "0"))]
         threads = parse_threads(parameters.get("threads", "0"))
         if threads > 0:
             arguments += ["--threads", str(threads)]
@@ -141,23 +177,31 @@ class EngineRunLogic:
               on_progress: Optional[Callable[[float, str], None]] = None,
               on_finished: Optional[Callable[[str], None]] = None,
               on_error: Optional[Callable[[str], None]] = None,
-              use_timer: bool = True, plan: Optional[RunPlan] = None, overwrite: bool = False) -> ProcessRunner:
+              use_timer: bool = True, plan: Optional[RunPlan] = None, overwrite: bool = False,
+              scene=None) -> ProcessRunner:
         """Start the child process; callbacks run on the GUI thread (from the timer).
 
         Existing results in the output folder are replaced only with ``overwrite=True`` (the user's
         consent, asked by the widget); without it an existing result stops the run before it starts.
+        With ``scene``, closing that scene stops the run (its results belong to the closed scene).
         """
         if self.runner is not None and self.runner.running:
             raise RuntimeError("a segmentation is already running; cancel it first")
         if plan is None:
             plan = self.prepare(parameters, input_volume_node, input_folder)
         output_dir = plan.output.folder
-        arguments = self.build_arguments(plan.inputs, output_dir, parameters) + overwrite_arguments(plan.existing, overwrite)
+        arguments = (self.build_arguments(plan.inputs, output_dir, parameters, manifest=self.run_manifest_path())
+                     + overwrite_arguments(plan.existing, overwrite))
         self.runner = ProcessRunner.for_segsuite(arguments, python=parameters.get("python") or slicer_python())
         self._callbacks = (on_progress, on_finished, on_error, output_dir)
         self._cancel_thread = None
+        self._stopped_reason = ""
+        self.outcome = None
         log.info("Starting: %s", " ".join(self.runner.command))
         self.runner.start()
+        if scene is not None:
+            self._scene = scene
+            self._scene_observer = scene.AddObserver(scene.StartCloseEvent, self._on_scene_start_close)
         if use_timer:
             import qt
 
@@ -167,8 +211,14 @@ class EngineRunLogic:
             self._timer.start()
         return self.runner
 
+    def run_manifest_path(self) -> Optional[str]:
+        """Where this run's manifest goes: its own work folder (fresh per run)."""
+        return os.path.join(self.work_dir, "manifest.json") if self.work_dir else None
+
     def poll_once(self) -> bool:
-        """Forward progress and log lines; at the end call on_finished or on_error. True while running."""
+        """Forward progress and log lines; at the end call on_finished (results to load, failed
+        subjects included) or on_error (cancelled, stopped, failed: see ``self.outcome``).
+        True while running."""
         if self.runner is None:
             return False
         on_progress, on_finished, on_error, output_dir = self._callbacks
@@ -177,16 +227,22 @@ class EngineRunLogic:
                 on_progress(event.fraction, event.message)
             elif isinstance(event, LogEvent):
                 log.info("%s", event.line)
+                if self.on_log:
+                    self.on_log(event.line)
             elif isinstance(event, FinishedEvent):
                 self._stop_timer()
-                if self.runner.cancelled:
-                    if on_error:
-                        on_error("Cancelled.")
-                elif event.returncode == 0:
+                self._forget_scene()
+                self.outcome = run_outcome(event.returncode, self.run_manifest_path() or "",
+                                           self.runner.error_message(), cancelled=self.runner.cancelled,
+                                           stopped_reason=self._stopped_reason)
+                if self.outcome.kind == "done":
                     if on_finished:
                         on_finished(output_dir)
-                elif on_error:
-                    on_error(self.runner.error_message())
+                else:
+                    if self.outcome.kind == "stopped":
+                        self.cleanup()  # nobody will load these results: the exported input goes now
+                    if on_error:
+                        on_error(self.outcome.message)
                 return False
         return True
 
@@ -194,11 +250,34 @@ class EngineRunLogic:
         """Ask the process tree to stop and return at once; poll_once reports "Cancelled." when it is gone."""
         if self.runner is None or not self.runner.running:
             return
-        if getattr(self, "_cancel_thread", None) is not None and self._cancel_thread.is_alive():
-            return
-        self.runner.cancelled = True
-        self._cancel_thread = threading.Thread(target=self.runner.cancel, name="segsuite-cancel", daemon=True)
-        self._cancel_thread.start()
+        self._cancel_thread = cancel_in_background(self.runner, self._cancel_thread)
+
+    def stop(self, reason: str, wait: bool = False) -> None:
+        """End the run early, whatever the cause; nothing of it will be loaded.
+
+        ``wait=False`` (scene close): returns at once; the timer keeps polling, and when the process
+        has gone on_error gets "Stopped: <reason>..." and the work folder is deleted.
+        ``wait=True`` (module cleanup, application exit): returns when the process tree is gone and
+        the work folder deleted; no callback runs (the widget is going away).
+        """
+        running = self.runner is not None and self.runner.running
+        if running and not self._stopped_reason:
+            self._stopped_reason = reason
+        if wait:
+            self._callbacks = (None, None, None, self._callbacks[3])
+            stop_and_wait(self.runner, self._cancel_thread)
+            self._forget_scene()
+            self.cleanup()
+        elif running:
+            self.cancel()
+
+    def _on_scene_start_close(self, caller=None, event=None) -> None:
+        self.stop("the scene was closed")
+
+    def _forget_scene(self) -> None:
+        if self._scene is not None and self._scene_observer is not None:
+            self._scene.RemoveObserver(self._scene_observer)
+        self._scene, self._scene_observer = None, None
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -213,8 +292,14 @@ class EngineRunLogic:
 
     # -- results ----------------------------------------------------------------------------
     def load_results(self, output_dir: str, scene=None, reference_volume_node=None, parameters: Optional[dict] = None,
-                     load_segmentations: bool = True) -> dict:
-        """Bundles -> MRML: a segmentation per subject (or only tables for batches), tables, posteriors."""
+                     load_segmentations: bool = True, manifest_path: Optional[str] = None,
+                     output_segmentation_node=None) -> dict:
+        """Bundles -> MRML: a segmentation per subject (or only tables for batches), tables, posteriors.
+
+        The manifest is this run's (in its work folder) when there is one, else ``<output_dir>/manifest.json``.
+        ``output_segmentation_node``: the user's chosen output for a single result, whose content is
+        replaced (node, display and segment IDs kept); without it a new node is added.
+        """
         import json
 
         from segsuite.result_io import load_result_bundle
@@ -222,7 +307,10 @@ class EngineRunLogic:
         from . import mrml
 
         parameters = parameters or {}
-        manifest = json.loads(Path(output_dir, "manifest.json").read_text(encoding="utf-8"))
+        if manifest_path is None:
+            own = self.run_manifest_path()
+            manifest_path = own if own and os.path.exists(own) else os.path.join(output_dir, "manifest.json")
+        manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
         results = [load_result_bundle(Path(output_dir, item["bundle"])) for item in manifest["results"]]
         nodes: dict = {"segmentations": [], "tables": [], "charts": [], "posteriors": [],
                        "failures": manifest.get("failures", [])}
@@ -233,7 +321,8 @@ class EngineRunLogic:
                     f"{reference_volume_node.GetName()} {self.engine}" if reference_volume_node is not None
                     else f"{result.subject} {self.engine}")
                 nodes["segmentations"].append(mrml.add_segmentation_from_result(
-                    result, scene=scene, name=name, reference_volume_node=reference_volume_node))
+                    result, scene=scene, name=name, reference_volume_node=reference_volume_node,
+                    segmentation_node=output_segmentation_node))
                 if result.posteriors is not None and parse_bool(parameters.get("posteriors", "false")):
                     nodes["posteriors"] += mrml.add_posterior_volumes(result, scene=scene, base_name=name)
         if batch:

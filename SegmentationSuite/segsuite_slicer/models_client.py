@@ -140,3 +140,49 @@ def start_action(action: str, model_id: str = "", path: str = "", python: Option
 
 def cache_folder(python: Optional[str] = None, timeout: float = 60.0) -> str:
     return cache_folder_from_output(start_cache_folder(python).wait(timeout))
+
+
+class ModelActions:
+    """The Models module's one running action (download, install, verify, ...): started after the
+    requirements check, cancelled without blocking the GUI thread, stopped and waited for at cleanup."""
+
+    def __init__(self) -> None:
+        self.runner: Optional[ProcessRunner] = None
+        self._cancel_thread = None
+
+    def busy(self) -> bool:
+        return self.runner is not None and self.runner.running
+
+    def start(self, action: str, model_id: str = "", path: str = "", python: Optional[str] = None,
+              ensure_requirements=None) -> Optional[str]:
+        """Start ``action``; None when it started, else the one-line reason to show (nothing started).
+
+        ``ensure_requirements(engine)`` (segsuite_slicer.install's, inside Slicer) installs what the
+        cache lock needs; its failure is a message here, not a traceback."""
+        if self.busy():
+            return "The model manager is busy; wait for it or cancel it first."
+        if ensure_requirements is not None:
+            try:
+                if not ensure_requirements("models"):
+                    return "The Python packages the model manager needs were not installed: nothing was done."
+            except Exception as error:  # pip, the network, a refused bundled version: one line for the user
+                return f"Could not install the Python packages the model manager needs: {error}"
+        try:
+            self.runner = start_action(action, model_id, path, python=python)
+        except Exception as error:
+            return f"Could not start the model manager: {error}"
+        self._cancel_thread = None
+        return None
+
+    def cancel(self) -> None:
+        """Returns at once; the process tree stops in a worker thread (terminate, kill after 3 s)."""
+        from .engine_run import cancel_in_background
+
+        if self.busy():
+            self._cancel_thread = cancel_in_background(self.runner, self._cancel_thread)
+
+    def stop(self) -> None:
+        """Module cleanup and application exit: returns when the process tree is gone."""
+        from .engine_run import stop_and_wait
+
+        stop_and_wait(self.runner, self._cancel_thread)

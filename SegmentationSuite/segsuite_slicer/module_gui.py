@@ -6,7 +6,8 @@ lists its option check boxes; this class follows Slicer 5.10's scripted-module t
 and the GUI in step, observes the scene's StartCloseEvent / EndCloseEvent (closing the scene empties
 the parameter node: the defaults are set again), and implements enter / exit / cleanup. Apply
 becomes Cancel while the engine runs; results are shown in a layout with a table view and, for QC
-scores and z-scores, a plot chart. The rules about what may be written where are in run_rules.
+scores and z-scores, a plot chart. The rules about what may be written where, and what a run's end
+means, are in run_rules; the run's lifetime (scene close, cleanup, application exit) is the logic's.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import vtk
 
 from . import install
 from .engine_run import ensure_parameter_defaults
-from .run_rules import first_input_volume, flagged_scores, overwrite_question, parse_bool
+from .model_info import model_info_html
+from .run_rules import (apply_button_state, failure_lines, finished_status, first_input_volume, flagged_scores,
+                        overwrite_question, parse_bool)
 
 log = logging.getLogger("SegmentationSuite")
 
 DEVICES = ["auto", "cpu", "cuda"]
+SHOW_3D_SETTING = "SegmentationSuite/Show3D"  # remembered between sessions, as a user preference
+INSTALL_STATUS = ("Checking the Python packages SegmentationSuite needs; a first-use install downloads them "
+                  "and can take several minutes (pip's output is in the Python console)...")
 
 
 def default_output_base() -> str:
@@ -44,8 +50,12 @@ class EngineModuleWidgetMixin:
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.ui.deviceComboBox.addItems(DEVICES)
         self._updating = False
+        self._installing = False
         self._input = None
+        self._output_segmentation = None
         self.parameterNode = None
+        self.ui.show3DCheckBox.checked = parse_bool(qt.QSettings().value(SHOW_3D_SETTING, "false"))
+        self.logic.on_log = self.appendLog
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -55,6 +65,9 @@ class EngineModuleWidgetMixin:
         self.ui.inputFolderPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.outputFolderPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.currentTextChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.gpuSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.show3DCheckBox.toggled.connect(self.onShow3DToggled)
         self.ui.threadsSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.posteriorsCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.modelPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
@@ -74,8 +87,10 @@ class EngineModuleWidgetMixin:
         self.setParameterNode(None)
 
     def cleanup(self) -> None:
-        if self.logic is not None and self.logic.runner is not None and self.logic.runner.running:
-            self.logic.cancel()
+        """Slicer calls this when the module is unloaded, which includes the application's exit:
+        the run is stopped and its exported input deleted before this returns."""
+        if self.logic is not None:
+            self.logic.stop("the module was closed", wait=True)
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -108,7 +123,7 @@ class EngineModuleWidgetMixin:
     def parameters(self) -> dict:
         node = self.parameterNode
         keys = list(self.logic.default_parameters) + list(self.option_parameters) + [
-            "batch", "inputFolder", "outputFolder", "model"]
+            "batch", "inputFolder", "outputFolder", "model", "gpu"]
         return {key: node.GetParameter(key) for key in keys}
 
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
@@ -122,20 +137,43 @@ class EngineModuleWidgetMixin:
             self.ui.batchCheckBox.checked = batch
             self.ui.inputVolumeSelector.enabled = not batch
             self.ui.inputFolderPathLineEdit.enabled = batch
-            self.ui.inputFolderPathLineEdit.currentPath = node.GetParameter("inputFolder")
-            self.ui.outputFolderPathLineEdit.currentPath = node.GetParameter("outputFolder")
+            self.ui.outputSegmentationSelector.setCurrentNode(node.GetNodeReference("OutputSegmentation"))
+            self.ui.outputSegmentationSelector.enabled = not batch  # a batch loads tables only
+            # ctkPathLineEdit emits currentPathChanged on every keystroke; writing the same text back
+            # (QLineEdit::setText) would move the cursor to the end: only a different path is written.
+            set_path_if_changed(self.ui.inputFolderPathLineEdit, node.GetParameter("inputFolder"))
+            set_path_if_changed(self.ui.outputFolderPathLineEdit, node.GetParameter("outputFolder"))
             self.ui.outputFolderHintLabel.text = self.outputFolderHint(batch, node.GetParameter("outputFolder"))
-            self.ui.deviceComboBox.setCurrentText(node.GetParameter("device") or "auto")
+            device = node.GetParameter("device") or "auto"
+            self.ui.deviceComboBox.setCurrentText(device)
+            self.ui.gpuSpinBox.value = int(node.GetParameter("gpu") or 0)
+            self.ui.gpuSpinBox.enabled = device == "cuda"
             self.ui.threadsSpinBox.value = int(node.GetParameter("threads") or 0)
             self.ui.posteriorsCheckBox.checked = parse_bool(node.GetParameter("posteriors"))
-            self.ui.modelPathLineEdit.currentPath = node.GetParameter("model")
+            set_path_if_changed(self.ui.modelPathLineEdit, node.GetParameter("model"))
             for name in self.option_parameters:
                 getattr(self.ui, f"{name}CheckBox").checked = parse_bool(node.GetParameter(name))
-            ready = bool(node.GetParameter("inputFolder")) if batch else node.GetNodeReference("InputVolume") is not None
-            running = self.logic.runner is not None and self.logic.runner.running
-            self.ui.applyButton.enabled = ready or running
+            self.updateModelInfo()
+            self.updateApplyButton()
         finally:
             self._updating = False
+
+    def updateApplyButton(self) -> None:
+        node = self.parameterNode
+        ready = False
+        if node is not None:
+            batch = parse_bool(node.GetParameter("batch"))
+            ready = bool(node.GetParameter("inputFolder")) if batch else node.GetNodeReference("InputVolume") is not None
+        running = self.logic.runner is not None and self.logic.runner.running
+        self.ui.applyButton.enabled, self.ui.applyButton.text = apply_button_state(ready, running, self._installing)
+
+    def updateModelInfo(self) -> None:
+        try:
+            text = model_info_html(self.logic.engine, self.logic.engine_options(self.parameters()),
+                                   explicit_model=self.parameterNode.GetParameter("model"))
+        except Exception as error:  # the model box must never break the module
+            text = f"Model information is not available: {error}"
+        self.ui.modelInfoBrowser.setHtml(text)
 
     def outputFolderHint(self, batch: bool, chosen: str) -> str:
         from .run_rules import default_batch_output_folder
@@ -156,6 +194,8 @@ class EngineModuleWidgetMixin:
         node.SetParameter("inputFolder", self.ui.inputFolderPathLineEdit.currentPath)
         node.SetParameter("outputFolder", self.ui.outputFolderPathLineEdit.currentPath)
         node.SetParameter("device", self.ui.deviceComboBox.currentText)
+        node.SetParameter("gpu", str(self.ui.gpuSpinBox.value))
+        node.SetNodeReferenceID("OutputSegmentation", self.ui.outputSegmentationSelector.currentNodeID)
         node.SetParameter("threads", str(self.ui.threadsSpinBox.value))
         node.SetParameter("posteriors", "true" if self.ui.posteriorsCheckBox.checked else "false")
         node.SetParameter("model", self.ui.modelPathLineEdit.currentPath)
@@ -169,19 +209,46 @@ class EngineModuleWidgetMixin:
         if folder:
             self.ui.modelPathLineEdit.currentPath = folder
 
+    def onShow3DToggled(self, checked: bool) -> None:
+        qt.QSettings().setValue(SHOW_3D_SETTING, "true" if checked else "false")
+        node = self._output_segmentation
+        if node is not None and slicer.mrmlScene.IsNodePresent(node):
+            from .mrml import show_segmentation_in_3d
+
+            show_segmentation_in_3d(node, checked)
+
+    def appendLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
     # -- running --------------------------------------------------------------------------------
+    def ensureRequirements(self) -> bool:
+        """The first-use install, with Apply disabled: on Slicer 5.10 pip_install processes events
+        for each line pip prints (slicer.util.logProcessOutput, v5.10.0), so Apply stays clickable."""
+        self._installing = True
+        self.updateApplyButton()
+        self.ui.statusLabel.text = INSTALL_STATUS
+        slicer.app.processEvents()  # show the status before pip or the PyTorch download starts
+        try:
+            return install.ensure_requirements(self.logic.engine)
+        finally:
+            self._installing = False
+            self.updateApplyButton()
+
     def onApplyButton(self) -> None:
+        if self._installing:
+            return  # a click queued during the install
         if self.logic.runner is not None and self.logic.runner.running:
             self.ui.statusLabel.text = "Cancelling..."
             self.logic.cancel()
             return
         try:
-            if not install.ensure_requirements(self.logic.engine):
+            if not self.ensureRequirements():
                 self.ui.statusLabel.text = "Python packages were not installed: nothing was run."
                 return
             parameters = self.parameters()
             batch = parse_bool(parameters.get("batch"))
             self._input = None if batch else self.parameterNode.GetNodeReference("InputVolume")
+            self._output_segmentation = None if batch else self.parameterNode.GetNodeReference("OutputSegmentation")
             plan = self.logic.prepare(parameters, input_volume_node=self._input,
                                       input_folder=parameters.get("inputFolder", "") if batch else "",
                                       default_base=default_output_base())
@@ -194,7 +261,8 @@ class EngineModuleWidgetMixin:
                     return
                 overwrite = True
             self._parameters = parameters  # the run's own copy: the module may be left while it runs
-            self.logic.start(parameters, plan=plan, overwrite=overwrite,
+            self.ui.logTextEdit.clear()
+            self.logic.start(parameters, plan=plan, overwrite=overwrite, scene=slicer.mrmlScene,
                              on_progress=self.onProgress, on_finished=self.onFinished, on_error=self.onError)
         except Exception as error:  # shown to the user; the traceback goes to the log
             log.exception("SegmentationSuite: could not start")
@@ -202,7 +270,7 @@ class EngineModuleWidgetMixin:
                 self.logic.cleanup()  # the exported input, if prepare() got that far
             slicer.util.errorDisplay(f"Could not start: {error}")
             return
-        self.ui.applyButton.text = "Cancel"
+        self.updateApplyButton()
         self.ui.progressBar.visible = True
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "Starting..."
@@ -212,24 +280,35 @@ class EngineModuleWidgetMixin:
         self.ui.statusLabel.text = message
 
     def _restore(self) -> None:
-        self.ui.applyButton.text = "Apply"
         self.ui.progressBar.visible = False
         self.updateGUIFromParameterNode()
+        self.updateApplyButton()
 
     def onFinished(self, output_dir: str) -> None:
         try:
+            scene = slicer.mrmlScene
+            # nodes of the scene the run started in only (a closed scene stops the run; this is the second guard)
+            reference = self._input if self._input is not None and scene.IsNodePresent(self._input) else None
+            output = self._output_segmentation
+            output = output if output is not None and scene.IsNodePresent(output) else None
             with slicer.util.WaitCursor():
-                nodes = self.logic.load_results(output_dir, scene=slicer.mrmlScene, reference_volume_node=self._input,
-                                                parameters=self._parameters)
-            if nodes["segmentations"] and self._input is not None:
-                slicer.util.setSliceViewerLayers(background=self._input)
+                nodes = self.logic.load_results(output_dir, scene=scene, reference_volume_node=reference,
+                                                parameters=self._parameters, output_segmentation_node=output)
+                if nodes["segmentations"]:
+                    self._output_segmentation = nodes["segmentations"][0]
+                    if self.ui.show3DCheckBox.checked:
+                        from .mrml import show_segmentation_in_3d
+
+                        show_segmentation_in_3d(self._output_segmentation, True)
+            if nodes["segmentations"] and reference is not None:
+                slicer.util.setSliceViewerLayers(background=reference)
             show_results(nodes)
             failures = nodes["failures"]
+            for line in failure_lines(failures):
+                log.warning("SegmentationSuite %s: %s", self.module_name, line)
+                self.appendLog(f"FAILED {line}")
             flagged = [name for result in nodes["results"] for name in flagged_scores(self.logic.engine, result.qc)]
-            status = "Done." if not failures else f"Done; {len(failures)} subject(s) failed (see the log)."
-            if flagged:
-                status += f" Flagged by QC: {', '.join(flagged)}."
-            self.ui.statusLabel.text = status
+            self.ui.statusLabel.text = finished_status(failures, flagged)
         except Exception as error:
             log.exception("SegmentationSuite: loading the results failed")
             slicer.util.errorDisplay(f"The segmentation finished but its results could not be loaded: {error}")
@@ -238,12 +317,20 @@ class EngineModuleWidgetMixin:
             self._restore()
 
     def onError(self, message: str) -> None:
+        """Cancelled, stopped (scene closed) or failed: see the logic's outcome; only a failure is a dialog."""
         self.logic.cleanup()
         self._restore()
         self.ui.statusLabel.text = message
-        if message != "Cancelled.":
+        outcome = self.logic.outcome
+        if outcome is None or outcome.kind == "failed":
             log.error("SegmentationSuite %s: %s", self.module_name, message)
             slicer.util.errorDisplay(message, windowTitle=f"{self.module_name} failed")
+
+
+def set_path_if_changed(path_line_edit, path: str) -> None:
+    """Write ``path`` into a ctkPathLineEdit only when it differs from what the field shows."""
+    if path_line_edit.currentPath != (path or ""):
+        path_line_edit.currentPath = path or ""
 
 
 def show_results(nodes: dict) -> None:

@@ -199,12 +199,16 @@ def _bounding_box(mask: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
 
 def add_segmentation_node(labels: np.ndarray, affine: np.ndarray, label_table: LabelTable, name: str,
                           scene=None, reference_volume_node=None, include_empty: bool = False,
-                          segmentation_node=None):
+                          segmentation_node=None, replace: bool = False):
     """A segmentation node with one segment per label: FreeSurfer names, colours and terminology.
 
     Segment IDs are the label names (stable, so scripts can find "Left-Hippocampus"); every
     segment carries its label value in the tag ``SegmentationSuite.LabelValue``. All segments
     share one labelmap, cropped to the labelled region, on exactly the input grid.
+
+    ``replace=True`` with an existing ``segmentation_node`` (the user chose one as the output):
+    the node, its display node and the IDs of the segments the new result also has are kept (their
+    labelmap is replaced; name, colour and display properties stay); segments it lacks are removed.
     """
     scene = _scene(scene)
     labels = np.asarray(labels)
@@ -245,7 +249,21 @@ def add_segmentation_node(labels: np.ndarray, affine: np.ndarray, label_table: L
     segmentation = segmentation_node.GetSegmentation()
     was_modifying = segmentation_node.StartModify()
     try:
+        if replace:
+            # derived representations (the 3D surface) describe the old labels: made again on request
+            for representation_name in _derived_representation_names(segmentation):
+                segmentation.RemoveRepresentation(representation_name)
+            keep = {label.name for label in table}
+            for segment_id in list(segmentation.GetSegmentIDs()):
+                if segment_id not in keep:
+                    segmentation.RemoveSegment(segment_id)
         for label in table:
+            existing = segmentation.GetSegment(label.name) if replace else None
+            if existing is not None:  # same ID: the user's name, colour and display properties stay
+                existing.SetLabelValue(label.value)
+                existing.SetTag(LABEL_VALUE_TAG, str(label.value))
+                existing.AddRepresentation(representation, shared)
+                continue
             segment = slicer.vtkSegment()
             segment.SetName(label.name)
             segment.SetColor(*(channel / 255.0 for channel in label.color))
@@ -264,11 +282,51 @@ def add_segmentation_node(labels: np.ndarray, affine: np.ndarray, label_table: L
 
 
 def add_segmentation_from_result(result: SegmentationResult, scene=None, name: Optional[str] = None,
-                                 reference_volume_node=None, include_empty: bool = False):
-    """The result's label map as a segmentation node (see add_segmentation_node)."""
+                                 reference_volume_node=None, include_empty: bool = False, segmentation_node=None):
+    """The result's label map as a segmentation node (see add_segmentation_node); with
+    ``segmentation_node`` that node's content is replaced instead (kept: node, display, segment IDs)."""
     name = name or (f"{result.subject} segmentation" if result.subject else "Segmentation")
     return add_segmentation_node(result.labels, result.affine, result.label_table, name, scene=scene,
-                                 reference_volume_node=reference_volume_node, include_empty=include_empty)
+                                 reference_volume_node=reference_volume_node, include_empty=include_empty,
+                                 segmentation_node=segmentation_node, replace=segmentation_node is not None)
+
+
+def _source_representation_name(segmentation) -> str:
+    if hasattr(segmentation, "GetSourceRepresentationName"):
+        return segmentation.GetSourceRepresentationName()
+    return segmentation.GetMasterRepresentationName()  # Slicer < 5.4
+
+
+def _derived_representation_names(segmentation) -> list[str]:
+    """The derived representations an output node may hold (the 3D surface), not its source."""
+    surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    if surface != _source_representation_name(segmentation) and segmentation.ContainsRepresentation(surface):
+        return [surface]
+    return []
+
+
+def show_segmentation_in_3d(segmentation_node, show: bool = True) -> bool:
+    """What Slicer's "Show 3D" button does (qMRMLSegmentationShow3DButton::onToggled, v5.10.0): on,
+    make the closed-surface representation and show it in 3D (the labelmap stays the 2D one); off,
+    remove the surface unless it is the source. True when the surface is there afterwards."""
+    segmentation = segmentation_node.GetSegmentation()
+    surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    labelmap = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    source = _source_representation_name(segmentation)
+    was_modifying = segmentation_node.StartModify()
+    try:
+        if show:
+            if segmentation.CreateRepresentation(surface):
+                display = segmentation_node.GetDisplayNode()
+                if display is not None:
+                    display.SetPreferredDisplayRepresentationName3D(surface)
+                    if segmentation.ContainsRepresentation(labelmap):
+                        display.SetPreferredDisplayRepresentationName2D(labelmap)
+        elif source != surface:
+            segmentation.RemoveRepresentation(surface)
+    finally:
+        segmentation_node.EndModify(was_modifying)
+    return bool(segmentation.ContainsRepresentation(surface))
 
 
 def segment_binary_labelmap(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:

@@ -42,18 +42,23 @@ def parse_bool(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def parse_threads(value) -> int:
-    """'' or '0' -> 0 (let PyTorch choose); a negative or non-integer value is a user error."""
+def parse_count(value, what: str) -> int:
+    """A GUI string that must be a whole number >= 0 ('' -> 0); anything else is a user error naming ``what``."""
     text = str(value if value is not None else "").strip()
     if not text:
         return 0
     try:
-        threads = int(text)
+        number = int(text)
     except ValueError:
-        raise ValueError(f"the number of CPU threads must be a whole number, not {text!r}") from None
-    if threads < 0:
-        raise ValueError(f"the number of CPU threads cannot be negative ({threads})")
-    return threads
+        raise ValueError(f"the {what} must be a whole number, not {text!r}") from None
+    if number < 0:
+        raise ValueError(f"the {what} cannot be negative ({number})")
+    return number
+
+
+def parse_threads(value) -> int:
+    """'' or '0' -> 0 (let PyTorch choose); a negative or non-integer value is a user error."""
+    return parse_count(value, "number of CPU threads")
 
 
 def default_batch_output_folder(engine: str, base: Optional[str] = None) -> str:
@@ -99,8 +104,10 @@ def planned_subjects(inputs: Sequence[str]) -> list[str]:
 
 
 def existing_outputs(output_dir: str, subjects: Sequence[str]) -> list[str]:
-    """The ``<output_dir>/<subject>`` paths that exist already (would be replaced)."""
-    return [str(Path(output_dir, name)) for name in subjects if Path(output_dir, name).exists()]
+    """The ``<output_dir>/<subject>`` paths and ``<output_dir>/manifest.json`` (run-engine writes it
+    there) that exist already: they would be replaced, so the user is asked first."""
+    paths = [Path(output_dir, name) for name in subjects] + [Path(output_dir, "manifest.json")]
+    return [str(path) for path in paths if path.exists()]
 
 
 def overwrite_arguments(existing: Sequence[str], consent: bool) -> list[str]:
@@ -127,3 +134,83 @@ def flagged_scores(engine: str, scores: dict) -> list[str]:
         return [name for name, value in scores.items() if value is not None and value < thresholds[0]]
     low, high = min(thresholds), max(thresholds)
     return [name for name, value in scores.items() if value is not None and not low < value < high]
+
+
+# ----------------------------------------------------------------------------- what a run's end means
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one run ended, for the GUI: ``kind`` is "done" (load the results; ``failures`` lists
+    the subjects that failed), "cancelled" (the user's Cancel), "stopped" (the scene or the module
+    was closed: nothing may be loaded) or "failed" (nothing was written; ``message`` says why)."""
+
+    kind: str
+    message: str = ""
+    failures: tuple = ()
+
+
+def read_manifest(path: str) -> Optional[dict]:
+    """The manifest ``run-engine`` wrote, or None when there is none (or it is unreadable)."""
+    import json
+
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def run_outcome(returncode: Optional[int], manifest_path: str, error_message: str = "", cancelled: bool = False,
+                stopped_reason: str = "") -> RunOutcome:
+    """The one rule for what a finished ``run-engine`` means to the GUI.
+
+    ``manifest_path`` is in the run's own fresh work folder, so a manifest there was written by
+    this run: run-engine writes it, with the bundles, only at the end. With at least one result it
+    is "done" whatever the exit status (1 means some subjects failed; they are listed); without
+    one the run failed, with the process's own message.
+    """
+    if stopped_reason:
+        return RunOutcome("stopped", f"Stopped: {stopped_reason}; nothing was loaded.")
+    if cancelled:
+        return RunOutcome("cancelled", "Cancelled.")
+    manifest = read_manifest(manifest_path) if returncode in (0, 1) else None
+    if manifest is not None and manifest.get("results"):
+        return RunOutcome("done", failures=tuple(manifest.get("failures") or ()))
+    if returncode == 0:
+        return RunOutcome("failed", "The segmentation ended without writing its results (no manifest); see the log.")
+    return RunOutcome("failed", error_message or f"The segmentation failed (exit status {returncode}); see the log.")
+
+
+def finished_status(failures: Sequence[dict], flagged: Sequence[str] = ()) -> str:
+    """The status line after results were loaded."""
+    status = "Done." if not failures else f"Done; {len(failures)} subject(s) failed (see the log)."
+    if flagged:
+        status += f" Flagged by QC: {', '.join(flagged)}."
+    return status
+
+
+def failure_lines(failures: Sequence[dict]) -> list[str]:
+    """One log line per failed subject."""
+    return [f"{item.get('subject', '?')}: {item.get('error', 'failed')}" for item in failures]
+
+
+# ----------------------------------------------------------------------------- device
+
+def device_argument(device: str, gpu_index) -> str:
+    """run-engine's --device from the GUI's choice and CUDA device index: "cuda" + 1 -> "cuda:1"."""
+    device = (device or "auto").strip() or "auto"
+    if device != "cuda":
+        return device
+    return f"cuda:{parse_count(gpu_index, 'CUDA device index')}"
+
+
+# ----------------------------------------------------------------------------- GUI state
+
+def apply_button_state(ready: bool, running: bool, installing: bool) -> tuple[bool, str]:
+    """(enabled, text) of Apply: Cancel while a run goes on; disabled while the first-use install
+    runs (Slicer 5.10's pip_install processes events, so a second click would start a second one)."""
+    if installing:
+        return False, "Installing..."
+    if running:
+        return True, "Cancel"
+    return ready, "Apply"

@@ -206,6 +206,27 @@ def check_run_rules(test_case, logic, scene=None) -> None:
     test_case.assertEqual(chosen is label_map, logic.accepts_label_maps)
 
 
+def run_test_methods(test_case, *methods) -> list[str]:
+    """A module test's runTest: run ``methods``; one that skips is shown as skipped, not failed.
+
+    Slicer's "Test" and "Reload and Test" call runTest directly inside
+    ``slicer.util.tryWithErrorDisplay("Reload and Test failed.")`` (ScriptedLoadableModule.py,
+    v5.10.0), which shows any exception, unittest.SkipTest included, as a failure dialog. ctest runs
+    the test_* methods through unittest (slicer.testing.runUnitTest), which reports skips itself.
+    Returns the skip reasons.
+    """
+    import unittest
+
+    skipped = []
+    for method in methods:
+        try:
+            method()
+        except unittest.SkipTest as reason:
+            skipped.append(f"{method.__name__} skipped: {reason}")
+            test_case.delayDisplay(skipped[-1])
+    return skipped
+
+
 # ----------------------------------------------------------------------------- inside Slicer
 
 def sample_volume(sample_name: Optional[str] = None, environment_variable: str = "SEGSUITE_TEST_INPUT"):

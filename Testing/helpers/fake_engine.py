@@ -17,8 +17,9 @@ from segsuite.result import SegmentationResult
 
 class FakeEngine:
     def __init__(self, model=None, device="auto", threads=None, steps=4, delay=0.0, fail_with=None,
-                 child_pid_file=None):
+                 child_pid_file=None, fail_on=None):
         self.steps, self.delay, self.fail_with, self.child_pid_file = steps, delay, fail_with, child_pid_file
+        self.fail_on = fail_on  # fail only for inputs whose path contains this text (one bad subject of a batch)
 
     def segment(self, source, progress=None):
         report = ensure_callback(progress)
@@ -33,6 +34,8 @@ class FakeEngine:
             time.sleep(self.delay)
         if self.fail_with:
             raise InputError(self.fail_with)
+        if self.fail_on and self.fail_on in str(source):
+            raise InputError(f"cannot segment {self.fail_on}: the image is not a brain MRI")
         labels = np.where(data > np.median(data), 17, 0).astype(np.int32)
         labels[: labels.shape[0] // 2][labels[: labels.shape[0] // 2] == 17] = 53
         table = freesurfer_lut().subset([0, 17, 53])

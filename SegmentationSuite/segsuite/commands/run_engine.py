@@ -3,7 +3,10 @@
 The Slicer modules start this command in a child process and read the bundles back
 (segsuite.result_io), so a result reaches the GUI with its geometry, label table, volumes and QC
 intact, whatever the engine. One bundle folder per subject under ``--output-dir``; a
-``manifest.json`` there lists the finished subjects and the failures.
+manifest (``<output-dir>/manifest.json``, and any ``--manifest`` path) lists the finished subjects
+and the failures. An existing manifest is an existing output: it is replaced only with ``--overwrite``.
+Exit status 0: every subject written; 1 with a manifest: the subjects it lists as results were
+written and the others failed; 1 or more without one: nothing was written.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument("--posteriors", action="store_true", help="keep posteriors in the bundles")
     parser.add_argument("--stop-on-error", action="store_true", help="stop at the first failing subject")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing bundles")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing bundles (and the manifest)")
+    parser.add_argument("--manifest", action="append", default=[],
+                        help="also write the run's manifest here (repeatable; OUTPUT_DIR/manifest.json is always "
+                             "written); its bundle folders are relative to --output-dir")
 
 
 def resolve_engine(name: str):
@@ -119,12 +125,16 @@ def run(args) -> int:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file; give a folder for the result bundles")
+    manifest_paths = [output_dir / "manifest.json"] + [Path(path) for path in args.manifest]
     if not args.overwrite:
         existing = [name for name in subjects if (output_dir / name).exists()]
         if existing:
             raise OutputExistsError(f"{output_dir / existing[0]} exists; use --overwrite or another --output-dir")
+        for path in manifest_paths:  # e.g. an earlier run's (or a dataset's own) manifest.json in a chosen folder
+            if path.exists():
+                raise OutputExistsError(f"{path} exists; use --overwrite to replace it or another --output-dir")
     # the same pre-flight as the other commands: before the model is loaded or fetched
-    check_writable_locations([output_dir / "manifest.json"])
+    check_writable_locations(manifest_paths)
     check_input_images([str(path) for path in files])
     expected_space(args.engine, files, output_dir, args.posteriors).check()
     checkpoint("before-network")
@@ -158,7 +168,8 @@ def run(args) -> int:
                 failures.append({"subject": name, "input": str(path), "error": str(error)})
             step(1.0, prefix + "done")
         manifest = {"engine": args.engine, "options": options, "results": done, "failures": failures}
-        transaction.write_text(output_dir / "manifest.json", json.dumps(manifest, indent=1), overwrite=True)
+        for path in manifest_paths:
+            transaction.write_text(path, json.dumps(manifest, indent=1), overwrite=args.overwrite)
         written = transaction.commit()
     except BaseException:
         transaction.rollback()
