@@ -154,12 +154,27 @@ def test_engine_module_logic_builds_a_run_engine_command(monkeypatch, name):
     if logic.network_options:
         assert parsed.threads == 2 and parsed.device == "cpu"
     else:  # the SAMSEG label filter: no network, so none of its options reach the engine (issue 29, defect 4)
-        with_all = logic.build_arguments(["in.nii.gz"], "out", dict(parameters, model="/m.pt", posteriors="true"))
+        with_all = logic.build_arguments(["in.nii.gz"], "out", dict(parameters, model="/m.pt", posteriors="true",
+                                                                     device="cuda", gpu="1"))
         assert not {"--device", "--threads", "--model", "--posteriors"} & set(with_all)
     # Every option check box the widget wires exists in its .ui file.
     ui = (MODULE_DIR / "Resources" / "UI" / f"{name}.ui").read_text()
     for parameter in widget_class.option_parameters:
         assert f'name="{parameter}CheckBox"' in ui
+
+
+@pytest.mark.parametrize("name", ENGINE_MODULES)
+def test_the_network_controls_are_exactly_the_advanced_section(name):
+    """module_gui hides Advanced for an engine without a network (the SAMSEG filter); that hides its
+    device, CUDA device index, threads, posteriors and model controls only if they all live there."""
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.parse(MODULE_DIR / "Resources" / "UI" / f"{name}.ui").getroot()
+    advanced = next(w for w in root.iter("widget") if w.get("name") == "advancedCollapsibleButton")
+    inside = {w.get("name") for w in advanced.iter("widget")
+              if w.get("name") != "advancedCollapsibleButton" and not w.get("name").startswith("label_")}
+    assert inside == {"deviceComboBox", "gpuSpinBox", "threadsSpinBox", "posteriorsCheckBox", "modelPathLineEdit",
+                      "modelFolderButton"}
 
 
 @pytest.mark.parametrize("path", [MODULE_DIR / "segsuite_slicer" / "module_gui.py", MODULE_DIR / "SegmentationSuiteModels.py"],
