@@ -19,7 +19,6 @@ import ast
 import importlib
 import socket
 import subprocess
-import sys
 import types
 import unittest
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+
+from conftest import stand_in_module_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegmentationSuite"
@@ -43,12 +44,6 @@ class Blocked(AssertionError):
 @pytest.fixture
 def factory(monkeypatch):
     """Module files importable with slicer-core; Slicer in testing mode; no network, no pip."""
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class Base:
-        def __init__(self, *args, **kwargs):
-            self.parent = types.SimpleNamespace()
-
     class ScriptedLoadableModuleTest(unittest.TestCase):
         """As at v5.10.0 / v5.12.3: a TestCase whose own runTest runs every callable named *test*."""
 
@@ -67,16 +62,8 @@ def factory(monkeypatch):
                 getattr(self, name)()
                 self.tearDown()
 
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
-        setattr(scripted, name, type(name, (Base,), {}))
-    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
-    qt = types.ModuleType("qt")
-    qt.__getattr__ = lambda name: type(name, (), {"__init__": lambda self, *a, **k: None})
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.syspath_prepend(str(MODULE_DIR))
-    for name in ENGINE_MODULES + ["SegmentationSuiteModels"]:
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    stand_in_module_files(monkeypatch, ENGINE_MODULES + ["SegmentationSuiteModels"],
+                          test_base=ScriptedLoadableModuleTest)
     scene = slicer.vtkMRMLScene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True, processEvents=lambda: None),

@@ -9,8 +9,6 @@ import ast
 import importlib
 import json
 import re
-import sys
-import types
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +16,8 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+
+from conftest import stand_in_module_files  # noqa: E402
 
 from segsuite import cli  # noqa: E402
 from segsuite.commands.run_engine import ENGINES  # noqa: E402
@@ -99,22 +99,7 @@ def test_every_slicer_and_mrml_call_exists_in_slicer_core(path):
 
 def _stub_slicer_gui(monkeypatch):
     """Stand-ins for the GUI-only modules, so the module files import with slicer-core."""
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class Base:
-        def __init__(self, *args, **kwargs):
-            self.parent = types.SimpleNamespace()
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-                 "ScriptedLoadableModuleTest"):
-        setattr(scripted, name, type(name, (Base,), {}))
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
-    qt = types.ModuleType("qt")
-    qt.__getattr__ = lambda name: type(name, (), {"__init__": lambda self, *a, **k: None})
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.syspath_prepend(str(MODULE_DIR))
-    for name in ALL_MODULES:
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    stand_in_module_files(monkeypatch, ALL_MODULES)
 
 
 @pytest.mark.parametrize("name", ALL_MODULES)

@@ -20,12 +20,12 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
 
+from conftest import stand_in_module_files  # noqa: E402
+
 from segsuite import cli  # noqa: E402
 from segsuite.runner import ProcessRunner  # noqa: E402
 from segsuite_slicer import run_rules  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-MODULE_DIR = ROOT / "SegmentationSuite"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 AFFINE = np.array([[-1.0, 0, 0, 5], [0, 0, 1.0, -3], [0, -1.0, 0, 7], [0, 0, 0, 1]])
 
@@ -121,29 +121,13 @@ def test_the_plan_lists_an_existing_manifest(tmp_path):
 # ----------------------------------------------------------------------------- defect 8: Models module
 
 def _stub_slicer_gui(monkeypatch):
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class Base:
-        def __init__(self, *args, **kwargs):
-            self.parent = types.SimpleNamespace()
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
-        setattr(scripted, name, type(name, (Base,), {}))
-
     class Test(unittest.TestCase):  # Slicer's ScriptedLoadableModuleTest is a unittest.TestCase
         shown: list = []
 
         def delayDisplay(self, message, msec=1000):
             self.shown.append(message)
 
-    scripted.ScriptedLoadableModuleTest = Test
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
-    qt = types.ModuleType("qt")
-    qt.__getattr__ = lambda name: type(name, (), {"__init__": lambda self, *a, **k: None})
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.syspath_prepend(str(MODULE_DIR))
-    for name in ("SegmentationSuiteModels", "SpinalCordEPI"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    stand_in_module_files(monkeypatch, ("SegmentationSuiteModels", "SpinalCordEPI"), test_base=Test)
     return Test
 
 
