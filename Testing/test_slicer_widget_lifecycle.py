@@ -528,3 +528,14 @@ def test_model_box_follows_the_options(widget):
     assert "Billot" in ui.modelInfoBrowser.html and "synthseg-qc-2.0" in ui.modelInfoBrowser.html
     ui.robustCheckBox.checked = True
     assert "synthseg-robust-2.0" in ui.modelInfoBrowser.html and "(synthseg-2.0," not in ui.modelInfoBrowser.html
+
+
+@pytest.mark.parametrize("widget", [True, False], indirect=True, ids=["network", "no-network"])
+def test_model_box_names_a_chosen_model_file_only_where_it_is_used(widget):
+    """A model file left in the parameter node (a saved scene) reaches no engine without network
+    options (the SAMSEG filter: Advanced hidden, no --model), so its model box must not claim it."""
+    widget.parameterNode.SetParameter("model", "/models/mine.pt")
+    claimed = "/models/mine.pt" in widget.ui.modelInfoBrowser.html
+    assert claimed is widget.logic.network_options
+    arguments = widget.logic.build_arguments(["in.nii.gz"], "out", widget.parameters())
+    assert ("--model" in arguments) is widget.logic.network_options

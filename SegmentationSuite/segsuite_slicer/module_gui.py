@@ -169,8 +169,10 @@ class EngineModuleWidgetMixin:
 
     def updateModelInfo(self) -> None:
         try:
+            # a model file reaches only engines with network options (build_arguments drops it otherwise)
+            explicit_model = self.parameterNode.GetParameter("model") if self.logic.network_options else ""
             text = model_info_html(self.logic.engine, self.logic.engine_options(self.parameters()),
-                                   explicit_model=self.parameterNode.GetParameter("model"))
+                                   explicit_model=explicit_model)
         except Exception as error:  # the model box must never break the module
             text = f"Model information is not available: {error}"
         self.ui.modelInfoBrowser.setHtml(text)
