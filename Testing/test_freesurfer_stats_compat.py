@@ -243,3 +243,40 @@ def test_stats2table_reads_samseg_and_sclimbic_reference_files(shared, tmp_path)
         assert list(part["SegId"]) == [row.seg_id for row in reference_rows]
         assert list(part["NVoxels"]) == [row.n_voxels for row in reference_rows]
         assert np.allclose(part["volume_mm3"], [row.volume for row in reference_rows])
+
+
+def test_sclimbic_cli_stats_in_subject_mode_read_by_freesurfers_rules(tmp_path):
+    """`segsuite sclimbic --s` writes stats/sclimbic.stats with the talairach eTIV: asegstats2table's parser
+    reads every row and the eTIV line, and stats2table names the subject after its SUBJECTS_DIR folder."""
+    import nibabel as nib
+
+    from test_sclimbic_units import XFM, brain_like, run_cli, write_random_model
+
+    subject = tmp_path / "subjects" / "bert"
+    (subject / "mri" / "transforms").mkdir(parents=True)
+    (subject / "stats").mkdir()
+    data, affine = brain_like()
+    nib.save(nib.MGHImage(data, affine), str(subject / "mri" / "nu.mgz"))
+    (subject / "mri" / "transforms" / "talairach.xfm").write_text(XFM)
+    assert run_cli("--s", "bert", "--sd", tmp_path / "subjects", "--model", write_random_model(tmp_path / "model")) == 0
+    path = subject / "stats" / "sclimbic.stats"
+    rows, measures = freesurfer_rules_read(path)
+    assert measures["eTIV"] == pytest.approx(1948106 / 0.99, rel=1e-6)
+    assert any(line.startswith(ETIV_PREFIX) for line in path.read_text().splitlines())
+    table = stats_io.tidy_table([path], from_path=True)
+    structures = table[table["kind"] == "structure"].set_index("SegId")
+    assert set(table["subject"]) == {"bert"} and len(structures) == len(rows)
+    for seg_id, (name, nvoxels, volume) in rows.items():
+        assert structures.loc[int(seg_id), "region"] == name and structures.loc[int(seg_id), "volume_mm3"] == volume
+
+
+def test_subfield_volume_lists_are_read(tmp_path):
+    """The hippocampal-subfield and amygdala tools write 'name volume' lines without a header
+    (lh.hippoSfVolumes-T1.v21.txt); no such real file was found in a public repository, so this
+    one is written here in that layout."""
+    path = tmp_path / "lh.hippoSfVolumes-T1.v21.txt"
+    path.write_text("Hippocampal_tail 532.590418\nsubiculum-body 231.062861\nWhole_hippocampus 3390.412547\n")
+    table = stats_io.tidy_table([path])
+    assert list(table["region"]) == ["Hippocampal_tail", "subiculum-body", "Whole_hippocampus"]
+    assert list(table["volume_mm3"]) == [532.590418, 231.062861, 3390.412547]
+    assert set(table["hemi"]) == {"lh"} and set(table["atlas"]) == {"hippoSfVolumes-T1.v21"}
