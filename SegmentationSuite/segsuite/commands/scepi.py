@@ -120,6 +120,9 @@ def run(args) -> int:
     for flag, value in (("-qc-dataset", args.qc_dataset), ("-qc-subject", args.qc_subject)):
         if value is not None and not args.qc:
             raise UsageError(f"{flag} names the {flag[4:]} in the QC report: give -qc DIR as well")
+    from ..scepi.engine import require_nnunet
+
+    require_nnunet()  # before a model download that nnU-Net-less installs could not use
     if args.sct_verbosity == 2:
         args.verbose = True
     quiet = args.sct_verbosity == 0
