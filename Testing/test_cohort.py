@@ -147,7 +147,7 @@ def test_good_subjects_equal_a_direct_engine_call(first_run, dataset, model):
         morph = (output / rel / f"{key}_seg-synthseg_morph.tsv").read_text().splitlines()
         assert morph[0] == "index\tname\tvolume-mm3" and len(morph) == 1 + len(expected.volumes)
         name, volume = morph[2].split("\t")[1:]
-        assert float(volume) == pytest.approx(expected.volumes[name], rel=1e-6)
+        assert float(volume) == pytest.approx(expected.volumes[name], abs=0.005)  # written to 0.01 mm3
 
 
 def test_failures_isolated_with_reasons_and_exit_code(first_run):

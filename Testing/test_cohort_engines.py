@@ -129,7 +129,7 @@ def test_sclimbic_equals_a_direct_engine_call(run):
         morph = (run["output"] / folder / "anat" / f"{key}_seg-sclimbic_morph.tsv").read_text().splitlines()
         assert len(morph) == 1 + len(expected.volumes)
         name, volume = morph[1].split("\t")[1:]
-        assert float(volume) == pytest.approx(expected.volumes[name], rel=1e-6)
+        assert float(volume) == pytest.approx(expected.volumes[name], abs=0.005)  # written to 0.01 mm3
     lut = (run["output"] / "seg-sclimbic_dseg.tsv").read_text().splitlines()
     ctab = LabelTable.from_ctab(model.parent / "sclimbic.ctab")
     assert lut[0] == "index\tname\tabbreviation\tcolor" and len(lut) == 1 + len(ctab)
@@ -163,7 +163,7 @@ def test_scepi_on_the_mean_of_each_bold_series(run, tiny_scepi):
         assert mean_sidecar["Sources"] == [f"bids:raw:{subject}/func/{bold.name}"]
         morph = (func / f"{stem}_seg-scepi_morph.tsv").read_text().splitlines()
         assert morph[1].split("\t")[:2] == ["1", "Spinal-Cord"]
-        assert float(morph[1].split("\t")[2]) == pytest.approx(expected.volumes["Spinal-Cord"])
+        assert float(morph[1].split("\t")[2]) == pytest.approx(expected.volumes["Spinal-Cord"], abs=0.005)
     assert (run["output"] / "seg-scepi_dseg.tsv").read_text().splitlines()[1:] == [
         "0\tBackground\tBackground\t#000000", "1\tSpinal-Cord\tSpinal-Cord\t#85cbe5"]
 

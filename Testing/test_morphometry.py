@@ -293,7 +293,9 @@ def test_aseg_stats_writer_round_trips_through_the_reader(tmp_path):
         assert by_name[name]["SegId"] == value and by_name[name]["NVoxels"] == int((labels == value).sum())
         assert by_name[name]["Volume_mm3"] == pytest.approx(morphometry.volumes[name], abs=1e-4)
     measures = {m.name: m for m in stats.measures}
-    assert measures["eTIV"].value == pytest.approx(morphometry.tiv, abs=1e-6) and measures["eTIV"].unit == "mm^3"
+    # the TIV here is the tissue maps' sum: named as that (tmTIV), never as FreeSurfer's eTIV
+    assert measures["tmTIV"].value == pytest.approx(morphometry.tiv, abs=1e-6) and measures["tmTIV"].unit == "mm^3"
+    assert "eTIV" not in measures
     # and the group step reads it through stats2table's tidy table
     tidy = tmp_path / "tidy.tsv"
     assert main(["stats2table", str(path), "--o", str(tidy)]) == 0

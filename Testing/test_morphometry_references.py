@@ -102,3 +102,38 @@ def test_aparc_readings_agree_with_freesurfer_stats(shared):
         values = sorted(measure.value for measure in ours.measures)
         assert all(np.isclose(values, float(value)).any() for value in whole.values)
         assert len(ours.measures) >= len(reference.whole_brain_measurements.columns)
+
+
+def test_collected_freesurfer_5_to_7_aparc_files_agree_with_freesurfer_stats():
+    """stats2table's reader against freesurfer-stats on the real FreeSurfer 5.3, 6.0, 7.0 and 7.4.1 files of
+    Testing/fixtures/freesurfer_stats (FreeSurfer 6's comma-less CortexVol line included)."""
+    freesurfer_stats = pytest.importorskip("freesurfer_stats", reason="PyPI freesurfer-stats is not installed here "
+                                           "(it needs numpy<2 and pandas<2: see requirements-compat-tests.txt)")
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "fixtures" / "freesurfer_stats"
+    files = sorted(folder.glob("*/stats/?h.*.stats"))
+    assert {path.parts[-3].split("_")[0] for path in files} == {"fs5.3", "fs6.0", "fs7.0", "fs7.4.1"}
+    checked = 0
+    for path in files:
+        try:
+            reference = freesurfer_stats.CorticalParcellationStats.read(str(path))
+        except Exception as error:  # noqa: BLE001 - a file it cannot read is not a comparison
+            print(f"freesurfer-stats cannot read {path.name}: {error}")
+            continue
+        warnings: list = []
+        ours = stats_io.read_stats(path, warnings)
+        assert warnings == []
+        structures = reference.structural_measurements
+        assert [row["StructName"] for row in ours.rows] == list(structures["structure_name"]), path
+        assert np.allclose([row["GrayVol"] for row in ours.rows], structures["gray_matter_volume_mm^3"].astype(float))
+        assert np.allclose([row["SurfArea"] for row in ours.rows], structures["surface_area_mm^2"].astype(float))
+        values = [measure.value for measure in ours.measures]
+        for column, value in reference.whole_brain_measurements.iloc[0].items():
+            assert np.isclose(values, float(value)).any(), (path, column)
+        if "total_cortical_gray_matter_volume_mm^3" in reference.whole_brain_measurements.columns:
+            by_name = {measure.name: measure.value for measure in ours.measures}
+            assert by_name["CortexVol"] == pytest.approx(
+                float(reference.whole_brain_measurements["total_cortical_gray_matter_volume_mm^3"].iloc[0]))
+        checked += 1
+    assert checked >= 10

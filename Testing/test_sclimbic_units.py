@@ -458,6 +458,18 @@ def test_etiv_by_registration_follows_the_head_scale(tmp_path):
     assert estimate / reference == pytest.approx(1.1 * 0.95 * 1.05, rel=0.01)
 
 
+def test_etiv_by_registration_is_bit_identical_between_identical_runs(shared):
+    """ITK's multi-threaded metric made eTIV differ in the 7th digit between identical runs; on one
+    thread (whatever ``threads`` asks) it is the same number every time."""
+    from segsuite.sclimbic.registration import etiv_by_registration
+
+    image = nib.load(str(shared("data", "t1", "t1_crop.nii.gz")))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    template = shared("data", "templates")
+    runs = {etiv_by_registration(data, image.affine, template, threads=threads) for threads in (None, None, 2)}
+    assert len(runs) == 1
+
+
 def test_etiv_registration_without_a_template_says_what_to_do(monkeypatch):
     from segsuite.errors import ModelError
     from segsuite.sclimbic.registration import resolve_template

@@ -97,3 +97,15 @@ def outside_heap(shape, device="cpu"):
     count = int(np.prod(shape))
     array = np.frombuffer(mmap.mmap(-1, max(count, 1) * 4), dtype=np.float32, count=count).reshape(shape)
     return torch.from_numpy(array)
+
+
+def peak_virtual_memory_kb():
+    """The process's peak virtual memory (VmPeak, kB) from /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{os.getpid()}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

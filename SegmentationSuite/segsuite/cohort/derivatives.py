@@ -80,18 +80,22 @@ def cortex_labels(parcellated: np.ndarray) -> np.ndarray:
 
 
 def _morph_text(result: SegmentationResult) -> str:
+    from ..table_values import volume_text
+
     names = {label.name: label.value for label in result.label_table}
     lines = ["index\tname\tvolume-mm3"]
     for name, volume in result.volumes.items():
         index = names.get(name, "n/a")
-        lines.append(f"{index}\t{name}\t{'n/a' if volume is None or not np.isfinite(volume) else repr(float(volume))}")
+        lines.append(f"{index}\t{name}\t{volume_text(volume)}")
     return "\n".join(lines) + "\n"
 
 
 def _qc_text(result: SegmentationResult) -> str:
+    from ..table_values import score_text
+
     lines = ["name\tscore"]
     for name, value in {**result.qc, **result.measures}.items():
-        lines.append(f"{name}\t{'n/a' if value is None or not np.isfinite(value) else repr(float(value))}")
+        lines.append(f"{name}\t{score_text(None if value is None else float(value))}")
     return "\n".join(lines) + "\n"
 
 

@@ -56,13 +56,16 @@ def collect_cohort_tables(output_dir: str | os.PathLike) -> CohortTables:
 
 
 def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables) -> list[str]:
+    from ..table_values import frame_text
+
     output_dir = Path(output_dir)
     transaction = OutputTransaction(overwrite=True)
     try:
         for table, by_seg in group.tables.items():
             for seg, frame in by_seg.items():
-                transaction.write_text(output_dir / f"group_seg-{seg}_{table}.tsv",
-                                       frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+                ids = ("participant_id", "session_id", "entities")
+                transaction.write_text(output_dir / f"group_seg-{seg}_{table}.tsv", frame_text(
+                    frame, [c for c in frame.columns if c not in ids] if table == "morph" else ()))
         if group.failures is not None:
             transaction.write_text(output_dir / "group_failures.tsv",
                                    group.failures.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))

@@ -13,6 +13,7 @@ TIV-corrected group tables, the flags and ranking and ``group_qc_report.html`` a
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -91,6 +92,8 @@ def write_morphometry_group(output_dir: str | os.PathLike, qc_threshold: Optiona
         return []
     frame = read_subject_tables(tables_paths)
     tables = build_group_tables(frame, QC_THRESHOLD if qc_threshold is None else qc_threshold)
+    for warning in tables.warnings:
+        print(f"segsuite bids group: warning: {warning}", file=sys.stderr)
     mosaics = {}
     for path, (participant, session) in zip(tables_paths, frame[["participant_id", "session_id"]].fillna("").astype(str)
                                             .itertuples(index=False, name=None)):

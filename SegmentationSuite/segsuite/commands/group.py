@@ -26,6 +26,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import os
+    import sys
 
     from ..image import check_outputs
     from ..morphometry.group import (GROUP_FILES, build_group_tables, read_subject_tables,
@@ -40,6 +41,8 @@ def run(args) -> int:
     frame = read_subject_tables(args.tables)
     tables = build_group_tables(frame, args.qc_threshold, args.mad, args.z)
     write_morphometry_group_tables(tables, args.output, overwrite=args.overwrite, inputs=args.tables)
+    for warning in tables.warnings:
+        print(f"segsuite group: warning: {warning}", file=sys.stderr)
     if args.report:
         mosaics = {}
         for path in args.tables:

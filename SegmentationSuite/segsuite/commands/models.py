@@ -31,7 +31,9 @@ def add_arguments(parser) -> None:
 
     install = actions.add_parser("install", help="install a model from a local file, archive or folder (offline)")
     install.add_argument("model_id", metavar="ID")
-    install.add_argument("--from", dest="source", required=True, metavar="FILE_OR_DIR")
+    install.add_argument("--from", dest="source", required=True, metavar="FILE_OR_DIR",
+                         help="the model's file, a folder holding its files, or the archive it is published in "
+                              "(`segsuite models info ID` names them); every file is checked against its sha256")
 
     freesurfer = actions.add_parser("import-freesurfer",
                                     help="copy the models of a FreeSurfer installation ($FREESURFER_HOME/models)")

@@ -37,6 +37,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("-remove-small", "--remove-small", nargs="+", default=None, metavar="SIZE",
                         help="remove objects smaller than SIZE: e.g. 10mm3 or 5vox; one value, or one per class")
     parser.add_argument("-qc", "--qc", metavar="DIR", help="add a QC report row (axial mosaic) per input to DIR/index.html")
+    parser.add_argument("-qc-dataset", "--qc-dataset", dest="qc_dataset", metavar="NAME",
+                        help="the dataset named in the QC report's rows (as sct_deepseg -qc-dataset); needs -qc")
+    parser.add_argument("-qc-subject", "--qc-subject", dest="qc_subject", metavar="NAME",
+                        help="the subject named in the QC report's rows (as sct_deepseg -qc-subject); needs -qc")
+    parser.add_argument("-v", type=int, choices=(0, 1, 2), default=1, dest="sct_verbosity", metavar="{0,1,2}",
+                        help="as SCT's -v: 0 errors and warnings only (no progress, no 'wrote' lines), "
+                             "1 normal (default), 2 debug (tracebacks, as --verbose)")
     parser.add_argument("--mean", action="store_true", help="average a 4D series over time before segmenting")
     parser.add_argument("--model", metavar="DIR_OR_ZIP",
                         help="an nnU-Net model folder or the release zip, instead of the managed sc-epi model")
@@ -110,6 +117,17 @@ def run(args) -> int:
 
     if args.thr is not None and not (0.0 <= args.thr < 1.0):
         raise UsageError(f"-thr must be in [0, 1), got {args.thr}")
+    for flag, value in (("-qc-dataset", args.qc_dataset), ("-qc-subject", args.qc_subject)):
+        if value is not None and not args.qc:
+            raise UsageError(f"{flag} names the {flag[4:]} in the QC report: give -qc DIR as well")
+    from ..scepi.engine import require_nnunet
+
+    require_nnunet()  # before a model download that nnU-Net-less installs could not use
+    if args.sct_verbosity == 2:
+        args.verbose = True
+    quiet = args.sct_verbosity == 0
+    if quiet:
+        args.progress = "none"
     remove_small = parse_remove_small(args.remove_small)
     inputs = list(args.input)
     from ..faults import checkpoint
@@ -154,7 +172,8 @@ def run(args) -> int:
 
                     cord = engine.label_table.get(1)
                     qc_entries = add_qc_entry(qc_files, args.qc, volume.data, result.labels, result.affine, path,
-                                              paths, cord.color if cord else (255, 0, 0), result.volumes, qc_entries)
+                                              paths, cord.color if cord else (255, 0, 0), result.volumes, qc_entries,
+                                              dataset=args.qc_dataset, subject=args.qc_subject)
             if args.qc:
                 from ..scepi.qc import write_qc_index
 
@@ -167,7 +186,8 @@ def run(args) -> int:
             raise
     finally:
         close()
-    print_written(written)
+    if not quiet:
+        print_written(written)
     return 0
 
 

@@ -65,6 +65,10 @@ def add_arguments(parser) -> None:
     pre.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     pre.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     pre.add_argument("--cuda-device", dest="cuda_device", help="GPU number (same as --device cuda:N)")
+    pre.add_argument("--debug", action="store_true",
+                     help="print each step with its elapsed time, full tracebacks and the peak virtual memory (as "
+                          "mri_sclimbic_seg --debug)")
+    pre.add_argument("--vmp", action="store_true", help="print the peak virtual memory at the end (mri_sclimbic_seg --vmp)")
 
 
 @dataclass
@@ -203,6 +207,9 @@ def run(args) -> int:
 
     device = f"cuda:{args.cuda_device}" if args.cuda_device is not None else args.device
     progress, close = progress_for(args, "ScLimbic")
+    if args.debug:
+        args.verbose = True
+        progress = _with_step_times(progress)
     try:
         engine = ScLimbicEngine(
             model=args.model, ctab=args.ctab, population_stats=args.population_stats, device=device,
@@ -237,7 +244,27 @@ def run(args) -> int:
     finally:
         close()
     print_written(outputs)
+    if args.debug or args.vmp:
+        from ..memory import peak_virtual_memory_kb
+
+        peak = peak_virtual_memory_kb()
+        print(f"#@# segsuite sclimbic vmpeak {peak if peak is not None else 'unknown (no /proc on this system)'}")
     return 0
+
+
+def _with_step_times(progress):
+    """--debug: each new step on stderr with the seconds since the start (mri_sclimbic_seg's debug timings)."""
+    import time
+
+    start, last = time.perf_counter(), {"message": None}
+
+    def report(fraction: float, message: str) -> None:
+        if message != last["message"]:
+            last["message"] = message
+            print(f"segsuite sclimbic: debug: {time.perf_counter() - start:8.2f} s  {message}", file=sys.stderr, flush=True)
+        progress(fraction, message)
+
+    return report
 
 
 def _has_population(name, population) -> bool:

@@ -19,8 +19,8 @@ list they are .txt lists of CSV paths. Outputs are on a 1 mm grid aligned with t
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--i", dest="input", metavar="PATH", help="image, folder of images, or .txt list of images")
-    parser.add_argument("--o", dest="output", metavar="PATH", help="segmentation output(s): file/folder/.txt like --i")
+    parser.add_argument("-i", "--i", dest="input", metavar="PATH", help="image, folder of images, or .txt list of images")
+    parser.add_argument("-o", "--o", dest="output", metavar="PATH", help="segmentation output(s): file/folder/.txt like --i")
     parser.add_argument("--parc", action="store_true", help="parcellate the cortex (Desikan-Killiany labels)")
     parser.add_argument("--robust", action="store_true", help="robust model for low-quality scans (implies --fast)")
     parser.add_argument("--fast", action="store_true", help="skip the flip averaging and the per-structure cleaning")
@@ -29,12 +29,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--post", metavar="PATH", help="posterior probabilities output(s)")
     parser.add_argument("--resample", metavar="PATH", help="the input resampled to 1 mm (written when resampling happens)")
     parser.add_argument("--crop", nargs="+", type=int, metavar="N", help="analyse only a centred N^3 (or NxNxN) patch")
+    parser.add_argument("--autocrop", action="store_true",
+                        help="analyse only the bounding box of the head's nonzero voxels (mri_synthseg --autocrop; "
+                             "not with --crop)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--v1", action="store_true", help="use SynthSeg 1.0")
     parser.add_argument("--ct", action="store_true", help="clip intensities to [0, 80] for CT scans")
     parser.add_argument("--keepgeom", action="store_true", help="write the labels on the input's voxel grid")
+    ctab = parser.add_mutually_exclusive_group()
+    ctab.add_argument("--addctab", action="store_true",
+                      help="embed FreeSurfer's colour table in the .mgz segmentation(s), as mri_synthseg --addctab "
+                           "(recon-all's call) does; .mgz outputs only")
+    ctab.add_argument("--noaddctab", action="store_true",
+                      help="no embedded colour table (FreeSurfer 8.2's opt-out; the default here)")
+    parser.add_argument("--photo", choices=("left", "right", "both"),
+                        help="Photo-SynthSeg (3D-reconstructed dissection photographs): not available here; "
+                             "use FreeSurfer 8's mri_synthseg --photo")
     parser.add_argument("--model", metavar="PATH",
                         help="segmentation .h5, or a folder with synthseg_2.0.h5, synthseg_parc_2.0.h5, ... "
                              "(e.g. $FREESURFER_HOME/models); default: the model manager")
@@ -56,6 +68,11 @@ def run(args) -> int:
         raise UsageError("--robust cannot be used with --v1 (SynthSeg-robust only exists for 2.0)")
     if args.crop is not None and len(args.crop) not in (1, 3):
         raise UsageError("--crop takes one size or three sizes")
+    if args.crop is not None and args.autocrop:
+        raise UsageError("--autocrop cannot be used with --crop: choose one")
+    if args.photo is not None:
+        raise UsageError("--photo (Photo-SynthSeg for dissection photographs) needs the Photo-SynthSeg models, which "
+                         "this SynthSeg does not have: run FreeSurfer 8's mri_synthseg --photo for that")
     plan = plan_outputs(args.input, {"seg": args.output, "post": args.post, "resample": args.resample,
                                      "vol": args.vol, "qc": args.qc})
     every_output = [p for job in plan.jobs for p in job.outputs.values()] + list(plan.shared_csv.values())
@@ -64,6 +81,13 @@ def run(args) -> int:
 
         every_output += [p for job in plan.jobs for p in output_paths(args.morphometry, subject_name(job.image)).values()]
     check_outputs(every_output, args.overwrite, inputs=[job.image for job in plan.jobs])
+    if args.addctab:
+        from ..image import image_suffix
+
+        nifti = [job.outputs["seg"] for job in plan.jobs if image_suffix(job.outputs["seg"]) not in (".mgz", ".mgh")]
+        if nifti:
+            raise UsageError(f"--addctab embeds the colour table in .mgz segmentations; {nifti[0]} is not one: "
+                             "give --o an .mgz name (or leave out --addctab)")
 
     from ..faults import checkpoint
     from ..preflight import check_input_images
@@ -78,7 +102,7 @@ def run(args) -> int:
     try:
         engine = SynthSegEngine(model=args.model, parc=args.parc, robust=args.robust, fast=args.fast, v1=args.v1,
                                 ct=args.ct, qc=bool(args.qc), posteriors=bool(args.post or args.morphometry), crop=args.crop,
-                                device=device, threads=args.threads)
+                                device=device, threads=args.threads, autocrop=args.autocrop)
         volume_rows, qc_rows, failures = [], [], []
         volume_header = qc_header = None
         count = len(plan.jobs)
@@ -89,7 +113,13 @@ def run(args) -> int:
                 result = engine.segment(job.image, progress=report, resample_output=args.keepgeom,
                                         subject=subject_name(job.image))
                 seg_path = job.outputs["seg"]
-                transaction.save_image(seg_path, result.labels.astype(np.int32, copy=False), result.affine)
+                if args.addctab:
+                    from ..mgh_colortable import save_labels_with_colortable
+
+                    save_labels_with_colortable(transaction, seg_path, result.labels.astype(np.int32, copy=False),
+                                                result.affine)
+                else:
+                    transaction.save_image(seg_path, result.labels.astype(np.int32, copy=False), result.affine)
                 if job.outputs.get("post"):
                     transaction.save_image(job.outputs["post"], result.posteriors.astype(np.float32, copy=False),
                                            result.posteriors_affine)

@@ -113,10 +113,12 @@ class ModelManager:
 
     def repair_hint(self, model_id: str, state: str) -> str:
         """The offline command that repairs ``state`` (and the online one)."""
-        what = "FOLDER" if len(self.registry.get(model_id).files) > 1 else "FILE"
+        spec = self.registry.get(model_id)
+        what = "FOLDER" if len(spec.files) > 1 else "FILE"
         if state.startswith("corrupt"):
+            freesurfer = " (or `segsuite models import-freesurfer`)" if spec.in_freesurfer else ""
             return (f"the installed {model_id} is corrupt (sha256 mismatch); repair it offline with "
-                    f"`segsuite models install {model_id} --from {what}` (or `segsuite models import-freesurfer`), "
+                    f"`segsuite models install {model_id} --from {what}`{freesurfer}, "
                     f"online with `segsuite models download --force {model_id}`")
         if state.startswith("trust"):
             return (f"{model_id} is not installed but its first-use sha256 is recorded; install the same files with "
@@ -194,7 +196,10 @@ class ModelManager:
         outcomes = []
         for spec in specs:
             missing = [f.name for f in spec.files if not (folder / f.name).exists()]
-            if missing:
+            if missing and not spec.in_freesurfer:
+                outcomes.append((spec.id, f"skipped: FreeSurfer does not ship it (get it with `segsuite models "
+                                          f"download {spec.id}` or `segsuite models install {spec.id} --from ...`)"))
+            elif missing:
                 outcomes.append((spec.id, f"skipped: not in {folder} ({', '.join(missing)})"))
             elif self.is_installed(spec.id) and self._same_files(spec, folder):
                 outcomes.append((spec.id, "already installed (same files)"))
@@ -614,9 +619,9 @@ def _failure_message(spec: ModelSpec, file: FileSpec, tried: list[str]) -> str:
     what = "FILE" if len(spec.files) == 1 else "FOLDER"
     lines = [f"could not download {file.name} for {spec.id}:"]
     lines += [f"  {line}" for line in tried]
+    freesurfer = "copy it from FreeSurfer with `segsuite models import-freesurfer`, " if spec.in_freesurfer else ""
     lines.append(f"Fetch it where the network allows and run `segsuite models install {spec.id} --from {what}`, "
-                 "copy it from FreeSurfer with `segsuite models import-freesurfer`, set SEGSUITE_MIRROR to an "
-                 "institution mirror, or pass the weights with --model.")
+                 f"{freesurfer}set SEGSUITE_MIRROR to an institution mirror, or pass the weights with --model.")
     return "\n".join(lines)
 
 

@@ -89,6 +89,7 @@ class ModelSpec:
     files: tuple[FileSpec, ...]
     licence: dict = field(default_factory=dict)
     citations: tuple[str, ...] = ()
+    in_freesurfer: bool = True  # FreeSurfer ships its files in $FREESURFER_HOME/models (models import-freesurfer)
 
     @property
     def known_size(self) -> Optional[int]:
@@ -140,7 +141,8 @@ def _model(entry: dict, data: dict) -> ModelSpec:
     return ModelSpec(
         id=entry["id"], title=entry.get("title", entry["id"]), version=str(entry.get("version", "")),
         files=tuple(_file(f, data.get("annex_base")) for f in entry["files"]),
-        licence=dict(licence), citations=tuple(citations.get(c, c) for c in entry.get("citations", ())))
+        licence=dict(licence), citations=tuple(citations.get(c, c) for c in entry.get("citations", ())),
+        in_freesurfer=bool(entry.get("in_freesurfer", True)))
 
 
 def _file(entry: dict, annex_base: Optional[str]) -> FileSpec:

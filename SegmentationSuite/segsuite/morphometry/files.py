@@ -43,6 +43,7 @@ def result_from_files(seg: str, post: Optional[str] = None, qc: Optional[str] = 
         result.qc = read_synthseg_qc(qc)
     if etiv is not None:
         result.measures["eTIV"] = float(etiv)
+        result.provenance["eTIV_from"] = "given by the user"
     return result
 
 

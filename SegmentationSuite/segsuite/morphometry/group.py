@@ -7,7 +7,7 @@
 Columns of a per-subject table (``<prefix>_morphometry.tsv``, one row each): participant_id, session_id,
 TIV, the structure volumes (mm3, FreeSurfer names), ``qc_<group>`` SynthSeg QC scores, ``z_<structure>``
 ScLimbic z-scores and the image-quality metrics (``spec_*``, ``mriqc_*``, see quality.DEFINITIONS).
-Tidy tables from ``segsuite stats2table`` are accepted too (volumes by region, TIV from eTIV).
+Tidy tables from ``segsuite stats2table`` are accepted too (volumes by region; TIV from eTIV, else sTIV, else tmTIV).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from ..errors import InputError
 from .quality import HIGHER_IS_BETTER
 
 ID_COLUMNS = ("participant_id", "session_id")
+MISSING = "n/a"  # BIDS's marker of a missing value, in every table we write
 TIV_COLUMN = "TIV"
+TIV_MEASURES = ("eTIV", "sTIV", "tmTIV")  # stats files' TIV Measures, preferred first
 QC_PREFIX = "qc_"
 ZSCORE_PREFIX = "z_"
 METRIC_PREFIXES = ("spec_", "mriqc_")
@@ -31,6 +33,7 @@ QC_THRESHOLD = 0.65
 MAD_LIMIT = 3.0
 Z_LIMIT = 3.0
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a Gaussian
+MIN_RESIDUAL_SUBJECTS = 3  # the line has 2 parameters: 2 subjects leave no residual to estimate
 
 
 @dataclass
@@ -43,9 +46,11 @@ class MorphometryGroupTables:
     flags: "object"           # participant_id, session_id, n_flags, reasons
     ranking: "object"         # quality + flags, worst first
     volume_columns: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # statistics that could not be estimated, and why
 
 
-def _is_quality(column: str) -> bool:
+def is_quality_column(column: str) -> bool:
+    """A QC score, z-score or image-quality metric column (not a volume)."""
     return column.startswith(QC_PREFIX) or column.startswith(ZSCORE_PREFIX) or column.startswith(METRIC_PREFIXES)
 
 
@@ -69,7 +74,15 @@ def read_subject_tables(paths: Iterable[str | os.PathLike]):
         frames.append(frame)
     if not frames:
         raise InputError("no table given")
-    return pd.concat(frames, ignore_index=True, sort=False)
+    return _with_session_marker(pd.concat(frames, ignore_index=True, sort=False))
+
+
+def _with_session_marker(table):
+    """session_id as BIDS writes a missing one: 'n/a' (never empty), so every table says the same."""
+    if "session_id" not in table.columns:
+        table["session_id"] = MISSING
+    table["session_id"] = table["session_id"].fillna(MISSING).astype(str).replace("", MISSING)
+    return table
 
 
 def _from_tidy(frame):
@@ -78,14 +91,19 @@ def _from_tidy(frame):
 
     rows = []
     for subject, part in frame.groupby("subject", sort=False):
-        row = {"participant_id": str(subject), "session_id": ""}
+        row = {"participant_id": str(subject), "session_id": MISSING}
+        tivs = {}
         for _, item in part.iterrows():
-            if item["kind"] == "measure" and item["region"] == "eTIV":
-                row[TIV_COLUMN] = float(item["value"])
+            if item["kind"] == "measure" and item["region"] in TIV_MEASURES:
+                tivs.setdefault(item["region"], float(item["value"]))
             elif item["kind"] == "structure" and pd.notna(item.get("volume_mm3")):
                 prefix = f"{item['hemi']}_" if isinstance(item.get("hemi"), str) and item["hemi"] else ""
                 atlas = "" if item["atlas"] == "aseg" else f"{item['atlas']}_"
                 row[f"{prefix}{atlas}{item['region']}"] = float(item["volume_mm3"])
+        for name in TIV_MEASURES:  # the same preference as the morphometry's own TIV
+            if name in tivs:
+                row[TIV_COLUMN] = tivs[name]
+                break
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -98,7 +116,9 @@ def proportional_correction(volumes: np.ndarray, tiv: np.ndarray, target: float 
 def residual_correction(volumes: np.ndarray, tiv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Residuals of each region's least-squares line on TIV over the cohort; slopes and intercepts.
 
-    Subjects with a missing value (NaN) are left out of that region's fit and get NaN."""
+    Subjects with a missing value (NaN) are left out of that region's fit and get NaN. A line through 2
+    subjects fits them exactly (residuals 0 by construction), so a region needs 3 subjects with
+    different TIVs; otherwise it is not estimated (NaN, 'n/a' in the tables)."""
     volumes = np.asarray(volumes, dtype=np.float64)
     tiv = np.asarray(tiv, dtype=np.float64)
     residuals = np.full_like(volumes, np.nan)
@@ -106,7 +126,7 @@ def residual_correction(volumes: np.ndarray, tiv: np.ndarray) -> tuple[np.ndarra
     intercepts = np.full(volumes.shape[1], np.nan)
     for column in range(volumes.shape[1]):
         valid = np.isfinite(volumes[:, column]) & np.isfinite(tiv)
-        if valid.sum() < 2 or np.ptp(tiv[valid]) == 0:
+        if valid.sum() < MIN_RESIDUAL_SUBJECTS or np.ptp(tiv[valid]) == 0:
             continue
         x = tiv[valid] - tiv[valid].mean()
         y = volumes[valid, column]
@@ -139,19 +159,16 @@ def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: flo
     """All group tables from a frame with one row per subject (see read_subject_tables)."""
     import pandas as pd
 
-    table = table.copy()
-    if "session_id" not in table.columns:
-        table["session_id"] = ""
-    table["session_id"] = table["session_id"].fillna("").astype(str)
+    table = _with_session_marker(table.copy())
     table["participant_id"] = table["participant_id"].astype(str)
     duplicated = table.duplicated(subset=list(ID_COLUMNS))
     if duplicated.any():
         first = table.loc[duplicated, "participant_id"].iloc[0]
         raise InputError(f"participant {first} appears twice with the same session: give each subject's table once")
     ids = table[list(ID_COLUMNS)].reset_index(drop=True)
-    volume_columns = [c for c in table.columns if c not in ID_COLUMNS and c != TIV_COLUMN and not _is_quality(c)
+    volume_columns = [c for c in table.columns if c not in ID_COLUMNS and c != TIV_COLUMN and not is_quality_column(c)
                       and pd.api.types.is_numeric_dtype(table[c])]
-    quality_columns = [c for c in table.columns if _is_quality(c)]
+    quality_columns = [c for c in table.columns if is_quality_column(c)]
     if TIV_COLUMN not in table.columns:
         raise InputError("the tables have no TIV column: run segsuite morphometry (or give eTIV in the stats)")
     tiv = table[TIV_COLUMN].to_numpy(dtype=np.float64)
@@ -162,6 +179,12 @@ def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: flo
     residual = pd.concat([ids, pd.DataFrame(residuals, columns=volume_columns)], axis=1)
     residual_fit = pd.DataFrame({"region": volume_columns, "slope": slopes, "intercept": intercepts,
                                  "n": np.isfinite(volumes).sum(axis=0)})
+    warnings = []
+    unfitted = [c for c, slope in zip(volume_columns, slopes) if not np.isfinite(slope)]
+    if unfitted:
+        warnings.append(f"the residual TIV correction needs at least {MIN_RESIDUAL_SUBJECTS} subjects with a value and "
+                        f"different TIVs per region; not estimated (n/a) for {len(unfitted)} of {len(volume_columns)} "
+                        f"regions ({', '.join(unfitted[:3])}{', ...' if len(unfitted) > 3 else ''})")
     quality = pd.concat([ids, table[quality_columns].reset_index(drop=True)], axis=1)
 
     reasons = [[] for _ in range(len(table))]
@@ -189,7 +212,8 @@ def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: flo
                                   kind="stable").reset_index(drop=True)
     ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
     return MorphometryGroupTables(wide=wide, proportional=proportional, residual=residual, residual_fit=residual_fit,
-                                  quality=quality, flags=flags, ranking=ranking, volume_columns=volume_columns)
+                                  quality=quality, flags=flags, ranking=ranking, volume_columns=volume_columns,
+                                  warnings=warnings)
 
 
 GROUP_FILES = {"wide": "group_volumes.tsv", "proportional": "group_volumes_tiv-proportional.tsv",
@@ -202,10 +226,14 @@ def write_morphometry_group_tables(tables: MorphometryGroupTables, folder: str, 
     """Write the group tables (TSV, 'n/a' for missing) into ``folder`` atomically; returns the paths."""
     from ..image import OutputTransaction
 
+    from ..table_values import frame_text
+
     paths = {kind: os.path.join(folder, name) for kind, name in GROUP_FILES.items()}
+    volumes = [TIV_COLUMN] + list(tables.volume_columns)
+    volume_columns = {"wide": volumes, "proportional": volumes, "residual": volumes, "residual_fit": ["intercept"]}
     with OutputTransaction(overwrite=overwrite, inputs=inputs) as transaction:
         for kind, path in paths.items():
-            transaction.write_text(path, getattr(tables, kind).to_csv(sep="\t", index=False, na_rep="n/a"))
+            transaction.write_text(path, frame_text(getattr(tables, kind), volume_columns.get(kind, ())))
     return paths
 
 

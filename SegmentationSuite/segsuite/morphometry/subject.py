@@ -45,7 +45,7 @@ class Morphometry:
 
     def table_row(self, participant_id: Optional[str] = None, session_id: str = "") -> dict:
         """One row of the per-subject table the group step reads (see group.py for the columns)."""
-        row = {"participant_id": participant_id or self.subject, "session_id": session_id, "TIV": self.tiv}
+        row = {"participant_id": participant_id or self.subject, "session_id": session_id or "n/a", "TIV": self.tiv}
         row.update(self.volumes)
         row.update({f"qc_{name}": value for name, value in self.qc.items()})
         row.update(self.metrics)
@@ -164,10 +164,10 @@ def _tiv(result: SegmentationResult, tissue_total: float) -> tuple[float, str]:
     from ..synthseg.labels import TOTAL_INTRACRANIAL
 
     if "eTIV" in result.measures:
-        return float(result.measures["eTIV"]), "eTIV (ScLimbic)"
+        return float(result.measures["eTIV"]), f"eTIV ({result.provenance.get('eTIV_from', 'ScLimbic')})"
     if TOTAL_INTRACRANIAL in result.measures:
-        return float(result.measures[TOTAL_INTRACRANIAL]), "SynthSeg total intracranial"
-    return float(tissue_total), "sum of the GM, WM and CSF maps"
+        return float(result.measures[TOTAL_INTRACRANIAL]), "SynthSeg total intracranial (sTIV)"
+    return float(tissue_total), "sum of the GM, WM and CSF tissue maps (tmTIV)"
 
 
 def _label_volumes(result: SegmentationResult) -> dict[str, float]:
@@ -243,22 +243,19 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
 
 
 def table_text(rows: list[dict]) -> str:
-    """Rows as a TSV (columns in first-seen order; 'n/a' for missing, as BIDS tables write it)."""
+    """Rows as a TSV (columns in first-seen order; 'n/a' for missing, as BIDS tables write it); TIV and the
+    volumes to 0.01 mm3, the QC scores and metrics to 6 significant digits (see table_values)."""
+    from ..table_values import cell_text
+    from .group import ID_COLUMNS, is_quality_column
+
     columns: list[str] = []
     for row in rows:
         columns += [name for name in row if name not in columns]
     lines = ["\t".join(columns)]
     for row in rows:
-        lines.append("\t".join(_cell(row.get(name)) for name in columns))
+        lines.append("\t".join(cell_text(row.get(name), volume=name not in ID_COLUMNS and not is_quality_column(name))
+                               for name in columns))
     return "\n".join(lines) + "\n"
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def _json_ready(value):

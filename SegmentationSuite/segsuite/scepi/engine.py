@@ -9,6 +9,7 @@ then apply SCT's optional postprocessing. nnU-Net itself does resampling and nor
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -72,6 +73,12 @@ def undo_reorient(data: np.ndarray, transform: np.ndarray) -> np.ndarray:
     for source_axis, (target_axis, flip) in enumerate(transform):
         inverse[int(target_axis)] = (source_axis, flip)
     return orientations.apply_orientation(data, inverse)
+
+
+def require_nnunet() -> None:
+    """Stop with the install hint when nnunetv2 is absent, before any model download or input work."""
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise SegSuiteError(NNUNET_INSTALL_HINT)
 
 
 def import_nnunet_predictor():

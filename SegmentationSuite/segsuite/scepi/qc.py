@@ -116,11 +116,13 @@ def _safe_stem(name: str) -> str:
 
 def add_qc_entry(transaction, qc_folder: str | os.PathLike, image: np.ndarray, labels: np.ndarray,
                  affine: np.ndarray, input_path: str, output_paths: Sequence[str], color: Sequence[int],
-                 volumes: dict, pending_entries: Optional[list] = None) -> list:
+                 volumes: dict, pending_entries: Optional[list] = None, dataset: Optional[str] = None,
+                 subject: Optional[str] = None) -> list:
     """Add one run's mosaics to the QC folder through ``transaction``; returns the updated entry list.
 
     The entry list is read from the folder the first time and carried in ``pending_entries`` for batch
-    runs; call ``write_qc_index`` once at the end to write index.html and the entry list.
+    runs; call ``write_qc_index`` once at the end to write index.html and the entry list. ``dataset`` and
+    ``subject`` label the row, as SCT's -qc-dataset and -qc-subject do.
     """
     folder = Path(qc_folder)
     entries = pending_entries if pending_entries is not None else read_qc_entries(folder)
@@ -143,6 +145,7 @@ def add_qc_entry(transaction, qc_folder: str | os.PathLike, image: np.ndarray, l
         "input": os.path.abspath(input_path), "outputs": [os.path.abspath(p) for p in output_paths],
         "command": "segsuite scepi", "volumes_mm3": volumes,
         "image": f"{base}_image.png", "overlay": f"{base}_overlay.png",
+        "dataset": dataset or "", "subject": subject or "",
     })
     return entries
 
@@ -172,6 +175,7 @@ def write_qc_index(transaction, qc_folder: str | os.PathLike, entries: list) -> 
         overlay, image = html.escape(entry["overlay"]), html.escape(entry["image"])
         rows.append(
             f"<tr><td>{number}</td><td>{html.escape(entry.get('date', ''))}</td>"
+            f"<td>{html.escape(entry.get('dataset', ''))}</td><td>{html.escape(entry.get('subject', ''))}</td>"
             f"<td>{html.escape(entry.get('input', ''))}</td><td>{outputs}</td><td>{volumes}</td>"
             f"<td><img src=\"{overlay}\" data-overlay=\"{overlay}\" data-image=\"{image}\" "
             "title=\"hover to hide the segmentation\" "
@@ -183,6 +187,6 @@ def write_qc_index(transaction, qc_folder: str | os.PathLike, entries: list) -> 
         "</head><body>\n<h1>Spinal cord segmentation on EPI (sc_epi): QC</h1>\n"
         "<p>Axial slices containing the cord (anterior up, patient right on the left), segmentation in colour; "
         "hover an image to see it without the segmentation.</p>\n"
-        "<table><tr><th>#</th><th>Date</th><th>Input</th><th>Outputs</th><th>Volumes</th><th>Axial mosaic</th></tr>\n"
+        "<table><tr><th>#</th><th>Date</th><th>Dataset</th><th>Subject</th><th>Input</th><th>Outputs</th><th>Volumes</th><th>Axial mosaic</th></tr>\n"
         + "\n".join(rows) + "\n</table></body></html>\n")
     transaction.write_text(folder / QC_INDEX, page)

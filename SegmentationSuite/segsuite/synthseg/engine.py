@@ -84,7 +84,8 @@ class SynthSegEngine:
 
     def __init__(self, model=None, parc: bool = False, robust: bool = False, fast: bool = False,
                  v1: bool = False, ct: bool = False, qc: bool = False, posteriors: bool = False,
-                 crop: Optional[Sequence[int] | int] = None, device: str = "auto", threads: Optional[int] = None):
+                 crop: Optional[Sequence[int] | int] = None, device: str = "auto", threads: Optional[int] = None,
+                 autocrop: bool = False):
         if robust and v1:
             raise SegSuiteError("--robust cannot be combined with --v1: SynthSeg-robust only exists for 2.0")
         self.robust = bool(robust)
@@ -99,6 +100,9 @@ class SynthSegEngine:
             raise SegSuiteError(f"crop must be one or three positive sizes, got {crop}")
         if self.crop is not None and len(self.crop) == 1:
             self.crop = self.crop * 3
+        if autocrop and self.crop is not None:
+            raise SegSuiteError("autocrop cannot be combined with crop (mri_synthseg: --autocrop cannot be used with --crop)")
+        self.autocrop = bool(autocrop)  # crop to the head's bounding box (mri_synthseg --autocrop)
         self.device = resolve_device(device)
         set_threads(threads)
 
@@ -305,7 +309,7 @@ class SynthSegEngine:
         report = ensure_callback(progress)
         started = time.perf_counter()
         report(0.0, "preprocessing")
-        prepared = prepare(source, crop=self.crop, ct=self.ct)
+        prepared = prepare(source, crop=self.crop, ct=self.ct, autocrop=self.autocrop)
         if subject is None:
             subject = subject_name(source)
         # one reused heap for every network and the QC: each takes pages the previous one already
@@ -377,7 +381,7 @@ class SynthSegEngine:
             "model": "SynthSeg-robust 2.0" if self.robust else ("SynthSeg 1.0" if self.v1 else "SynthSeg 2.0"),
             "weights": self.weights,
             "options": {"parc": self.parc, "robust": self.robust, "fast": self.fast, "v1": self.v1, "ct": self.ct,
-                        "qc": self.do_qc, "crop": self.crop, "keepgeom": bool(resample_output)},
+                        "qc": self.do_qc, "crop": self.crop, "autocrop": self.autocrop, "keepgeom": bool(resample_output)},
             "device": self.device,
             "network_input_shape": list(prepared.image.shape),
             # volumes are float32 numbers when the reference's are (the CSV prints them as such)

@@ -196,7 +196,24 @@ def load_source(source) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     return data, affine, resolution, what
 
 
-def prepare(source, crop: Optional[Sequence[int]] = None, ct: bool = False) -> Prepared:
+def autocrop_indices(data: np.ndarray) -> Optional[np.ndarray]:
+    """mri_synthseg --autocrop (FreeSurfer 8): the bounding box of the rescaled image's nonzero voxels plus
+    one voxel, grown to multiples of 32 around it and kept inside the image; None for an all-zero image."""
+    spans = []
+    for axis in range(3):
+        present = np.flatnonzero(np.any(data > 0, axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return None
+        spans.append((int(present[0]), int(present[-1])))
+    lower = np.array([low for low, _ in spans])
+    extent = np.array([high - low + 2 for low, high in spans])
+    shape = np.array([ceil_to_multiple(e) for e in extent])
+    start = np.maximum(lower - (shape - extent) // 2, 0)
+    stop = np.minimum(start + shape, np.array(data.shape[:3]))
+    return np.concatenate([start, stop])
+
+
+def prepare(source, crop: Optional[Sequence[int]] = None, ct: bool = False, autocrop: bool = False) -> Prepared:
     data, affine, resolution, _ = load_source(source)
     input_shape = tuple(int(s) for s in data.shape)
     input_affine = affine.copy()
@@ -218,6 +235,10 @@ def prepare(source, crop: Optional[Sequence[int]] = None, ct: bool = False) -> P
     else:
         min_pad = [DEFAULT_MIN_PAD] * 3
     data = rescale_intensities(data, ct=ct).astype(np.float32)
+    if autocrop and crop_idx is None:  # after the rescaling, as the reference does
+        crop_idx = autocrop_indices(data)
+        if crop_idx is not None:
+            data = data[crop_idx[0]:crop_idx[3], crop_idx[1]:crop_idx[4], crop_idx[2]:crop_idx[5]]
     image, pad_idx = pad_volume(data, pad_shape_for(data.shape, min_pad))
     return Prepared(image=np.ascontiguousarray(image), affine=affine, resolution=np.asarray(resolution),
                     aligned_shape=aligned_shape, alignment=alignment, pad_idx=pad_idx, crop_idx=crop_idx,
