@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..image import OutputTransaction, as_volume, squeeze_to_3d, voxel_sizes
 from ..result import SegmentationResult
-from . import quality, tissues
+from . import mriqc_workflow, quality, tissues
 
 TABLE_SUFFIX = "morphometry.tsv"
 MOSAIC_SUFFIX = "desc-qc_mosaic.webp"  # the bytes may be PNG where Pillow lacks WebP; browsers sniff it
@@ -172,7 +172,17 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     lap("tissue maps and dseg")
     head, air = quality.head_and_air_masks(data, brain)
     lap("head and air masks")
-    metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air)
+    # MRIQC's workflow: N4 bias field, the corrected image harmonized, the rotation mask of the input
+    bias = mriqc_workflow.n4_bias_field(data, brain, affine)
+    lap("N4 bias field")
+    harmonized = mriqc_workflow.harmonize(data / bias, maps["WM"])
+    rotation = mriqc_workflow.rotation_mask(data)
+    lap("harmonized image and rotation mask")
+    metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air,
+                                                        mriqc_image=harmonized, rotation_mask=rotation)
+    del harmonized
+    metrics.update({f"mriqc_{name}": value for name, value in mriqc_workflow.inu_metrics(bias, brain).items()})
+    metrics.update({f"mriqc_{name}": value for name, value in mriqc_workflow.fwhm_metrics(data, brain, affine).items()})
     lap("image-quality metrics")
     voxel_volume = _header_voxel_volume(affine)
     soft = channel_volumes(result)
@@ -249,7 +259,8 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
     paths = output_paths(folder, prefix)
     row = morphometry.table_row(participant_id, session_id)
     sidecar = {
-        "definitions": quality.DEFINITIONS, "units": {"TIV": "mm3", "volumes": "mm3"},
+        "definitions": quality.DEFINITIONS, "mriqc_measured_on": quality.MRIQC_IMAGE,
+        "units": {"TIV": "mm3", "volumes": "mm3"},
         "TIV_source": morphometry.tiv_source, "mriqc_tissue_statistics": morphometry.tissue_statistics,
         "provenance": morphometry.provenance,
     }
