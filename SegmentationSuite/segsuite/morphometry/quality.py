@@ -462,13 +462,15 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray], dseg: np.ndarray,
                           brain_mask: np.ndarray, head_mask: np.ndarray, air_mask: np.ndarray,
                           mriqc_image: Optional[np.ndarray] = None,
-                          rotation_mask: Optional[np.ndarray] = None) -> tuple[dict, dict]:
+                          rotation_mask: Optional[np.ndarray] = None,
+                          with_spec: bool = True) -> tuple[dict, dict]:
     """The spec_* and mriqc_* metrics of DEFINITIONS (inu_* and fwhm_* aside); also MRIQC's per-tissue
     statistics (for the sidecar).
 
     ``mriqc_image``: the image the mriqc_* metrics are measured on where it is not ``image`` (MRIQC's
     workflow measures the bias-corrected, harmonized one; the spec_* metrics stay on ``image``);
-    ``rotation_mask``: MRIQC's rotation mask, left out of efc and of fber's air.
+    ``rotation_mask``: MRIQC's rotation mask, left out of efc and of fber's air; ``with_spec=False``
+    leaves the spec_* metrics out where the image is not integer-valued (they are measured elsewhere).
     An integer-valued image (most T1s: uint8/int16 on disk) gets every statistic from histograms of
     its intensities (the head's and brain's voxels visited in their bounding boxes, the air's as the
     whole image less the rest); any other image the same definitions over its voxels."""
@@ -476,9 +478,9 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
         masks = [np.asarray(mask) > 0 for mask in (brain_mask, head_mask, air_mask)]
         spec = _spec_metrics(np.asarray(image, dtype=np.float32), dseg, masks[0], masks[2])
         metrics, statistics = image_quality_metrics(mriqc_image, tissue_maps, dseg, *masks,
-                                                    rotation_mask=rotation_mask)
-        metrics.update(spec)
-        return {**spec, **metrics}, statistics
+                                                    rotation_mask=rotation_mask, with_spec=False)
+        # the spec_* of ``image``, never of the harmonized image (its histogram path measures them too)
+        return {**spec, **{key: value for key, value in metrics.items() if key not in spec}}, statistics
     rotation = None if rotation_mask is None or not np.any(rotation_mask) else np.asarray(rotation_mask) > 0
     image = np.asarray(image, dtype=np.float32)
     brain_mask, head_mask, air_mask = (np.asarray(mask) > 0 for mask in (brain_mask, head_mask, air_mask))
@@ -529,7 +531,7 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
             / (index.mean_std(gm_counts)[1] + SPEC_EPSILON),
         }
     else:
-        metrics = _spec_metrics(image, dseg, brain_mask, air_mask)
+        metrics = _spec_metrics(image, dseg, brain_mask, air_mask) if with_spec else {}
     statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index,
                                                     core_counts=core_counts.get(tissue))
                   for tissue in ("CSF", "GM", "WM")}
