@@ -128,6 +128,10 @@ def test_n4_bias_field_recovers_a_known_smooth_field_and_inu_metrics_summarise_i
     values = bias[brain].astype(np.float64)
     assert inu["inu_med"] == pytest.approx(np.median(values))
     assert inu["inu_range"] == pytest.approx(np.percentile(values, 95) - np.percentile(values, 5))
+    # a NaN voxel (a scanner's or a resampler's) neither stops N4 nor spreads into the field
+    spoiled = image.copy()
+    spoiled[tuple(np.argwhere(brain)[100])] = np.nan
+    assert np.all(np.isfinite(mriqc_workflow.n4_bias_field(spoiled, brain, np.eye(4))))
     # the field's own spread over the brain, scaled as N4 scaled it
     true_range = np.percentile(field[brain], 95) - np.percentile(field[brain], 5)
     assert inu["inu_range"] / inu["inu_med"] == pytest.approx(true_range / np.median(field[brain]), rel=0.1)

@@ -64,7 +64,7 @@ def n4_bias_field(image: np.ndarray, mask: np.ndarray, affine: Optional[np.ndarr
     """The multiplicative N4 bias field (float32, > 0) of ``image`` fitted within ``mask``."""
     import SimpleITK as sitk
 
-    data = np.asarray(image, dtype=np.float32)
+    data = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     fitted = np.asarray(mask, dtype=bool) & (data > 0)  # N4 works on log intensities
     if not fitted.any():
         return np.ones_like(data)
