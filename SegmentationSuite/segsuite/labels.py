@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Iterator, Optional, Sequence
 
+import numpy as np
+
 from .errors import InputError
 
 
@@ -121,3 +123,33 @@ def freesurfer_lut() -> LabelTable:
     text = resources.files(__package__).joinpath("data/FreeSurferColorLUT.tsv").read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines()[1:] if line.strip()]
     return LabelTable(Label(int(v), name, (int(r), int(g), int(b))) for v, name, r, g, b in rows)
+
+
+def check_label_map(data: np.ndarray, name: str, give: str) -> np.ndarray:
+    """``data`` as int32 labels, or InputError when it is no label map: a binary mask, non-integer or
+    non-finite values, negative or huge values, or an intensity image (a T1 given by mistake), which
+    uses most values of its range where a label map uses few. ``give`` names what to give instead."""
+    if data.dtype == bool:
+        raise InputError(f"{name} is a binary mask, not a segmentation: give {give} (label values)")
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise InputError(f"{name} has data type {data.dtype}; a segmentation has integer label values")
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)):
+            raise InputError(f"{name} contains NaN or infinite values: it is not a label map")
+        fractional = data != np.round(data)
+        if fractional.any():
+            example = float(data[fractional].flat[0])
+            raise InputError(
+                f"{name} has non-integer (float) values such as {example:g}: it is not a label map. "
+                f"Give the segmentation ({give}), not an intensity image, posterior or probability map")
+    values = np.unique(data)
+    if values.size and values[0] < 0:
+        raise InputError(f"{name} contains negative values (down to {values[0]:g}): label values are >= 0")
+    if values.size and values[-1] > np.iinfo(np.int32).max:
+        raise InputError(f"{name} has values up to {values[-1]:g}, too large for label values")
+    span = float(values[-1]) - float(values[0]) + 1.0 if values.size else 1.0
+    if values.size > 64 and values.size / span > 0.25:
+        raise InputError(
+            f"{name} looks like an intensity image, not a segmentation ({values.size} distinct values "
+            f"densely covering {values[0]:g}..{values[-1]:g}); give {give}, not the T1")
+    return data.astype(np.int32, copy=False)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import SegSuiteError
 from .labels import Label, LabelTable
-from .result import SegmentationResult
+from .result import ImageArray, SegmentationResult, VolumeTable
 
 BUNDLE_FORMAT = "segsuite-result-bundle"
 BUNDLE_VERSION = 1
@@ -68,8 +68,11 @@ def save_result_bundle(result: SegmentationResult, folder: str | os.PathLike, in
     image_names = []
     for index, (name, array) in enumerate(result.images.items()):
         file_name = f"image-{index}.nii.gz"
-        _save_image(np.asarray(array), result.affine, folder / file_name)
-        image_names.append([name, file_name])
+        affine = getattr(array, "affine", None)
+        affine = result.affine if affine is None else affine
+        data = np.asarray(array)
+        _save_image(data.astype(np.uint8) if data.dtype == bool else data, affine, folder / file_name)
+        image_names.append([name, file_name, affine])
     description = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -80,6 +83,7 @@ def save_result_bundle(result: SegmentationResult, folder: str | os.PathLike, in
         "label_table": [[label.value, label.name, list(label.color)] for label in result.label_table],
         "posterior_labels": result.posterior_labels,
         "volumes": result.volumes,
+        "volume_aliases": getattr(result.volumes, "aliases", {}),
         "qc": result.qc,
         "measures": result.measures,
         "tables": result.tables,
@@ -112,8 +116,10 @@ def load_result_bundle(folder: str | os.PathLike, load_posteriors: bool = True) 
         posteriors = np.asanyarray(posterior_image.dataobj).astype(np.float32)
         posteriors_affine = np.asarray(description.get("posteriors_affine") or posterior_image.affine, dtype=np.float64)
     images = {}
-    for name, file_name in description.get("images", []):
-        images[name] = np.asanyarray(nib.load(str(folder / file_name)).dataobj)
+    for name, file_name, *affine in description.get("images", []):
+        image = nib.load(str(folder / file_name))
+        # the exact float64 affine travels in result.json (bundles of older versions: the header's)
+        images[name] = ImageArray(np.asanyarray(image.dataobj), np.asarray(affine[0] if affine else image.affine))
     return SegmentationResult(
         labels=labels,
         affine=np.asarray(description.get("affine") or labels_image.affine, dtype=np.float64),
@@ -121,7 +127,7 @@ def load_result_bundle(folder: str | os.PathLike, load_posteriors: bool = True) 
         posteriors=posteriors,
         posterior_labels=description.get("posterior_labels") if posteriors is not None else None,
         posteriors_affine=posteriors_affine,
-        volumes=_float_dict(description.get("volumes", {})),
+        volumes=VolumeTable(_float_dict(description.get("volumes", {})), description.get("volume_aliases")),
         qc=_float_dict(description.get("qc", {})),
         measures=_float_dict(description.get("measures", {})),
         tables={name: _float_dict(values) for name, values in description.get("tables", {}).items()},

@@ -128,7 +128,7 @@ def run(args) -> int:
                                            np.array(result.provenance["grid_affine"]))
                 if job.outputs.get("vol"):
                     transaction.write_text(job.outputs["vol"], csv_text(
-                        list(result.volumes), [volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64"))], shared=False))
+                        result.volumes.reference_names(), [volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64"))], shared=False))
                 if job.outputs.get("qc"):
                     transaction.write_text(job.outputs["qc"], csv_text(
                         list(result.qc), [qc_row(result.subject, result.qc)], shared=False))
@@ -140,7 +140,7 @@ def run(args) -> int:
                 if job.outputs.get("resample") and "resampled" not in result.images:
                     print(f"{job.image} is already at 1 mm: no resampled image written "
                           f"to {job.outputs['resample']}", file=sys.stderr)
-                volume_header = list(result.volumes)
+                volume_header = result.volumes.reference_names()  # SynthSeg's own CSV names
                 qc_header = list(result.qc)
                 volume_rows.append(volume_row(result.subject, result.volumes, result.provenance.get("volume_dtype", "float64")))
                 qc_rows.append(qc_row(result.subject, result.qc))

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..image import load_volume, squeeze_to_3d
+from ..labels import check_label_map
 from ..result import SegmentationResult
 
 
@@ -19,10 +20,8 @@ def result_from_files(seg: str, post: Optional[str] = None, qc: Optional[str] = 
     from ..synthseg.engine import label_table_for
 
     labels_volume = load_volume(seg, dtype=None)
-    labels = squeeze_to_3d(np.asarray(labels_volume.data), f"the label map {seg}")
-    if not np.issubdtype(labels.dtype, np.integer) and not np.array_equal(labels, np.round(labels)):
-        raise InputError(f"{seg} holds non-integer values: give a label map (e.g. SynthSeg's --o), not an image")
-    labels = labels.astype(np.int32)
+    labels = check_label_map(squeeze_to_3d(np.asarray(labels_volume.data), f"the label map {seg}"), seg,
+                             "the label map SynthSeg wrote (--o) to --seg")
     posteriors = posterior_labels = posteriors_affine = None
     if post:
         post_volume = load_volume(post)
@@ -34,8 +33,8 @@ def result_from_files(seg: str, post: Optional[str] = None, qc: Optional[str] = 
                              "32 (1.0) channels in the 4th dimension")
         posterior_labels = [int(v) for v in known[channels]]
         posteriors_affine = post_volume.affine
-    values = [int(v) for v in np.unique(labels)]
-    result = SegmentationResult(labels=labels, affine=labels_volume.affine, label_table=label_table_for(values),
+    result = SegmentationResult(labels=labels, affine=labels_volume.affine,
+                                label_table=label_table_for(_table_values(labels, posterior_labels)),
                                 posteriors=posteriors, posterior_labels=posterior_labels,
                                 posteriors_affine=posteriors_affine, subject=subject,
                                 provenance={"engine": "files", "segmentation": seg, "posteriors": post})
@@ -45,6 +44,23 @@ def result_from_files(seg: str, post: Optional[str] = None, qc: Optional[str] = 
         result.measures["eTIV"] = float(etiv)
         result.provenance["eTIV_from"] = "given by the user"
     return result
+
+
+def _table_values(labels: np.ndarray, posterior_labels: Optional[list[int]]) -> list[int]:
+    """The label table SynthSeg's engine gives its result, when every label present is SynthSeg's
+    (with --parc: the parcels in place of the cortex), so that structures of zero volume keep their
+    row; else the labels present."""
+    from ..synthseg import labels as synthseg_labels
+    from .tissues import distinct_labels
+
+    present = [int(v) for v in distinct_labels(labels)]
+    structures = list(posterior_labels or synthseg_labels.LABELS_V2)
+    parcels = [int(v) for v in synthseg_labels.PARC_LABELS[1:]]
+    if not set(present) <= set(structures) | set(parcels):
+        return present
+    if any(value in parcels for value in present):
+        return [v for v in structures if v not in synthseg_labels.CORTEX_LABELS] + parcels
+    return structures
 
 
 def read_synthseg_qc(path: str) -> dict[str, float]:

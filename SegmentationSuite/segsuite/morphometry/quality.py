@@ -7,7 +7,9 @@ Two families, kept apart because they disagree on purpose:
   every voxel outside it + 1e-8); its comment says "air", so ``spec_snr_air`` uses the air voxels outside a
   head mask instead; CNR = |mean GM - mean WM| / (standard deviation of GM + 1e-8). numpy's population
   standard deviation (ddof 0), plain means, hard masks.
-* ``mriqc_*``: MRIQC's ``mriqc.qc.anatomical`` definitions as its StructuralQC interface feeds them:
+* ``mriqc_*``: MRIQC's ``mriqc.qc.anatomical`` definitions as its StructuralQC interface feeds them
+  (compute_morphometry measures them on the image MRIQC's workflow measures, with its rotation mask,
+  and adds inu_* and fwhm_*: see mriqc_workflow.py):
   tissue statistics weighted by the tissue probability maps (MRIQC's summary_stats: data rounded to
   integers, weights to 3 decimals, SAS weighted quantiles, MAD of the voxels above half the map's maximum,
   each rounded to 4 decimals), then snr per tissue (median / (stdv * sqrt(n / (n - 1)))), snr_dietrich
@@ -46,10 +48,22 @@ DEFINITIONS = {
     "mriqc_snrd_total": "MRIQC snrd_total: mean of the CSF, WM and GM snr_dietrich",
     "mriqc_cnr": "MRIQC cnr(): |median_WM - median_GM| / sqrt(stdv_air^2 + stdv_GM^2 + stdv_WM^2)",
     "mriqc_cjv": "MRIQC cjv(): (MAD_WM + MAD_GM) / |median_WM - median_GM|",
-    "mriqc_efc": "MRIQC efc(): Shannon entropy of the voxel intensities over its maximum (lower is sharper)",
-    "mriqc_fber": "MRIQC fber(): median |head|^2 / median |air|^2 (-1 when there is no signal outside the head)",
+    "mriqc_efc": "MRIQC efc(): Shannon entropy of the voxel intensities over its maximum (lower is sharper), "
+                 "voxels of the rotation mask left out",
+    "mriqc_fber": "MRIQC fber(): median |head|^2 / median |air|^2, air = outside the head and the rotation mask "
+                  "(-1 when there is no signal there)",
     "mriqc_wm2max": "MRIQC wm2max(): median_WM / 99.95th percentile of the image",
+    "mriqc_inu_range": "MRIQC inu_range: |95th - 5th percentile| of the N4 bias field over the brain",
+    "mriqc_inu_med": "MRIQC inu_med: median of the N4 bias field over the brain",
+    "mriqc_fwhm_x": "MRIQC fwhm_x: AFNI 3dFWHMx classic FWHM (first differences, within the brain mask) along the "
+                    "RAS x axis, in voxels",
+    "mriqc_fwhm_y": "MRIQC fwhm_y: the same along y, in voxels",
+    "mriqc_fwhm_z": "MRIQC fwhm_z: the same along z, in voxels",
+    "mriqc_fwhm_avg": "MRIQC fwhm_avg: mean of fwhm_x, fwhm_y and fwhm_z",
 }
+# compute_morphometry's mriqc_* metrics are measured as MRIQC's anatomical workflow measures them
+MRIQC_IMAGE = ("the N4-corrected image scaled to a WM median of 1000 (MRIQC's Harmonize), NaN as 0 and "
+               "negative values as 0; the rotation mask from the input image (MRIQC's RotationMask)")
 HIGHER_IS_BETTER = {"spec_snr", "spec_snr_air", "spec_cnr", "mriqc_snr_csf", "mriqc_snr_gm", "mriqc_snr_wm",
                     "mriqc_snr_total", "mriqc_snrd_csf", "mriqc_snrd_gm", "mriqc_snrd_wm", "mriqc_snrd_total",
                     "mriqc_cnr", "mriqc_fber"}
@@ -306,10 +320,12 @@ def mriqc_cjv(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float) -> f
     return _ratio(sigma_wm + sigma_gm, abs(mu_wm - mu_gm))
 
 
-def mriqc_fber(image: np.ndarray, head_mask: np.ndarray, decimals: int = 4) -> float:
+def mriqc_fber(image: np.ndarray, head_mask: np.ndarray, rotation_mask: Optional[np.ndarray] = None,
+               decimals: int = 4) -> float:
     head = head_mask > 0
+    air = ~head if rotation_mask is None else ~head & ~(np.asarray(rotation_mask) > 0)
     foreground = float(np.median(np.abs(image[head]) ** 2))
-    background = float(np.median(np.abs(image[~head]) ** 2))
+    background = float(np.median(np.abs(image[air]) ** 2))
     if background < 1.0e-3:
         return -1.0
     return round(foreground / background, decimals)
@@ -444,12 +460,34 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 # --- everything at once ---------------------------------------------------------------------------
 
 def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray], dseg: np.ndarray,
-                          brain_mask: np.ndarray, head_mask: np.ndarray, air_mask: np.ndarray) -> tuple[dict, dict]:
-    """All metrics of DEFINITIONS for one image; also MRIQC's per-tissue statistics (for the sidecar).
+                          brain_mask: np.ndarray, head_mask: np.ndarray, air_mask: np.ndarray,
+                          mriqc_image: Optional[np.ndarray] = None,
+                          rotation_mask: Optional[np.ndarray] = None,
+                          with_spec: bool = True) -> tuple[dict, dict]:
+    """The spec_* and mriqc_* metrics of DEFINITIONS (inu_* and fwhm_* aside); also MRIQC's per-tissue
+    statistics (for the sidecar).
 
+    ``mriqc_image``: the image the mriqc_* metrics are measured on where it is not ``image`` (MRIQC's
+    workflow measures the bias-corrected, harmonized one; the spec_* metrics stay on ``image``);
+    ``rotation_mask``: MRIQC's rotation mask, left out of efc and of fber's air; ``with_spec=False``
+    leaves the spec_* metrics out where the image is not integer-valued (they are measured elsewhere).
     An integer-valued image (most T1s: uint8/int16 on disk) gets every statistic from histograms of
     its intensities (the head's and brain's voxels visited in their bounding boxes, the air's as the
     whole image less the rest); any other image the same definitions over its voxels."""
+    if mriqc_image is not None:
+        masks = [np.asarray(mask) > 0 for mask in (brain_mask, head_mask, air_mask)]
+        image = np.asarray(image, dtype=np.float32)
+        if bool(np.isfinite(image).all()) and bool(np.array_equal(np.round(image), image)):
+            # the histogram path measures everything in well under a second; keep its spec_*
+            measured, _ = image_quality_metrics(image, tissue_maps, dseg, *masks)
+            spec = {key: value for key, value in measured.items() if key.startswith("spec_")}
+        else:
+            spec = _spec_metrics(image, dseg, masks[0], masks[2])
+        metrics, statistics = image_quality_metrics(mriqc_image, tissue_maps, dseg, *masks,
+                                                    rotation_mask=rotation_mask, with_spec=False)
+        # the spec_* of ``image``, never of the harmonized image (its histogram path measures them too)
+        return {**spec, **{key: value for key, value in metrics.items() if key not in spec}}, statistics
+    rotation = None if rotation_mask is None or not np.any(rotation_mask) else np.asarray(rotation_mask) > 0
     image = np.asarray(image, dtype=np.float32)
     brain_mask, head_mask, air_mask = (np.asarray(mask) > 0 for mask in (brain_mask, head_mask, air_mask))
     # MRIQC works on the image with NaNs as 0 and negative values clipped to 0
@@ -499,12 +537,7 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
             / (index.mean_std(gm_counts)[1] + SPEC_EPSILON),
         }
     else:
-        tissue_box = bounding_box(dseg > 0)
-        metrics = {
-            "spec_snr": spec_snr(image, brain_mask),
-            "spec_snr_air": spec_snr(image, brain_mask, air_mask),
-            "spec_cnr": spec_cnr(image[tissue_box], dseg[tissue_box] == 1, dseg[tissue_box] == 2),
-        }
+        metrics = _spec_metrics(image, dseg, brain_mask, air_mask) if with_spec else {}
     statistics = {tissue.lower(): tissue_statistics(clipped, tissue_maps[tissue], index=index,
                                                     core_counts=core_counts.get(tissue))
                   for tissue in ("CSF", "GM", "WM")}
@@ -526,15 +559,28 @@ def image_quality_metrics(image: np.ndarray, tissue_maps: dict[str, np.ndarray],
     metrics["mriqc_cnr"] = mriqc_cnr(wm["median"], gm["median"], bg["stdv"], wm["stdv"], gm["stdv"])
     metrics["mriqc_cjv"] = mriqc_cjv(wm["median"], gm["median"], wm["mad"], gm["mad"])
     if fast:
-        metrics["mriqc_efc"] = _efc_of_histogram(index.distinct, index.all_counts)
-        metrics["mriqc_fber"] = _fber_of_histograms(index.distinct, head_counts, index.all_counts - head_counts)
+        framed = index.histogram(mask=rotation) if rotation is not None else 0
+        framed_air = index.histogram(mask=rotation & ~head_mask) if rotation is not None else 0
+        metrics["mriqc_efc"] = _efc_of_histogram(index.distinct, index.all_counts - framed)
+        metrics["mriqc_fber"] = _fber_of_histograms(index.distinct, head_counts,
+                                                    index.all_counts - head_counts - framed_air)
         top = _percentile_of_histogram(index.distinct, index.all_counts, 99.95)
         metrics["mriqc_wm2max"] = float(wm["median"] / top)
     else:
-        metrics["mriqc_efc"] = mriqc_efc(clipped)
-        metrics["mriqc_fber"] = mriqc_fber(clipped, head_mask)
+        metrics["mriqc_efc"] = mriqc_efc(clipped, rotation)
+        metrics["mriqc_fber"] = mriqc_fber(clipped, head_mask, rotation)
         metrics["mriqc_wm2max"] = mriqc_wm2max(clipped, wm["median"])
     return metrics, statistics
+
+
+def _spec_metrics(image: np.ndarray, dseg: np.ndarray, brain_mask: np.ndarray, air_mask: np.ndarray) -> dict:
+    """The spec_* metrics over the image's voxels."""
+    tissue_box = bounding_box(dseg > 0)
+    return {
+        "spec_snr": spec_snr(image, brain_mask),
+        "spec_snr_air": spec_snr(image, brain_mask, air_mask),
+        "spec_cnr": spec_cnr(image[tissue_box], dseg[tissue_box] == 1, dseg[tissue_box] == 2),
+    }
 
 
 def _efc_of_histogram(values: np.ndarray, counts: np.ndarray, decimals: int = 4) -> float:

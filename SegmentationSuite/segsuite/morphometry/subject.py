@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..image import OutputTransaction, as_volume, squeeze_to_3d, voxel_sizes
 from ..result import SegmentationResult
-from . import quality, tissues
+from . import mriqc_workflow, quality, tissues
 
 TABLE_SUFFIX = "morphometry.tsv"
 MOSAIC_SUFFIX = "desc-qc_mosaic.webp"  # the bytes may be PNG where Pillow lacks WebP; browsers sniff it
@@ -52,20 +52,59 @@ class Morphometry:
         return row
 
 
-def _volumes_by_freesurfer_name(result: SegmentationResult) -> dict[str, float]:
-    """The result's structure volumes under FreeSurfer names (SynthSeg names them in lower case)."""
-    from ..labels import freesurfer_lut
-    from ..synthseg import labels as synthseg_labels
+def _header_voxel_volume(affine) -> float:
+    """The voxel volume (mm3) as an image file's header gives it back (float32 affine): the same
+    number whether the segmentation arrives in memory or read from the files it was saved to."""
+    return float(np.prod(voxel_sizes(np.asarray(affine, dtype=np.float32).astype(np.float64))))
 
-    lut = freesurfer_lut()
-    synthseg_values = {name: value for value, name in synthseg_labels.NAMES.items()}
-    synthseg_values.update({name: value for value, name in synthseg_labels.PARC_NAMES.items()})
-    volumes = {}
-    for name, value in result.volumes.items():
-        if name == synthseg_labels.TOTAL_INTRACRANIAL:
-            continue
-        label = synthseg_values.get(name)
-        volumes[lut.get(label).name if label is not None and lut.get(label) else name] = float(value)
+
+def _structure_name(value: int, result: SegmentationResult) -> str:
+    from ..labels import freesurfer_lut
+
+    label = freesurfer_lut().get(value) or result.label_table.get(value)
+    return label.name if label is not None else f"Label-{value}"
+
+
+def channel_volumes(result: SegmentationResult) -> dict[int, float]:
+    """label -> soft volume (mm3): each posterior channel's float64 sum (background left out); {}
+    without posteriors."""
+    if result.posteriors is None:
+        return {}
+    voxel = _header_voxel_volume(result.posteriors_affine)
+    return {int(value): float(np.sum(result.posteriors[..., index], dtype=np.float64) * voxel)
+            for index, value in enumerate(result.posterior_labels) if int(value) != 0}
+
+
+def structure_volumes(result: SegmentationResult) -> dict[str, float]:
+    """Volumes (mm3) of every structure the segmentation can hold, zero-volume ones kept, under
+    FreeSurfer names: soft (the posterior sums) for the posteriors' channels, voxel counts for the
+    labels without a channel. Labels without a channel that are cortical parcels (SynthSeg --parc) are
+    scaled to add up to the soft cortex (3 + 42), as SynthSeg's own volumes are; the cortex keeps its
+    column. Without posteriors every label of the label table is a voxel count.
+
+    ``segsuite synthseg --morphometry`` and ``segsuite morphometry --seg --post`` both call this, so
+    the same SynthSeg outputs give the same table."""
+    from ..synthseg.labels import CORTEX_LABELS
+
+    counts = np.bincount(np.clip(result.labels, 0, None).ravel(order="K"))
+    label_voxel = _header_voxel_volume(result.affine)
+    table_values = [value for value in result.label_table.values if value != 0]
+    soft = channel_volumes(result)
+    channels = [int(value) for value in result.posterior_labels] if soft else []
+    volumes = {_structure_name(value, result): volume for value, volume in soft.items()}
+    extra = [value for value in table_values if value not in channels]
+    extra += [int(value) for value in np.flatnonzero(counts) if value != 0 and value not in channels
+              and value not in extra]
+    hard = {value: float(counts[value]) * label_voxel if value < counts.size else 0.0 for value in extra}
+    parcels = [value for value in extra if 1000 <= value < 3000]
+    cortex_channels = [value for value in CORTEX_LABELS if value in channels]
+    parcel_total = sum(hard[value] for value in parcels)
+    if parcels and cortex_channels and parcel_total > 0:
+        cortex = sum(volumes[_structure_name(value, result)] for value in cortex_channels)
+        for value in parcels:
+            hard[value] *= cortex / parcel_total
+    for value in extra:
+        volumes[_structure_name(value, result)] = hard[value]
     return volumes
 
 
@@ -133,13 +172,29 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
     lap("tissue maps and dseg")
     head, air = quality.head_and_air_masks(data, brain)
     lap("head and air masks")
-    metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air)
+    # MRIQC's workflow: N4 bias field, the corrected image harmonized, the rotation mask of the input
+    bias = mriqc_workflow.n4_bias_field(data, brain, affine)
+    lap("N4 bias field")
+    harmonized = mriqc_workflow.harmonize(data / bias, maps["WM"])
+    rotation = mriqc_workflow.rotation_mask(data)
+    lap("harmonized image and rotation mask")
+    metrics, statistics = quality.image_quality_metrics(data, maps, dseg, brain, head, air,
+                                                        mriqc_image=harmonized, rotation_mask=rotation)
+    del harmonized
+    metrics.update({f"mriqc_{name}": value for name, value in mriqc_workflow.inu_metrics(bias, brain).items()})
+    metrics.update({f"mriqc_{name}": value for name, value in mriqc_workflow.fwhm_metrics(data, brain, affine).items()})
     lap("image-quality metrics")
-    voxel_volume = float(np.prod(voxel_sizes(affine)))
-    tissue_volumes = {f"tissue-{name}": float(np.sum(maps[name], dtype=np.float64) * voxel_volume)
-                      for name in tissues.TISSUES}
+    voxel_volume = _header_voxel_volume(affine)
+    soft = channel_volumes(result)
+    if soft:  # each map's mass as the float64 sum of its channels' volumes (the maps are float32 sums)
+        groups, _ = tissues.labels_by_tissue(list(soft), tissue_table)
+        tissue_volumes = {f"tissue-{name}": float(sum(soft[value] for value in groups[name]))
+                          for name in tissues.TISSUES}
+    else:
+        tissue_volumes = {f"tissue-{name}": float(np.sum(maps[name], dtype=np.float64) * voxel_volume)
+                          for name in tissues.TISSUES}
     tiv, tiv_source = _tiv(result, sum(tissue_volumes.values()))
-    volumes = _volumes_by_freesurfer_name(result) if result.volumes else _label_volumes(result)
+    volumes = structure_volumes(result)
     volumes.update(tissue_volumes)
     from .report import subject_mosaic
 
@@ -160,23 +215,13 @@ def compute_morphometry(image, result: SegmentationResult, subject: Optional[str
 
 
 def _tiv(result: SegmentationResult, tissue_total: float) -> tuple[float, str]:
-    """ScLimbic's eTIV where that ran, else SynthSeg's total intracranial volume, else the tissue sum."""
-    from ..synthseg.labels import TOTAL_INTRACRANIAL
-
+    """ScLimbic's (or a given) eTIV where there is one, else the sum of the three tissue maps: the
+    non-background posterior mass (SynthSeg's total intracranial volume, summed in float64 on the
+    posteriors' grid) or the labelled voxels, the same from the engine's result and from its files."""
     if "eTIV" in result.measures:
         return float(result.measures["eTIV"]), f"eTIV ({result.provenance.get('eTIV_from', 'ScLimbic')})"
-    if TOTAL_INTRACRANIAL in result.measures:
-        return float(result.measures[TOTAL_INTRACRANIAL]), "SynthSeg total intracranial (sTIV)"
-    return float(tissue_total), "sum of the GM, WM and CSF tissue maps (tmTIV)"
-
-
-def _label_volumes(result: SegmentationResult) -> dict[str, float]:
-    """Voxel-count volumes (mm3) of the labels present, under the label table's names."""
-    counts = np.bincount(np.clip(result.labels, 0, None).ravel(order="K"))
-    voxel_volume = float(np.prod(voxel_sizes(result.affine)))
-    names = {label.value: label.name for label in result.label_table}
-    return {names.get(value, f"Label-{value}"): float(counts[value] * voxel_volume)
-            for value in np.flatnonzero(counts) if value != 0}
+    # SynthSeg's total intracranial volume is this same posterior mass, so both paths give one number
+    return float(tissue_total), "sum of the GM, WM and CSF maps"
 
 
 def output_paths(folder: str, prefix: str) -> dict[str, str]:
@@ -215,7 +260,8 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
     paths = output_paths(folder, prefix)
     row = morphometry.table_row(participant_id, session_id)
     sidecar = {
-        "definitions": quality.DEFINITIONS, "units": {"TIV": "mm3", "volumes": "mm3"},
+        "definitions": quality.DEFINITIONS, "mriqc_measured_on": quality.MRIQC_IMAGE,
+        "units": {"TIV": "mm3", "volumes": "mm3"},
         "TIV_source": morphometry.tiv_source, "mriqc_tissue_statistics": morphometry.tissue_statistics,
         "provenance": morphometry.provenance,
     }

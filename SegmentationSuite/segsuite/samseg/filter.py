@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from ..image import Volume, as_volume, load_volume, squeeze_to_3d, voxel_sizes
-from ..labels import freesurfer_lut
+from ..labels import check_label_map, freesurfer_lut
 from ..progress import ProgressCallback, ensure_callback
 from ..result import SegmentationResult
 
@@ -135,31 +135,8 @@ def load_segmentation(source) -> Volume:
 
 
 def _integer_labels(data: np.ndarray, name: str) -> np.ndarray:
-    if data.dtype == bool:
-        raise InputError(f"{name} is a binary mask, not a segmentation: give SAMSEG's seg.mgz (label values)")
-    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise InputError(f"{name} has data type {data.dtype}; a segmentation has integer label values")
-    if np.issubdtype(data.dtype, np.floating):
-        if not np.all(np.isfinite(data)):
-            raise InputError(f"{name} contains NaN or infinite values: it is not a label map")
-        fractional = data != np.round(data)
-        if fractional.any():
-            example = float(data[fractional].flat[0])
-            raise InputError(
-                f"{name} has non-integer (float) values such as {example:g}: it is not a label map. "
-                "Give the segmentation (SAMSEG's seg.mgz), not an intensity image, posterior or probability map")
-    values = np.unique(data)
-    if values.size and values[0] < 0:
-        raise InputError(f"{name} contains negative values (down to {values[0]:g}): label values are >= 0")
-    if values.size and values[-1] > np.iinfo(np.int32).max:
-        raise InputError(f"{name} has values up to {values[-1]:g}, too large for label values")
-    # An intensity image (T1 given as the seg) uses most values of its range; a label map few.
-    span = float(values[-1]) - float(values[0]) + 1.0 if values.size else 1.0
-    if values.size > 64 and values.size / span > 0.25:
-        raise InputError(
-            f"{name} looks like an intensity image, not a segmentation ({values.size} distinct values "
-            f"densely covering {values[0]:g}..{values[-1]:g}); give SAMSEG's seg.mgz, not the T1")
-    labels = data.astype(np.int32, copy=False)
+    labels = check_label_map(data, name, "SAMSEG's seg.mgz")
+    values = np.unique(labels)
     if not np.isin(values, _CORE_BRAIN_LABELS).any():
         raise InputError(
             f"{name} contains none of the cerebral labels {', '.join(map(str, _CORE_BRAIN_LABELS))} "

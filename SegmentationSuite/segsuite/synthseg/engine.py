@@ -23,7 +23,7 @@ from ..checksum import sha256_of
 from ..errors import ModelError, SegSuiteError
 from ..labels import Label, LabelTable, freesurfer_lut
 from ..progress import ProgressCallback, ensure_callback
-from ..result import SegmentationResult
+from ..result import ImageArray, SegmentationResult, VolumeTable
 from . import labels as L
 from .postprocess import (channel_argmax, channel_sums, gaussian_blur_, hard_labels, postprocess_parcellation,
                           postprocess_segmentation, soft_volumes)
@@ -367,7 +367,7 @@ class SynthSegEngine:
         del posteriors
         images = {}
         if prepared.resampled is not None:
-            images["resampled"] = prepared.resampled.astype(np.float32)
+            images["resampled"] = ImageArray(prepared.resampled.astype(np.float32), prepared.affine)  # the 1 mm grid
         if resample_output:
             segmentation = reslice_nearest(segmentation, affine, prepared.input_shape, prepared.input_affine)
             affine = prepared.input_affine
@@ -394,10 +394,24 @@ class SynthSegEngine:
             labels=segmentation.astype(np.int32, copy=False), affine=affine, label_table=label_table,
             posteriors=posteriors_out, posterior_labels=[int(v) for v in self.labels] if posteriors_out is not None else None,
             posteriors_affine=prepared.affine if posteriors_out is not None else None,
-            volumes=dict(zip(names, (float(v) for v in volumes))),
+            volumes=volume_table(names, volumes),
             qc=dict(zip(L.QC_NAMES, (float(q) for q in qc))) if qc is not None else {},
             measures=measures, images=images, provenance=provenance, subject=subject,
         )
+
+
+def volume_table(names, volumes) -> VolumeTable:
+    """SynthSeg's volumes under the label table's (FreeSurfer's) names, SynthSeg's CSV names kept as
+    aliases (``volumes["left hippocampus"]`` finds ``Left-Hippocampus``; the CSVs use the aliases)."""
+    lut = freesurfer_lut()
+    values = {name: value for value, name in {**L.NAMES, **L.PARC_NAMES}.items()}
+    keys, aliases = [], {}
+    for name in names:
+        label = lut.get(values[name]) if name in values else None
+        keys.append(label.name if label is not None else name)
+        if keys[-1] != name:
+            aliases[name] = keys[-1]
+    return VolumeTable(zip(keys, (float(v) for v in volumes)), aliases=aliases)
 
 
 def subject_name(source) -> str:
