@@ -87,19 +87,17 @@ def test_hand_given_etiv_is_freesurfers_etiv_line(tmp_path):
 
 
 def _parc_result() -> tuple[SegmentationResult, np.ndarray]:
-    """A SynthSeg --parc result: the cortex (3) split into two parcels; the volumes as the engine gives them
-    (the cortex total and each parcel, soft), and SynthSeg's total intracranial volume."""
+    """A SynthSeg --parc result: the cortex (3) split into two parcels in the label map, while the
+    posteriors keep a cortex channel (as SynthSeg's do), and SynthSeg's total intracranial volume."""
     image, labels = _phantom()
+    channels = [int(value) for value in np.unique(labels)]
+    posteriors = np.stack([(labels == value).astype(np.float32) for value in channels], axis=-1)
     cortex = labels == 3
     labels[cortex & (np.indices(labels.shape)[1] < 30)] = 1001
     labels[cortex & (np.indices(labels.shape)[1] >= 30)] = 1002
-    volumes = {"left cerebral white matter": float((labels == 2).sum()) - 0.25,
-               "left cerebral cortex": float(cortex.sum()) + 0.5,
-               "left lateral ventricle": float((labels == 4).sum()),
-               "ctx-lh-bankssts": float((labels == 1001).sum()) + 0.25,
-               "ctx-lh-caudalanteriorcingulate": float((labels == 1002).sum()) + 0.25}
-    result = SegmentationResult(labels=labels, affine=np.eye(4),
-                                label_table=freesurfer_lut().subset([0, 2, 4, 1001, 1002]), volumes=volumes,
+    table_values = sorted(set(channels) | {1001, 1002})
+    result = SegmentationResult(labels=labels, affine=np.eye(4), label_table=freesurfer_lut().subset(table_values),
+                                posteriors=posteriors, posterior_labels=channels,
                                 measures={"total intracranial": 123456.75}, subject="sub-parc")
     return result, image
 
@@ -115,7 +113,8 @@ def test_parc_aseg_stats_rows_are_labels_of_the_map_and_the_cortex_a_measure(tmp
         assert volume == pytest.approx(nvoxels, abs=0.5)
     assert {"3", "42"}.isdisjoint(rows) and {"1001", "1002", "2", "4"} <= set(rows)
     assert rows["1001"][0] == "ctx-lh-bankssts"
-    assert measures["lhCortexVol"] == pytest.approx(result.volumes["left cerebral cortex"], abs=1e-6)
+    cortex_channel = result.posterior_labels.index(3)
+    assert measures["lhCortexVol"] == pytest.approx(float(result.posteriors[..., cortex_channel].sum()), abs=1e-6)
     text = Path(paths["aseg_stats"]).read_text()
     # SynthSeg's total intracranial is FreeSurfer 8's sTIV, not an eTIV
     assert ETIV_PREFIX not in text and measures["sTIV"] == 123456.75

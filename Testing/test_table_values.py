@@ -34,9 +34,10 @@ def test_values_are_written_to_the_precision_they_mean():
 
 def _result(subject: str, scale: float) -> tuple[SegmentationResult, np.ndarray]:
     image, labels = _phantom(seed=int(scale * 10))
+    affine = np.diag([scale, 1.0, 1.0, 1.0])  # subjects of different head sizes: TIVs differ
     volumes = {"left cerebral white matter": float((labels == 2).sum()) * scale + 1 / 3,
                "left cerebral cortex": float((labels == 3).sum()) * scale + 1 / 7}
-    result = SegmentationResult(labels=labels, affine=np.eye(4), label_table=freesurfer_lut().subset([0, 2, 3, 4]),
+    result = SegmentationResult(labels=labels, affine=affine, label_table=freesurfer_lut().subset([0, 2, 3, 4]),
                                 volumes=volumes, qc={"general grey matter": float(np.float32(0.741))},
                                 measures={"total intracranial": 1.5e6 * scale + 1 / 9}, subject=subject)
     return result, image
@@ -50,7 +51,7 @@ def test_subject_and_group_tables_round_mark_missing_and_warn(tmp_path, capsys):
     tables = []
     for number, scale in ((1, 1.0), (2, 1.1)):
         result, image = _result(f"sub-{number}", scale)
-        morphometry = compute_morphometry((image, np.eye(4)), result)
+        morphometry = compute_morphometry((image, result.affine), result)
         paths = write_morphometry(morphometry, str(tmp_path / f"sub-{number}"), f"sub-{number}", result=result)
         tables.append(paths["table"])
     header, row = _cells(tmp_path / "sub-1" / "sub-1_morphometry.tsv")
@@ -78,7 +79,7 @@ def test_subject_and_group_tables_round_mark_missing_and_warn(tmp_path, capsys):
 
     # a third subject: estimated, no warning; and identical runs give identical bytes
     result, image = _result("sub-3", 0.9)
-    tables.append(write_morphometry(compute_morphometry((image, np.eye(4)), result), str(tmp_path / "sub-3"),
+    tables.append(write_morphometry(compute_morphometry((image, result.affine), result), str(tmp_path / "sub-3"),
                                     "sub-3", result=result)["table"])
     for run in ("a", "b"):
         assert main(["group", *tables, "--o", str(tmp_path / f"group3{run}")]) == 0
