@@ -20,83 +20,29 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-THUMBNAIL_SIZE = 112  # pixels per plane
+from ..qcviews import CONVENTION
+
 PRIMARY_METRICS = ("spec_snr", "spec_cnr", "mriqc_snr_total", "mriqc_cnr", "mriqc_cjv", "mriqc_efc")
 
 
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    import nibabel as nib
-
-    orientation = nib.orientations.io_orientation(affine)
-    return nib.orientations.apply_orientation(array, orientation)
-
-
-def _resize_nearest(plane: np.ndarray, size: int) -> np.ndarray:
-    rows = np.minimum((np.arange(size) * plane.shape[0] / size).astype(int), plane.shape[0] - 1)
-    columns = np.minimum((np.arange(size) * plane.shape[1] / size).astype(int), plane.shape[1] - 1)
-    return plane[rows][:, columns]
-
-
-def _outline(labels: np.ndarray) -> np.ndarray:
-    edge = np.zeros(labels.shape, dtype=bool)
-    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    return edge & (labels > 0)
-
-
-def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, size: int = THUMBNAIL_SIZE,
+def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, size: Optional[int] = None,
                    image_format: str = "webp") -> tuple[str, bytes]:
-    """Axial, coronal and sagittal slices through the brain's centre with the label outlines in their
-    FreeSurfer colours; returns (MIME type, encoded bytes)."""
-    from ..labels import fallback_color, freesurfer_lut
-    from .tissues import distinct_labels
+    """Axial, coronal and sagittal slices through the labels' centre with their outlines in their
+    FreeSurfer colours, radiological with orientation letters (qcviews); tiles at the image's own
+    resolution, or ``size`` x ``size`` each. Returns (MIME type, encoded bytes)."""
+    from .. import qcviews
 
-    image = _to_ras(np.asarray(image, dtype=np.float32), affine)
-    labels = _to_ras(np.asarray(labels), affine)
-    if image.shape != labels.shape:
-        raise ValueError(f"image {image.shape} and labels {labels.shape} must share a grid for the mosaic")
-    brain = labels > 0
-    count = int(np.count_nonzero(brain))
-    if count:  # the brain's centre of mass from its projections (no list of voxel coordinates)
-        centre = np.array([np.dot(np.count_nonzero(brain, axis=tuple(a for a in range(3) if a != axis)),
-                                  np.arange(brain.shape[axis])) / count for axis in range(3)]).astype(int)
-    else:
-        centre = np.array(labels.shape) // 2
-    low, high = np.percentile(image[brain] if count else image, [1, 99.5])
-    slices = []
-    for axis in (2, 1, 0):  # axial, coronal, sagittal
-        index = [slice(None)] * 3
-        index[axis] = int(centre[axis])
-        slices.append((image[tuple(index)], labels[tuple(index)]))
-    lut = freesurfer_lut()
-    values = distinct_labels(np.concatenate([segment.ravel() for _, segment in slices]))  # only these are drawn
-    palette = np.zeros((int(values.max()) + 1, 3), dtype=np.uint8)
-    for value in values:
-        label = lut.get(int(value))
-        palette[int(value)] = label.color if label else fallback_color(int(value))
-    planes = []
-    for grey, segment in slices:
-        # radiological-free display: superior/anterior up, patient's right on the left as in Slicer
-        grey, segment = np.rot90(grey), np.rot90(segment)
-        grey = _resize_nearest(grey, size)
-        segment = _resize_nearest(segment, size)
-        scaled = np.clip((grey - low) / max(high - low, 1e-6), 0, 1)
-        rgb = np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
-        edge = _outline(segment)
-        rgb[edge] = palette[segment[edge]]
-        planes.append(rgb)
-    mosaic = np.concatenate(planes, axis=1)
+    views = qcviews.make_views(image, labels, affine, levels=1)
+    if size:
+        views = qcviews.resized(views, size)
+    base, _, edges, _ = qcviews.render_views(views, gap=0 if size else qcviews.GAP)
+    mosaic = qcviews.blend(base, edges)
+    if image_format == "webp":
+        return qcviews.encode(mosaic, lossless=True)
     from PIL import Image
 
     buffer = io.BytesIO()
-    picture = Image.fromarray(mosaic)
-    if image_format == "webp":
-        try:
-            picture.save(buffer, format="WEBP", quality=70, method=4)
-            return "image/webp", buffer.getvalue()
-        except (OSError, KeyError, ValueError):  # Pillow without WebP support
-            buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
+    Image.fromarray(mosaic).save(buffer, format="PNG", optimize=True)
     return "image/png", buffer.getvalue()
 
 
@@ -252,6 +198,7 @@ def write_report(path: str | os.PathLike, tables, mosaics: Mapping[tuple, tuple[
             f"<h1>{html.escape(title)}</h1><p>{len(ranking)} subjects, {flagged_count} flagged; ranked worst first. "
             "Flags: SynthSeg QC below the threshold, metrics beyond 3 MADs of the cohort median, ScLimbic |z| &gt; 3. "
             "Metric definitions: spec_* as the UK Biobank sMRI spec's code, mriqc_* as MRIQC's.</p>"
+            f'<p class="convention">{html.escape(CONVENTION)}</p>'
             '<div class="controls"><label>Filter subjects <input id="filter" type="search"></label> '
             '<label><input id="flagged-only" type="checkbox"> flagged only</label> '
             '<span id="shown"></span> shown</div>'
