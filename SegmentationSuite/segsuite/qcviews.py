@@ -129,12 +129,13 @@ def choose_levels(mask: np.ndarray, count: int = 3) -> dict[str, list[int]]:
     return levels
 
 
-def make_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, table=None, levels: int = 3,
+def make_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, table=None, levels=3,
                focus: Optional[np.ndarray] = None, crop_mm: Optional[float] = None,
-               planes: Sequence[str] = PLANES) -> Views:
-    """Tiles of ``image`` with ``labels`` (same grid) at ``levels`` levels per plane through the labelled
-    region (or through ``focus``, a mask on the same grid, e.g. ScLimbic's small structures); with
-    ``crop_mm`` each tile is a window of that size centred on the focus."""
+               planes: Sequence[str] = PLANES, crop_planes: Sequence[str] = PLANES) -> Views:
+    """Tiles of ``image`` with ``labels`` (same grid) at ``levels`` levels per plane (a number, or
+    {plane: number}) through the labelled region (or through ``focus``, a mask on the same grid, e.g.
+    ScLimbic's small structures); with ``crop_mm`` the tiles of ``crop_planes`` are windows of that
+    size centred on the focus."""
     from .labels import fallback_color, freesurfer_lut
 
     image = np.asarray(image, dtype=np.float32)
@@ -143,7 +144,8 @@ def make_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, table=
     grey, sizes = to_ras(image, affine)
     segment, _ = to_ras(np.asarray(labels), affine)
     focus_ras = to_ras(np.asarray(focus, dtype=bool), affine)[0] if focus is not None else segment > 0
-    chosen = choose_levels(focus_ras, levels)
+    counts = levels if isinstance(levels, dict) else {plane: levels for plane in PLANES}
+    chosen = {plane: choose_levels(focus_ras, counts.get(plane, 1))[plane] for plane in planes}
     inside = grey[segment > 0] if np.any(segment > 0) else grey[np.isfinite(grey)]
     low, high = np.percentile(inside, [1, 99.5]) if inside.size else (0.0, 1.0)
     scale = max(float(high - low), 1e-6)
@@ -153,7 +155,7 @@ def make_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, table=
         for level in chosen[plane]:
             grey_plane = display_plane(grey, plane, level)
             label_plane = display_plane(segment, plane, level)
-            if crop_mm:
+            if crop_mm and plane in crop_planes:
                 grey_plane, label_plane = _crop(grey_plane, label_plane, centre, plane, sizes, crop_mm, grey.shape)
             row_size, column_size = _plane_pixel_sizes(sizes, plane)
             grey_plane = _square_pixels(grey_plane, row_size, column_size)

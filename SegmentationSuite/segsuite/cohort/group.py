@@ -55,11 +55,18 @@ def collect_cohort_tables(output_dir: str | os.PathLike) -> CohortTables:
     return CohortTables(tables, failures)
 
 
-def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables) -> list[str]:
+def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables, ratings=None) -> list[str]:
+    """The wide tables at the dataset root; with ``ratings`` (review.ratings.read_ratings) the
+    (subject, engine) rows rated fail have their analysis columns n/a, and every row says why."""
     output_dir = Path(output_dir)
+    tables = group.tables
+    if ratings is not None:
+        from .review import apply_ratings_to_cohort, engine_flags
+
+        tables = apply_ratings_to_cohort(group, ratings, engine_flags(group, 0.65, 3.0, 3.0))
     transaction = OutputTransaction(overwrite=True)
     try:
-        for table, by_seg in group.tables.items():
+        for table, by_seg in tables.items():
             for seg, frame in by_seg.items():
                 transaction.write_text(output_dir / f"group_seg-{seg}_{table}.tsv",
                                        frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
