@@ -89,9 +89,13 @@ def _morph_text(result: SegmentationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONFIDENCE_PREFIX = "confidence-"  # ScLimbic's mean posterior per structure, beside its z-scores
+
+
 def _qc_text(result: SegmentationResult) -> str:
     lines = ["name\tscore"]
-    for name, value in {**result.qc, **result.measures}.items():
+    confidences = {f"{CONFIDENCE_PREFIX}{name}": value for name, value in result.tables.get("confidences", {}).items()}
+    for name, value in {**result.qc, **result.measures, **confidences}.items():
         lines.append(f"{name}\t{'n/a' if value is None or not np.isfinite(value) else repr(float(value))}")
     return "\n".join(lines) + "\n"
 
@@ -117,7 +121,7 @@ def write_segmentation(folder: Path, item: CohortItem, seg: str, result: Segment
     if result.volumes:
         Path(f"{stem}_morph.tsv").write_text(_morph_text(result), encoding="utf-8")
         written.append(f"{stem.name}_morph.tsv")
-    if result.qc or result.measures:
+    if result.qc or result.measures or result.tables.get("confidences"):
         Path(f"{stem}_qc.tsv").write_text(_qc_text(result), encoding="utf-8")
         written.append(f"{stem.name}_qc.tsv")
     if posteriors and result.posteriors is not None:

@@ -61,9 +61,10 @@ def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables, rati
     output_dir = Path(output_dir)
     tables = group.tables
     if ratings is not None:
+        from ..morphometry.group import MAD_LIMIT, QC_THRESHOLD, Z_LIMIT
         from .review import apply_ratings_to_cohort, engine_flags
 
-        tables = apply_ratings_to_cohort(group, ratings, engine_flags(group, 0.65, 3.0, 3.0))
+        tables = apply_ratings_to_cohort(group, ratings, engine_flags(group, QC_THRESHOLD, Z_LIMIT, MAD_LIMIT))
     transaction = OutputTransaction(overwrite=True)
     try:
         for table, by_seg in tables.items():

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from ..morphometry.group import MAD_LIMIT, QC_THRESHOLD, Z_LIMIT
 from ..review.views import ViewSource
 
 ENGINE_OF_SEG = {"synthseg": "synthseg", "sclimbic": "sclimbic", "scepi": "scepi", "samseg": "samseg"}
@@ -187,7 +188,9 @@ def engine_flags(cohort, qc_threshold: float, z_limit: float, mad_limit: float) 
 
 def sclimbic_z_columns(frame) -> list[str]:
     """The z-score columns of ScLimbic's wide qc table (every structure; not eTIV or confidences)."""
-    return [c for c in frame.columns if c not in NOT_ANALYSIS and c != "eTIV" and not c.startswith("confidence-")]
+    from .derivatives import CONFIDENCE_PREFIX
+
+    return [c for c in frame.columns if c not in NOT_ANALYSIS and c != "eTIV" and not c.startswith(CONFIDENCE_PREFIX)]
 
 
 def apply_ratings_to_cohort(cohort, ratings: dict, flags: dict) -> dict:
@@ -221,7 +224,8 @@ REPORT_NAME = "group_qc_report.html"
 
 
 def write_cohort_review(output_dir: str | os.PathLike, cohort, morphometry_tables=None, workers: int = 1,
-                        qc_threshold: float = 0.65, z_limit: float = 3.0, mad_limit: float = 3.0) -> Optional[dict]:
+                        qc_threshold: float = QC_THRESHOLD, z_limit: float = Z_LIMIT,
+                        mad_limit: float = MAD_LIMIT) -> Optional[dict]:
     """group_qc_report.html and its views over a cohort output dataset (None when nothing was segmented)."""
     from ..review.build import build_review
 
@@ -240,12 +244,14 @@ def write_cohort_review(output_dir: str | os.PathLike, cohort, morphometry_table
 def summaries(cohort) -> dict:
     """Per (participant, session) the numbers a reviewer reads beside the views: ScLimbic's largest |z|
     and lowest confidence, sc_epi's cord volume, the SAMSEG filter's brain-mask volume."""
+    from .derivatives import CONFIDENCE_PREFIX
+
     out: dict = {}
     qc, morph = cohort.tables.get("qc", {}), cohort.tables.get("morph", {})
     if "sclimbic" in qc:
         frame = qc["sclimbic"]
         z = frame[sclimbic_z_columns(frame)].to_numpy(dtype=np.float64)
-        confidences = [c for c in frame.columns if c.startswith("confidence-")]
+        confidences = [c for c in frame.columns if c.startswith(CONFIDENCE_PREFIX)]
         for row, key in enumerate(_rows_key(frame)):
             values = out.setdefault(key[:2], {})
             finite = z[row][np.isfinite(z[row])]
