@@ -243,3 +243,27 @@ def test_report_views_are_radiological_at_native_resolution(cohort):
         if plane == "axial" and found.any():
             assert np.nonzero(found)[1].mean() > w / 2
     assert data["legends"]["morphometry"]["17"][0] == "Left-Hippocampus"
+
+
+def test_sclimbic_z_scores_and_confidences_join_the_group_tables_and_flags(cohort, tmp_path):
+    """ScLimbic's own case tables (segsuite sclimbic --write_qa_stats) given to segsuite group: z_* and
+    conf_* columns per participant (cases named after the input files), |z| > --z flagged with its rule."""
+    import pandas as pd
+
+    from segsuite.sclimbic.stats import format_case_csv
+
+    names = ["Left-Amygdala", "Right-Hippocampus"]
+    zscores = tmp_path / "zqa_scores_all.csv"
+    zscores.write_text(format_case_csv(names, {f"sub-{n:02d}_T1w": [4.2 if n == 2 else 0.5, -0.3] for n in range(1, 7)}))
+    confidences = tmp_path / "confidences_all.csv"
+    confidences.write_text(format_case_csv(names, {f"sub-{n:02d}_T1w": [0.81, 0.9] for n in range(1, 7)}))
+    out = tmp_path / "group"
+    assert main(["group", *cohort["tables"], str(zscores), str(confidences), "--o", str(out), "--z", "3"]) == 0
+    quality = pd.read_csv(out / "group_quality.tsv", sep="\t").set_index("participant_id")
+    assert quality.loc["sub-02", "z_Left-Amygdala"] == pytest.approx(4.2)
+    assert quality.loc["sub-05", "conf_Right-Hippocampus"] == pytest.approx(0.9)
+    wide = pd.read_csv(out / "group_volumes.tsv", sep="\t")
+    assert not [c for c in wide.columns if c.startswith(("z_", "conf_"))]  # not volumes
+    flags = pd.read_csv(out / "group_qc_flags.tsv", sep="\t", keep_default_na=False).set_index("participant_id")
+    assert "ScLimbic |z| Left-Amygdala > 3 (4.2)" in flags.loc["sub-02", "reasons"]
+    assert "ScLimbic" not in "".join(flags.drop(index="sub-02")["reasons"])
