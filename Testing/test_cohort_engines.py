@@ -262,7 +262,7 @@ def test_group_review_report_shows_every_engine_and_the_tables_obey_the_ratings(
 
     ratings = tmp_path / "ratings.tsv"
     ratings.write_text("participant_id\tsession_id\tengine\trating\tnote\trater\ttime\n"
-                       "sub-01\tn/a\tsclimbic\tfail\tamygdala leaks into cortex\tr1\t2026-12-07T08:00:00Z\n"
+                       "sub-01\tn/a\tsclimbic\tfail\taccumbens leaks into the caudate\tr1\t2026-12-07T08:00:00Z\n"
                        "sub-01\tn/a\tscepi[task-rest_run-1]\tfail\t\tr1\t2026-12-07T08:01:00Z\n"
                        "sub-02\tses-1\tsclimbic\tpass\t\tr1\t2026-12-07T08:02:00Z\n")
     done = segsuite("bids", run["raw"], run["output"], "group", "--qc-ratings", ratings, timeout=600)
@@ -280,7 +280,7 @@ def test_group_review_report_shows_every_engine_and_the_tables_obey_the_ratings(
             assert planes == {"axial", "coronal", "sagittal"}
             if view["e"] == "sclimbic":  # 90 mm windows around its structures on the 1 mm grid
                 assert all(tile[4] == 90 and tile[5] == 90 for tile in view["tiles"])
-                assert {"Left-Amygdala", "Right-Hippocampus"} <= {data["legends"]["sclimbic"][str(v)][0] for v in view["l"]}
+                assert {"Left-Nucleus-Accumbens", "Right-Fornix"} <= {data["legends"]["sclimbic"][str(v)][0] for v in view["l"]}
             if view["e"].startswith("scepi"):  # axial windows along the cord, as SCT's QC
                 assert sum(tile[0] == "axial" for tile in view["tiles"]) >= 3
     summary = {(s["p"], s["s"]): dict(zip(data["columns"], s["v"])) for s in data["subjects"]}
@@ -293,11 +293,12 @@ def test_group_review_report_shows_every_engine_and_the_tables_obey_the_ratings(
         return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
 
     sclimbic = {r["participant_id"]: r for r in rows("group_seg-sclimbic_morph.tsv")}
-    assert sclimbic["sub-01"]["review_rating"] == "fail" and sclimbic["sub-01"]["Left-Amygdala"] == "n/a"
+    assert sclimbic["sub-01"]["review_rating"] == "fail" and sclimbic["sub-01"]["Left-Nucleus-Accumbens"] == "n/a"
     assert sclimbic["sub-01"]["review_status"].startswith("excluded: rated fail by r1") and "leaks" in sclimbic["sub-01"]["review_status"]
-    assert sclimbic["sub-02"]["review_status"].startswith("kept: rated pass") and float(sclimbic["sub-02"]["Left-Amygdala"]) > 0
+    assert sclimbic["sub-02"]["review_status"].startswith("kept: rated pass") and float(sclimbic["sub-02"]["Left-Nucleus-Accumbens"]) > 0
     z = {r["participant_id"]: r for r in rows("group_seg-sclimbic_qc.tsv")}
-    assert z["sub-01"]["eTIV"] == "n/a" and float(z["sub-02"]["confidence-Left-Amygdala"]) > 0.3
+    assert z["sub-01"]["Left-Fornix"] == "n/a" and z["sub-01"]["confidence-Left-Fornix"] == "n/a"
+    assert float(z["sub-02"]["confidence-Left-Fornix"]) > 0.3 and -10 < float(z["sub-02"]["Left-Fornix"]) < 10
     scepi = {(r["participant_id"], r["entities"]): r for r in rows("group_seg-scepi_morph.tsv")}
     assert scepi[("sub-01", "task-rest_run-1")]["Spinal-Cord"] == "n/a"
     assert float(scepi[("sub-01", "task-rest_run-2")]["Spinal-Cord"]) > 0

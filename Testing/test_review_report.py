@@ -252,7 +252,7 @@ def test_sclimbic_z_scores_and_confidences_join_the_group_tables_and_flags(cohor
 
     from segsuite.sclimbic.stats import format_case_csv
 
-    names = ["Left-Amygdala", "Right-Hippocampus"]
+    names = ["Left-Nucleus-Accumbens", "Right-Fornix"]
     zscores = tmp_path / "zqa_scores_all.csv"
     zscores.write_text(format_case_csv(names, {f"sub-{n:02d}_T1w": [4.2 if n == 2 else 0.5, -0.3] for n in range(1, 7)}))
     confidences = tmp_path / "confidences_all.csv"
@@ -260,10 +260,10 @@ def test_sclimbic_z_scores_and_confidences_join_the_group_tables_and_flags(cohor
     out = tmp_path / "group"
     assert main(["group", *cohort["tables"], str(zscores), str(confidences), "--o", str(out), "--z", "3"]) == 0
     quality = pd.read_csv(out / "group_quality.tsv", sep="\t").set_index("participant_id")
-    assert quality.loc["sub-02", "z_Left-Amygdala"] == pytest.approx(4.2)
-    assert quality.loc["sub-05", "conf_Right-Hippocampus"] == pytest.approx(0.9)
+    assert quality.loc["sub-02", "z_Left-Nucleus-Accumbens"] == pytest.approx(4.2)
+    assert quality.loc["sub-05", "conf_Right-Fornix"] == pytest.approx(0.9)
     wide = pd.read_csv(out / "group_volumes.tsv", sep="\t")
     assert not [c for c in wide.columns if c.startswith(("z_", "conf_"))]  # not volumes
     flags = pd.read_csv(out / "group_qc_flags.tsv", sep="\t", keep_default_na=False).set_index("participant_id")
-    assert "ScLimbic |z| Left-Amygdala > 3 (4.2)" in flags.loc["sub-02", "reasons"]
+    assert "ScLimbic |z| Left-Nucleus-Accumbens > 3 (4.2)" in flags.loc["sub-02", "reasons"]
     assert "ScLimbic" not in "".join(flags.drop(index="sub-02")["reasons"])
