@@ -244,6 +244,7 @@ class Layout:
 
 
 GAP = 2
+SEPARATOR = 110  # grey between tiles: black-backed tiles (and their edge letters) stay apart
 
 
 def layout(views: Views, gap: int = GAP) -> Layout:
@@ -278,7 +279,7 @@ def resized(views: Views, size: int) -> Views:
 def render_views(views: Views, gap: int = GAP) -> tuple[np.ndarray, np.ndarray, np.ndarray, Layout]:
     """(base RGB with letters, filled labels RGBA, label outlines RGBA, layout): layers of one size."""
     sheet = layout(views, gap)
-    base = np.zeros((sheet.height, sheet.width, 3), dtype=np.uint8)
+    base = np.full((sheet.height, sheet.width, 3), SEPARATOR, dtype=np.uint8)
     fill = np.zeros((sheet.height, sheet.width, 4), dtype=np.uint8)
     edges = np.zeros_like(fill)
     palette = views.palette if views.palette is not None else np.zeros((1, 3), np.uint8)
