@@ -267,3 +267,31 @@ def test_sclimbic_z_scores_and_confidences_join_the_group_tables_and_flags(cohor
     flags = pd.read_csv(out / "group_qc_flags.tsv", sep="\t", keep_default_na=False).set_index("participant_id")
     assert "ScLimbic |z| Left-Nucleus-Accumbens > 3 (4.2)" in flags.loc["sub-02", "reasons"]
     assert "ScLimbic" not in "".join(flags.drop(index="sub-02")["reasons"])
+
+
+def test_engine_filter_selects_a_family_of_series_in_chromium(browser, tmp_path):
+    """The engine menu offers `scepi` beside each `scepi[...]` series: choosing the family shows every
+    series' panel and nothing else; choosing one series shows that one."""
+    from segsuite.review.page import files_folder, write_review_report
+    from segsuite.review.views import ViewSource, write_views
+
+    driver, _ = browser
+    report = tmp_path / "group_qc_report.html"
+    image, labels, affine = _phantom_scan(1, 1.0)
+    entries = [write_views(ViewSource("sub-01", "", engine, (image, affine), (labels, affine)), files_folder(report))
+               for engine in ("scepi[task-a]", "scepi[task-b]", "sclimbic")]
+    write_review_report(report, [{"participant_id": "sub-01", "session_id": "", "rank": 1, "n_flags": 0,
+                                  "reasons": "", "values": {}, "views": entries}])
+    driver.get(report.as_uri())
+    _wait(lambda: driver.find_element("tag name", "body").get_attribute("data-ready") == "yes")
+    options = [o.get_attribute("value") for o in driver.find_elements("css selector", "#engine option")]
+    assert options == ["", "scepi", "scepi[task-a]", "scepi[task-b]", "sclimbic"]
+
+    def shown(engine):
+        driver.execute_script("var e=document.getElementById('engine');e.value=arguments[0];"
+                              "e.dispatchEvent(new Event('input'));", engine)
+        return [p.get_attribute("data-engine") for p in driver.find_elements("css selector", "#subjects .panel")]
+
+    assert shown("scepi") == ["scepi[task-a]", "scepi[task-b]"]
+    assert shown("scepi[task-b]") == ["scepi[task-b]"]
+    assert shown("") == ["scepi[task-a]", "scepi[task-b]", "sclimbic"]

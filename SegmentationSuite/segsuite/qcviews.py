@@ -244,7 +244,7 @@ class Layout:
 
 
 GAP = 2
-SEPARATOR = 110  # grey between tiles: black-backed tiles (and their edge letters) stay apart
+SEPARATOR = 110  # grey in the gaps between tiles: black-backed tiles (and their edge letters) stay apart
 
 
 def layout(views: Views, gap: int = GAP) -> Layout:
@@ -279,13 +279,14 @@ def resized(views: Views, size: int) -> Views:
 def render_views(views: Views, gap: int = GAP) -> tuple[np.ndarray, np.ndarray, np.ndarray, Layout]:
     """(base RGB with letters, filled labels RGBA, label outlines RGBA, layout): layers of one size."""
     sheet = layout(views, gap)
-    base = np.full((sheet.height, sheet.width, 3), SEPARATOR, dtype=np.uint8)
+    base = np.zeros((sheet.height, sheet.width, 3), dtype=np.uint8)
     fill = np.zeros((sheet.height, sheet.width, 4), dtype=np.uint8)
     edges = np.zeros_like(fill)
     palette = views.palette if views.palette is not None else np.zeros((1, 3), np.uint8)
     lettered = np.zeros(base.shape[:2], dtype=bool)
     for tile, (plane, _, top, left, height, width) in zip(views.tiles, sheet.places):
         window = (slice(top, top + height), slice(left, left + width))
+        base[top:top + height + gap, left:left + width + gap] = SEPARATOR  # the gaps right of and below it
         base[window] = tile.grey[..., None]
         stamp_letters(base, plane, top, left, height, width, lettered)
         inside = tile.labels > 0

@@ -127,6 +127,7 @@ var state={page:0,size:parseInt($('page-size').value,10),current:0,mode:'outline
 function rkey(p,s,e){return p+'\t'+(s||'')+'\t'+e;}
 function save(){localStorage.setItem(KEY,JSON.stringify(store));}
 function esc(t){return String(t).replace(/[&<>"']/g,function(c){return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c];});}
+function ofEngine(v,engine){return !engine||v.e===engine||v.e.indexOf(engine+'[')===0;}
 function rated(s,v){var r=store[rkey(s.p,s.s,v.e)];return r&&r.rating;}
 function unratedPanels(s){return s.views.filter(function(v){return v.r&&!rated(s,v);});}
 function filtered(){
@@ -135,7 +136,7 @@ function filtered(){
   return D.subjects.filter(function(s){
     if(text&&(s.p+' '+s.s).toLowerCase().indexOf(text)<0) return false;
     if(flagged&&!s.n) return false;
-    if(engine&&!s.views.some(function(v){return v.e===engine;})) return false;
+    if(engine&&!s.views.some(function(v){return ofEngine(v,engine);})) return false;
     if(unrated&&!unratedPanels(s).length) return false;
     return true;});
 }
@@ -174,7 +175,7 @@ function render(){
   state.panels=[];
   $('subjects').innerHTML=shown.map(function(s){
     var values=D.columns.map(function(c,i){return s.v[i]===null?'':esc(c)+' '+esc(s.v[i]);}).filter(Boolean).join(' \u00b7 ');
-    var panels=s.views.filter(function(v){return !engine||v.e===engine;}).map(function(v){
+    var panels=s.views.filter(function(v){return ofEngine(v,engine);}).map(function(v){
       var index=state.panels.length; state.panels.push({s:s,v:v});
       var scale=Math.min(4,width/v.w);
       return '<div class="panel" data-index="'+index+'" data-engine="'+esc(v.e)+'"><div class="title">'+esc(v.t)+'</div>'+
@@ -219,7 +220,7 @@ function nextUnrated(){
   var engine=$('engine').value;
   for(var i=0;i<state.list.length;i++){
     var s=state.list[i];
-    var found=s.views.filter(function(v){return (!engine||v.e===engine)&&v.r&&!rated(s,v);})[0];
+    var found=s.views.filter(function(v){return ofEngine(v,engine)&&v.r&&!rated(s,v);})[0];
     if(!found) continue;
     var page=Math.floor(i/state.size);
     if(page!==state.page){state.page=page;render();}
@@ -336,7 +337,8 @@ document.body.setAttribute('data-ready','yes');
 
 
 def page_html(data: dict, figures: str = "", intro: str = "") -> str:
-    engines = sorted({panel["e"] for subject in data["subjects"] for panel in subject["views"]})
+    engines = {panel["e"] for subject in data["subjects"] for panel in subject["views"]}
+    engines = sorted(engines | {e.split("[")[0] for e in engines})  # a family (scepi) selects all its series
     options = "".join(f'<option value="{html.escape(e)}">{html.escape(e)}</option>' for e in engines)
     keys = " \u00b7 ".join(f"<kbd>{html.escape(k)}</kbd> {html.escape(v)}" for k, v in KEYS_HELP)
     flagged = sum(1 for s in data["subjects"] if s["n"])
