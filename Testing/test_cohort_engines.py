@@ -281,6 +281,11 @@ def test_group_review_report_shows_every_engine_and_the_tables_obey_the_ratings(
             if view["e"] == "sclimbic":  # 90 mm windows around its structures on the 1 mm grid
                 assert all(tile[4] == 90 and tile[5] == 90 for tile in view["tiles"])
                 assert {"Left-Nucleus-Accumbens", "Right-Fornix"} <= {data["legends"]["sclimbic"][str(v)][0] for v in view["l"]}
+            if view["e"] == "samseg" and view["r"]:  # the mask after the filter and SAMSEG's labels outside it
+                assert [data["legends"]["samseg"][str(v)][0] for v in view["l"]] == [
+                    "brain mask (after the filter)", "SAMSEG labels outside the mask (before the filter)"]
+            if view["e"] == "samseg" and not view["r"]:  # SAMSEG's own labels, with their own legend
+                assert data["legends"]["samseg:reference"]["2"][0] == "Left-Cerebral-White-Matter"
             if view["e"].startswith("scepi"):  # axial windows along the cord, as SCT's QC
                 assert sum(tile[0] == "axial" for tile in view["tiles"]) >= 3
     summary = {(s["p"], s["s"]): dict(zip(data["columns"], s["v"])) for s in data["subjects"]}

@@ -113,12 +113,17 @@ def view_sources(output_dir: str | os.PathLike) -> tuple[list[ViewSource], dict]
                 continue
             from ..labels import Label, LabelTable
 
-            mask_table = LabelTable([Label(1, "brain mask (after the filter)", (255, 64, 64))])
-            sources.append(ViewSource(participant, session, "samseg", t1w, str(mask), style="samseg",
-                                      title="SAMSEG filter: brain mask over the head", label_table=mask_table))
+            from ..review.views import BEFORE_ONLY
+
             sidecar = json.loads(dseg.with_name(dseg.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
             original = _resolve_bids_uri((sidecar.get("Sources") or [""])[0], output_dir, links)
-            if original is not None and original.is_file():
+            original = original if original is not None and original.is_file() else None
+            mask_table = LabelTable([Label(1, "brain mask (after the filter)", (255, 64, 64)),
+                                     Label(BEFORE_ONLY, "SAMSEG labels outside the mask (before the filter)", (64, 160, 255))])
+            sources.append(ViewSource(participant, session, "samseg", t1w, str(mask), style="samseg",
+                                      title="SAMSEG filter: brain mask over the head, before and after",
+                                      label_table=mask_table, before=str(original) if original else None))
+            if original is not None:
                 sources.append(ViewSource(participant, session, "samseg", t1w, str(original), style="samseg",
                                           title="SAMSEG labels before the filter (reference)", rated=False))
         for dseg in sorted(func.glob("*_seg-scepi_dseg.nii.gz")):

@@ -53,6 +53,12 @@ def _number(value) -> Optional[float]:
     return round(number, 4) if np.isfinite(number) else None
 
 
+def legend_key(engine: str, rated: bool = True) -> str:
+    """The page's legend table of a panel: per engine, the reference panels apart (their label values
+    mean other things, as SAMSEG's labels beside the filter's before/after mask)."""
+    return engine if rated else f"{engine}:reference"
+
+
 def page_data(report_path, subjects: Sequence[dict], title: str, columns: Sequence[str] = ()) -> dict:
     """The page's JSON. ``subjects``: dicts with participant_id, session_id, rank, n_flags, reasons,
     values ({column: number}) and views (entries of views.write_views, files relative to the report's
@@ -65,7 +71,7 @@ def page_data(report_path, subjects: Sequence[dict], title: str, columns: Sequen
         for entry in subject.get("views", []):
             if entry is None:
                 continue
-            legend = legends.setdefault(entry["engine"], {})
+            legend = legends.setdefault(legend_key(entry["engine"], entry.get("rated", True)), {})
             for value, name, colour in entry.get("legend", []):
                 legend[str(value)] = [name, colour]
             panels.append({"e": entry["engine"], "t": entry.get("title", entry["engine"]), "r": entry.get("rated", True),
@@ -152,7 +158,7 @@ function stackHtml(v,scale){
   return '<div class="stack" style="width:'+w+'px;height:'+h+'px"><img class="base" loading="lazy" decoding="async" alt="views" src="'+esc(v.f.base)+'">'+ov+'</div>';
 }
 function legendHtml(v){
-  var table=D.legends[v.e]||{};
+  var table=D.legends[v.r?v.e:v.e+':reference']||{};
   return '<div class="legend">'+v.l.map(function(value){var item=table[String(value)]||['label '+value,'#888'];
     return '<span><span class="chip" style="background:'+item[1]+'"></span>'+esc(value)+' '+esc(item[0])+'</span>';}).join('')+'</div>';
 }

@@ -26,6 +26,7 @@ VIEW_STYLES = {
     "samseg": {"levels": 3},
 }
 LAYERS = ("base", "fill", "outline")
+BEFORE_ONLY = 2  # the value of "labelled before the filter, outside its mask" in a filter's view
 
 
 @dataclass
@@ -41,6 +42,8 @@ class ViewSource:
     style: str = "default"
     rated: bool = True             # False: shown for reference only (SAMSEG before the filter)
     label_table: object = None
+    before: object = None          # the segmentation before a filter (labels' grid): its voxels outside
+                                   # ``labels`` get the value BEFORE_ONLY, so one view shows before and after
 
 
 def _volume(source):
@@ -59,6 +62,13 @@ def views_of(source: ViewSource) -> qcviews.Views:
     labels_volume = _volume(source.labels)
     labels = squeeze_to_3d(np.asarray(labels_volume.data), "the segmentation")
     labels = np.rint(labels).astype(np.int32) if labels.dtype.kind == "f" else labels.astype(np.int32)
+    if source.before is not None:
+        from ..synthseg.engine import reslice_nearest
+
+        before_volume = _volume(source.before)
+        before = squeeze_to_3d(np.asarray(before_volume.data), "the segmentation before the filter")
+        before = reslice_nearest(before, before_volume.affine, labels.shape, labels_volume.affine)
+        labels = np.where(labels > 0, labels, np.where(before > 0, BEFORE_ONLY, 0)).astype(np.int32)
     image_volume = _volume(source.image)
     if np.asarray(image_volume.data).ndim == 4:  # a one-volume series (sc_epi's mean EPI)
         image_volume = type(image_volume)(np.asarray(image_volume.data)[..., 0], image_volume.affine)
