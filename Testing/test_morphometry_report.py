@@ -75,6 +75,3 @@ def test_report_of_20_shared_scans_renders_in_headless_chromium(shared, tmp_path
     screenshot = tmp_path / "qc.png"
     shot = _chromium("--window-size=1400,1800", f"--screenshot={screenshot}", report.as_uri())
     assert shot.returncode == 0 and screenshot.stat().st_size > 50_000, shot.stderr[-2000:]
-    target = os.environ.get("SEGSUITE_SCREENSHOTS")
-    if target:  # tools/... sets this to refresh Screenshots/
-        shutil.copy(screenshot, Path(target) / "review_report_morphometry.png")
