@@ -202,8 +202,9 @@ def check_tables_obey(out: Path, table_paths, failed: str, kept) -> None:
     original = read_subject_tables(table_paths).set_index("participant_id")
     others = original.drop(index=failed)
     _, slopes, intercepts = residual_correction(others[regions].to_numpy(float), others["TIV"].to_numpy(float))
+    # the intercepts are written to 0.01 mm3 (table_values)
     assert np.allclose(fit.loc[regions, "slope"], slopes, equal_nan=True)
-    assert np.allclose(fit.loc[regions, "intercept"], intercepts, equal_nan=True)
+    assert np.allclose(fit.loc[regions, "intercept"], intercepts, rtol=0, atol=0.005 + 1e-9, equal_nan=True)
     assert (fit.loc[regions, "n"] == len(others)).all()
     full = residual_correction(original[regions].to_numpy(float), original["TIV"].to_numpy(float))[1]
     assert not np.allclose(full, slopes), "leaving the failed subject out must change the fits"

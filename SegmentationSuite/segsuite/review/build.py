@@ -99,8 +99,8 @@ def morphometry_sources(table_paths: Sequence[str], frame, engine: str = "morpho
     import json
 
     sources, missing = [], {}
-    ids = frame[["participant_id", "session_id"]].fillna("").astype(str).itertuples(index=False, name=None)
-    for path, (participant, session) in zip(table_paths, ids):
+    ids = (_key(*row) for row in frame[["participant_id", "session_id"]].itertuples(index=False, name=None))
+    for path, (participant, session) in zip(table_paths, ids):  # a missing session ('n/a' in the tables) is ''
         sidecar = Path(str(path)[: -len("morphometry.tsv")] + "morphometry.json")
         try:
             inputs = json.loads(sidecar.read_text(encoding="utf-8")).get("inputs", {})
