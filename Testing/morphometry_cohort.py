@@ -50,18 +50,19 @@ def make_cohort(shared: Path, count: int = 20, seed: int = 0):
 
 
 def morphometry_of_cohort(cohort):
-    """Per-subject tables and mosaics, as the cohort runner's group step would gather them."""
+    """Per-subject tables and the review report's view sources, as the group step gathers them."""
     from segsuite.labels import freesurfer_lut
-    from segsuite.morphometry.report import subject_mosaic
     from segsuite.morphometry.subject import compute_morphometry
     from segsuite.result import SegmentationResult
+    from segsuite.review.views import ViewSource
 
-    rows, mosaics = [], {}
+    rows, sources = [], []
     for participant, image, labels, affine, qc in cohort:
         values = [int(v) for v in np.unique(labels)]
         result = SegmentationResult(labels=labels, affine=affine, label_table=freesurfer_lut().subset(values),
                                     qc=qc, subject=participant)
         morphometry = compute_morphometry((image, affine), result)
         rows.append(morphometry.table_row(participant, ""))
-        mosaics[(participant, "")] = subject_mosaic(image, labels, affine)
-    return rows, mosaics
+        sources.append(ViewSource(participant, "", "morphometry", (image, affine), (labels, affine),
+                                  title="segmentation over the image"))
+    return rows, sources

@@ -252,3 +252,61 @@ def test_group_level_gathers_every_engine_table(run):
     assert all(float(r["Spinal-Cord"]) > 0 for r in scepi)
     samseg = rows("group_seg-samseg_morph.tsv")
     assert [r["participant_id"] for r in samseg] == ["sub-01"] and "CSF" not in samseg[0]
+
+
+def test_group_review_report_shows_every_engine_and_the_tables_obey_the_ratings(run, tmp_path):
+    """group_qc_report.html: per image folder the views of each engine (ScLimbic centred on its
+    structures, sc_epi's cord per BOLD series, the SAMSEG filter's mask over the head with SAMSEG's labels
+    before the filter); --qc-ratings leaves the failed (subject, engine) rows' numbers out."""
+    from segsuite.review.page import read_page_data
+
+    ratings = tmp_path / "ratings.tsv"
+    ratings.write_text("participant_id\tsession_id\tengine\trating\tnote\trater\ttime\n"
+                       "sub-01\tn/a\tsclimbic\tfail\taccumbens leaks into the caudate\tr1\t2026-12-07T08:00:00Z\n"
+                       "sub-01\tn/a\tscepi[task-rest_run-1]\tfail\t\tr1\t2026-12-07T08:01:00Z\n"
+                       "sub-02\tses-1\tsclimbic\tpass\t\tr1\t2026-12-07T08:02:00Z\n")
+    done = segsuite("bids", run["raw"], run["output"], "group", "--qc-ratings", ratings, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "kB per subject" in done.stderr and "group_qc_report.html" in done.stdout
+    data = read_page_data(run["output"] / "group_qc_report.html")
+    panels = {(s["p"], s["s"]): [(v["e"], v["r"]) for v in s["views"]] for s in data["subjects"]}
+    assert panels == {("sub-01", ""): [("sclimbic", True), ("samseg", True), ("samseg", False),
+                                       ("scepi[task-rest_run-1]", True), ("scepi[task-rest_run-2]", True)],
+                      ("sub-02", "ses-1"): [("sclimbic", True)], ("sub-03", ""): [("scepi[task-rest]", True)]}
+    for subject in data["subjects"]:
+        for view in subject["views"]:
+            assert all((run["output"] / path).is_file() for path in view["f"].values())
+            planes = {tile[0] for tile in view["tiles"]}
+            assert planes == {"axial", "coronal", "sagittal"}
+            if view["e"] == "sclimbic":  # 90 mm windows around its structures on the 1 mm grid
+                assert all(tile[4] == 90 and tile[5] == 90 for tile in view["tiles"])
+                assert {"Left-Nucleus-Accumbens", "Right-Fornix"} <= {data["legends"]["sclimbic"][str(v)][0] for v in view["l"]}
+            if view["e"] == "samseg" and view["r"]:  # the mask after the filter and SAMSEG's labels outside it
+                assert [data["legends"]["samseg"][str(v)][0] for v in view["l"]] == [
+                    "brain mask (after the filter)", "SAMSEG labels outside the mask (before the filter)"]
+            if view["e"] == "samseg" and not view["r"]:  # SAMSEG's own labels, with their own legend
+                assert data["legends"]["samseg:reference"]["2"][0] == "Left-Cerebral-White-Matter"
+            if view["e"].startswith("scepi"):  # axial windows along the cord, as SCT's QC
+                assert sum(tile[0] == "axial" for tile in view["tiles"]) >= 3
+    summary = {(s["p"], s["s"]): dict(zip(data["columns"], s["v"])) for s in data["subjects"]}
+    assert summary[("sub-02", "ses-1")]["sclimbic_max_abs_z"] > 0
+    assert 0 < summary[("sub-02", "ses-1")]["sclimbic_min_confidence"] <= 1
+    assert 1.0e6 < summary[("sub-01", "")]["samseg_brain_mask_mm3"] < 1.8e6
+
+    def rows(name):
+        lines = (run["output"] / name).read_text().splitlines()
+        return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+
+    sclimbic = {r["participant_id"]: r for r in rows("group_seg-sclimbic_morph.tsv")}
+    assert sclimbic["sub-01"]["review_rating"] == "fail" and sclimbic["sub-01"]["Left-Nucleus-Accumbens"] == "n/a"
+    assert sclimbic["sub-01"]["review_status"].startswith("excluded: rated fail by r1") and "leaks" in sclimbic["sub-01"]["review_status"]
+    assert sclimbic["sub-02"]["review_status"].startswith("kept: rated pass") and float(sclimbic["sub-02"]["Left-Nucleus-Accumbens"]) > 0
+    z = {r["participant_id"]: r for r in rows("group_seg-sclimbic_qc.tsv")}
+    assert z["sub-01"]["Left-Fornix"] == "n/a" and z["sub-01"]["confidence-Left-Fornix"] == "n/a"
+    assert float(z["sub-02"]["confidence-Left-Fornix"]) > 0.3 and -10 < float(z["sub-02"]["Left-Fornix"]) < 10
+    scepi = {(r["participant_id"], r["entities"]): r for r in rows("group_seg-scepi_morph.tsv")}
+    assert scepi[("sub-01", "task-rest_run-1")]["Spinal-Cord"] == "n/a"
+    assert float(scepi[("sub-01", "task-rest_run-2")]["Spinal-Cord"]) > 0
+    assert scepi[("sub-03", "task-rest")]["review_rating"] == "unrated"
+    samseg = rows("group_seg-samseg_morph.tsv")
+    assert samseg[0]["review_rating"] == "unrated" and float(samseg[0]["Left-Hippocampus"]) > 0

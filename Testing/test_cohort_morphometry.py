@@ -137,9 +137,13 @@ def test_group_level_writes_the_morphometry_group_step(cohort):
     ranking = pd.read_csv(output / "group_qc_ranking.tsv", sep="\t")
     assert list(ranking["rank"]) == [1, 2, 3] and {"n_flags", "reasons"} <= set(ranking.columns)
     assert (output / "group_qc_flags.tsv").is_file()
-    report = (output / "group_qc_report.html").read_text()
-    assert all(f"sub-{p}" in report for p, *_ in SUBJECTS)
-    assert report.count('class="mosaic"') == len(SUBJECTS)
+    from segsuite.review.page import read_page_data
+
+    report = read_page_data(output / "group_qc_report.html")
+    assert sorted(s["p"] for s in report["subjects"]) == sorted(f"sub-{p}" for p, *_ in SUBJECTS)
+    # every subject's SynthSeg views, each a base, filled and outlined layer beside the report
+    assert all([v["e"] for v in s["views"]] == ["synthseg"] for s in report["subjects"])
+    assert all((output / f).is_file() for s in report["subjects"] for f in s["views"][0]["f"].values())
     assert "group_qc_report.html" in (output / ".bidsignore").read_text().split()
     assert "group_qc_report.html" in cohort["group_stdout"]
     # the engines' own group tables are still there

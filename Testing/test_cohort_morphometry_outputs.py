@@ -92,12 +92,19 @@ def test_group_step_over_a_cohort_output_dataset(tmp_path):
     (output / "logs").mkdir()  # what else lies in a cohort dataset is not read
     written = write_morphometry_group(output)
     assert {"group_volumes.tsv", "group_volumes_tiv-proportional.tsv", "group_volumes_tiv-residual.tsv",
-            "group_tiv-residual_fit.tsv", "group_qc_flags.tsv", "group_qc_ranking.tsv",
-            "group_qc_report.html"} <= set(written)
+            "group_tiv-residual_fit.tsv", "group_qc_flags.tsv", "group_qc_ranking.tsv"} <= set(written.names)
     wide = pd.read_csv(output / "group_volumes.tsv", sep="\t")
     proportional = pd.read_csv(output / "group_volumes_tiv-proportional.tsv", sep="\t")
     assert list(wide["participant_id"]) == ["sub-01", "sub-02", "sub-03", "sub-04"]
     assert np.allclose(proportional["Left-Cerebral-Cortex"], wide["Left-Cerebral-Cortex"] / wide["TIV"] * 1.5e6)
-    report = (output / "group_qc_report.html").read_text()
-    assert report.count('class="mosaic"') == 4
-    assert write_morphometry_group(tmp_path / "empty") == []
+    from segsuite.cohort.group import collect_cohort_tables
+    from segsuite.cohort.review import write_cohort_review
+    from segsuite.review.page import read_page_data
+
+    review = write_cohort_review(output, collect_cohort_tables(output), written.tables)
+    data = read_page_data(output / review["name"])
+    assert [s["p"] for s in sorted(data["subjects"], key=lambda s: s["p"])] == ["sub-01", "sub-02", "sub-03", "sub-04"]
+    tiv = {s["p"]: dict(zip(data["columns"], s["v"]))["TIV"] for s in data["subjects"]}
+    assert tiv == pytest.approx(dict(zip(wide["participant_id"], wide["TIV"])))
+    empty = write_morphometry_group(tmp_path / "empty")
+    assert empty.names == [] and empty.tables is None

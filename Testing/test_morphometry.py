@@ -234,8 +234,12 @@ def test_morphometry_and_group_cli_on_a_real_scan(shared, tmp_path, capsys):
     assert main(["group", *tables, "--o", str(tmp_path / "group"), "--report"]) == 0
     wide = (tmp_path / "group" / "group_volumes.tsv").read_text().splitlines()
     assert wide[0].startswith("participant_id\tsession_id\tTIV\t") and len(wide) == 4
-    report = (tmp_path / "group" / "group_qc_report.html").read_text()
-    assert report.count('<img class="mosaic"') == 3 and "sub-2" in report
+    from segsuite.review.page import read_page_data
+
+    data = read_page_data(tmp_path / "group" / "group_qc_report.html")
+    assert sorted(s["p"] for s in data["subjects"]) == ["sub-1", "sub-2", "sub-3"]
+    assert all(len(s["views"]) == 1 and set(s["views"][0]["f"]) == {"base", "fill", "outline"} for s in data["subjects"])
+    assert all((tmp_path / "group" / path).is_file() for s in data["subjects"] for path in s["views"][0]["f"].values())
 
 
 def test_morphometry_cli_errors_are_one_line(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The visual QC report: built from a 20-subject cohort of ../shared scans, rendered by headless Chromium."""
+"""The QC mosaic, and the review report built from a 20-subject cohort of ../shared scans (real SAMSEG and
+FreeSurfer segmentations), rendered by headless Chromium."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from morphometry_cohort import make_cohort, morphometry_of_cohort  # noqa: E402
 
 from segsuite.morphometry.group import build_group_tables  # noqa: E402
-from segsuite.morphometry.report import subject_mosaic, write_report  # noqa: E402
+from segsuite.morphometry.report import subject_mosaic  # noqa: E402
+from segsuite.review.build import build_review  # noqa: E402
+from segsuite.review.page import read_page_data  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -50,25 +53,25 @@ def test_report_of_20_shared_scans_renders_in_headless_chromium(shared, tmp_path
     shared("fixtures", "synthseg", "runs")
     import pandas as pd
 
-    rows, mosaics = morphometry_of_cohort(make_cohort(shared("")))
+    rows, sources = morphometry_of_cohort(make_cohort(shared("")))
     tables = build_group_tables(pd.DataFrame(rows))
     report = tmp_path / "qc.html"
-    size = write_report(report, tables, mosaics)
+    built = build_review(report, sources, tables)
+    size = built["bytes"]
     assert size == report.stat().st_size and size < 2_000_000
+    assert built["entries"] == 20 and built["per_subject"] < 400_000
     text = report.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
-    assert text.count('loading="lazy"') >= 20
     # flagged first: the heavy-noise subjects and the low SynthSeg QC are at the top
-    ranked = tables.ranking["participant_id"].tolist()
+    data = read_page_data(report)
+    ranked = [s["p"] for s in data["subjects"]]
     flagged = tables.ranking[tables.ranking["n_flags"] > 0]["participant_id"].tolist()
-    assert flagged and ranked[:len(flagged)] == flagged and "sub-014mnesample" in flagged
+    assert flagged and sorted(ranked[:len(flagged)]) == sorted(flagged) and "sub-014mnesample" in flagged
     dom = _chromium("--dump-dom", report.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-ready="yes"' in dom.stdout  # the page's script ran to its end
+    assert dom.stdout.count('loading="lazy"') >= 20  # the views load when seen
     assert "CONSOLE" not in dom.stderr and "Uncaught" not in dom.stderr, dom.stderr[-2000:]
     screenshot = tmp_path / "qc.png"
     shot = _chromium("--window-size=1400,1800", f"--screenshot={screenshot}", report.as_uri())
     assert shot.returncode == 0 and screenshot.stat().st_size > 50_000, shot.stderr[-2000:]
-    target = os.environ.get("SEGSUITE_SCREENSHOTS")
-    if target:  # tools/... sets this to refresh Screenshots/
-        shutil.copy(screenshot, Path(target) / "morphometry_qc_report.png")

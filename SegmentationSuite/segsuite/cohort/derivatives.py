@@ -33,6 +33,7 @@ PROVENANCE_SUFFIX = "_segsuite.json"
 BIDSIGNORE = ["logs/", "work/", "work", ".staging/", "*_segsuite.json", "*_morph.tsv", "*_qc.tsv", "group_*.tsv"]
 # --morphometry (cohort/morphometry_outputs.py): metric tables, QC mosaics, aseg.stats, the QC report
 BIDSIGNORE += ["*_morphometry.tsv", "*_morphometry.json", "*_mosaic.webp", "*_aseg.stats", "group_qc_report.html"]
+BIDSIGNORE += ["group_qc_report_files/", "*_ratings.tsv"]  # the review report's views; exported ratings
 PARC_TO_CORTEX = ((1000, 1999, 3), (2000, 2999, 42))  # DK parcels back to SynthSeg's cortex labels
 
 
@@ -90,11 +91,15 @@ def _morph_text(result: SegmentationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONFIDENCE_PREFIX = "confidence-"  # ScLimbic's mean posterior per structure, beside its z-scores
+
+
 def _qc_text(result: SegmentationResult) -> str:
     from ..table_values import score_text
 
     lines = ["name\tscore"]
-    for name, value in {**result.qc, **result.measures}.items():
+    confidences = {f"{CONFIDENCE_PREFIX}{name}": value for name, value in result.tables.get("confidences", {}).items()}
+    for name, value in {**result.qc, **result.measures, **confidences}.items():
         lines.append(f"{name}\t{score_text(None if value is None else float(value))}")
     return "\n".join(lines) + "\n"
 
@@ -120,7 +125,7 @@ def write_segmentation(folder: Path, item: CohortItem, seg: str, result: Segment
     if result.volumes:
         Path(f"{stem}_morph.tsv").write_text(_morph_text(result), encoding="utf-8")
         written.append(f"{stem.name}_morph.tsv")
-    if result.qc or result.measures:
+    if result.qc or result.measures or result.tables.get("confidences"):
         Path(f"{stem}_qc.tsv").write_text(_qc_text(result), encoding="utf-8")
         written.append(f"{stem.name}_qc.tsv")
     if posteriors and result.posteriors is not None:

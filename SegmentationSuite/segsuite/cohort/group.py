@@ -55,15 +55,24 @@ def collect_cohort_tables(output_dir: str | os.PathLike) -> CohortTables:
     return CohortTables(tables, failures)
 
 
-def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables) -> list[str]:
+def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables, ratings=None) -> list[str]:
+    """The wide tables at the dataset root; with ``ratings`` (review.ratings.read_ratings) the
+    (subject, engine) rows rated fail have their analysis columns n/a, and every row says why."""
+    from ..review.ratings import RATING_COLUMN, STATUS_COLUMN
     from ..table_values import frame_text
 
     output_dir = Path(output_dir)
+    tables = group.tables
+    if ratings is not None:
+        from ..morphometry.group import MAD_LIMIT, QC_THRESHOLD, Z_LIMIT
+        from .review import apply_ratings_to_cohort, engine_flags
+
+        tables = apply_ratings_to_cohort(group, ratings, engine_flags(group, QC_THRESHOLD, Z_LIMIT, MAD_LIMIT))
     transaction = OutputTransaction(overwrite=True)
     try:
-        for table, by_seg in group.tables.items():
+        for table, by_seg in tables.items():
             for seg, frame in by_seg.items():
-                ids = ("participant_id", "session_id", "entities")
+                ids = ("participant_id", "session_id", "entities", RATING_COLUMN, STATUS_COLUMN)
                 transaction.write_text(output_dir / f"group_seg-{seg}_{table}.tsv", frame_text(
                     frame, [c for c in frame.columns if c not in ids] if table == "morph" else ()))
         if group.failures is not None:

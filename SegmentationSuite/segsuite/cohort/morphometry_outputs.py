@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +23,7 @@ import numpy as np
 from ..result import SegmentationResult
 from .index import CohortItem
 
-REPORT_NAME = "group_qc_report.html"
+MORPHOMETRY_ENGINE = "synthseg"  # the morphometry of a cohort is SynthSeg's: its ratings are SynthSeg's
 RESOLUTION = "1 mm isotropic (SynthSeg's working grid, aligned with the input)"
 
 
@@ -78,29 +79,28 @@ def subject_tables(output_dir: str | os.PathLike) -> list[Path]:
                   for path in subject.rglob(f"*_{TABLE_SUFFIX}"))
 
 
-def write_morphometry_group(output_dir: str | os.PathLike, qc_threshold: Optional[float] = None) -> list[str]:
+@dataclass
+class MorphometryGroup:
+    names: list = field(default_factory=list)   # the files written
+    tables: object = None                        # MorphometryGroupTables, or None without morphometry
+
+
+def write_morphometry_group(output_dir: str | os.PathLike, qc_threshold: Optional[float] = None,
+                            ratings: Optional[dict] = None) -> MorphometryGroup:
     """The morphometry group step over a cohort output dataset: the group tables (wide, TIV-corrected
-    both ways with the residual fit, quality, the flags and worst-first ranking) and the HTML QC report,
-    at the dataset root; returns their names (none when no subject has a morphometry table)."""
-    from ..morphometry.group import (QC_THRESHOLD, build_group_tables, read_subject_tables,
-                                     write_morphometry_group_tables)
-    from ..morphometry.report import write_report
-    from ..morphometry.subject import mosaic_beside
+    both ways with the residual fit, quality, the flags and worst-first ranking) at the dataset root;
+    the subjects rated fail for SynthSeg in ``ratings`` are left out of the volumes and fits. Returns
+    the names written and the tables (none when no subject has a morphometry table); the review
+    report (cohort/review.py) shows them."""
+    from ..morphometry.group import QC_THRESHOLD, build_group_tables, read_subject_tables, write_morphometry_group_tables
 
     tables_paths = subject_tables(output_dir)
     if not tables_paths:
-        return []
+        return MorphometryGroup()
     frame = read_subject_tables(tables_paths)
-    tables = build_group_tables(frame, QC_THRESHOLD if qc_threshold is None else qc_threshold)
+    tables = build_group_tables(frame, QC_THRESHOLD if qc_threshold is None else qc_threshold, ratings=ratings,
+                                engine=MORPHOMETRY_ENGINE)
     for warning in tables.warnings:
         print(f"segsuite bids group: warning: {warning}", file=sys.stderr)
-    mosaics = {}
-    for path, (participant, session) in zip(tables_paths, frame[["participant_id", "session_id"]].fillna("").astype(str)
-                                            .itertuples(index=False, name=None)):
-        picture = mosaic_beside(str(path))
-        if picture is not None:
-            mosaics[(participant, session)] = picture
     written = write_morphometry_group_tables(tables, str(output_dir), overwrite=True)
-    report = Path(output_dir) / REPORT_NAME
-    write_report(report, tables, mosaics)
-    return sorted([os.path.basename(path) for path in written.values()] + [REPORT_NAME])
+    return MorphometryGroup(sorted(os.path.basename(path) for path in written.values()), tables)

@@ -13,7 +13,10 @@ DESCRIPTION = """segsuite bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
 
 participant: segment every T1w image (one Dask task per subject/session); finished subjects are
 skipped, failures go to OUTPUT_DIR/logs/failed.tsv and the exit status is 1 if any failed.
-group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv.
+group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv and write
+group_qc_report.html, the reviewer's page (views of every engine per subject, ratings exported as a
+TSV); --qc-ratings FILE (that TSV) leaves the (subject, engine) pairs rated fail out of the tables'
+analysis columns and the TIV fits, with review_rating and review_status columns saying why.
 --models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
 samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
 engine's input is skipped for it (logs/skipped.tsv).
@@ -64,6 +67,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scheduler", metavar="ADDRESS", help="join a running Dask scheduler (tcp://host:8786)")
     parser.add_argument("--retries", type=int, default=2, help="times a task is retried when its worker dies (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="redo every subject, even those already done")
+    parser.add_argument("--qc-ratings", metavar="FILE",
+                        help="group: the ratings TSV exported from group_qc_report.html; (subject, engine) pairs rated "
+                             "fail are left out of the group tables' analysis columns and the TIV fits")
     parser.add_argument("--morphometry", action="store_true",
                         help="SynthSeg: GM/WM/CSF label-*_probseg maps, the 3-class _dseg, desc-brain_mask and the "
                              "image-quality/TIV table per subject; the group level adds the TIV-corrected tables, "
@@ -140,11 +146,22 @@ def run(args) -> int:
     if args.analysis_level == "group":
         if not output_dir.is_dir():
             raise InputError(f"{output_dir} does not exist: run the participant level first")
-        tables = group_level.collect_cohort_tables(output_dir)
-        written = group_level.write_cohort_tables(output_dir, tables)
         from ..cohort.morphometry_outputs import write_morphometry_group
+        from ..review.ratings import read_ratings
 
-        written += write_morphometry_group(output_dir)
+        ratings = read_ratings(args.qc_ratings) if args.qc_ratings else None  # its mistakes before any work
+        tables = group_level.collect_cohort_tables(output_dir)
+        written = group_level.write_cohort_tables(output_dir, tables, ratings)
+        morphometry = write_morphometry_group(output_dir, ratings=ratings)
+        written += morphometry.names
+        from ..cohort.review import write_cohort_review
+
+        review = write_cohort_review(output_dir, tables, morphometry.tables, workers=args.nprocs)
+        if review is not None:
+            written.append(review["name"])
+            print(f"segsuite bids group: {review['name']}: {review['bytes'] / 1e6:.2f} MB page + "
+                  f"{review['views_bytes'] / 1e6:.1f} MB of views ({review['per_subject'] / 1e3:.0f} kB per subject), "
+                  f"{review['entries']} views of {review['subjects']} image folders", file=sys.stderr)
         failures = 0 if tables.failures is None else len(tables.failures)
         print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
         return 0

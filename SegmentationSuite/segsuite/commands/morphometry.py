@@ -40,7 +40,8 @@ def run(args) -> int:
     morphometry = compute_morphometry(args.image, result, subject=prefix)
     paths = write_morphometry(morphometry, args.output, prefix, overwrite=args.overwrite,
                               inputs=[args.image, args.seg], result=result,
-                              participant_id=args.participant, session_id=args.session)
+                              participant_id=args.participant, session_id=args.session,
+                              sources={"image": args.image, "segmentation": args.seg})
     print(f"TIV {morphometry.tiv:.0f} mm3 ({morphometry.tiv_source}); SNR (spec) {morphometry.metrics['spec_snr']:.2f}, "
           f"CNR (spec) {morphometry.metrics['spec_cnr']:.2f}; wrote {len(paths)} files to {args.output}")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ TIV_COLUMN = "TIV"
 TIV_MEASURES = ("eTIV", "sTIV", "tmTIV")  # stats files' TIV Measures, preferred first
 QC_PREFIX = "qc_"
 ZSCORE_PREFIX = "z_"
+CONFIDENCE_PREFIX = "conf_"   # ScLimbic's mean posterior of each structure
 METRIC_PREFIXES = ("spec_", "mriqc_")
 PROPORTIONAL_TIV = 1_500_000.0  # mm3: the spec's proportional scaling to 1.5 L
 QC_THRESHOLD = 0.65
@@ -50,17 +51,20 @@ class MorphometryGroupTables:
 
 
 def is_quality_column(column: str) -> bool:
-    """A QC score, z-score or image-quality metric column (not a volume)."""
-    return column.startswith(QC_PREFIX) or column.startswith(ZSCORE_PREFIX) or column.startswith(METRIC_PREFIXES)
+    """A QC score, z-score, confidence or image-quality metric column (not a volume)."""
+    return column.startswith((QC_PREFIX, ZSCORE_PREFIX, CONFIDENCE_PREFIX)) or column.startswith(METRIC_PREFIXES)
 
 
 def read_subject_tables(paths: Iterable[str | os.PathLike]):
     """Read per-subject TSVs (ours, or stats2table's tidy ones) into one frame with a row per subject."""
     import pandas as pd
 
-    frames = []
+    frames, sclimbic = [], []
     for path in paths:
         path = os.fspath(path)
+        if path.endswith(".csv") and _is_sclimbic_case_table(path):
+            sclimbic.append(_from_sclimbic(path))
+            continue
         try:
             frame = pd.read_csv(path, sep="," if path.endswith(".csv") else "\t", na_values=["n/a"],
                                 keep_default_na=True, dtype={"participant_id": str, "session_id": str})
@@ -73,8 +77,12 @@ def read_subject_tables(paths: Iterable[str | os.PathLike]):
                              "or a stats2table table")
         frames.append(frame)
     if not frames:
-        raise InputError("no table given")
-    return _with_session_marker(pd.concat(frames, ignore_index=True, sort=False))
+        raise InputError("no table given" if not sclimbic else "ScLimbic's tables add z-scores and confidences to "
+                         "subjects: give their morphometry tables too")
+    table = pd.concat(frames, ignore_index=True, sort=False)
+    for extra in sclimbic:
+        table = _join_by_participant(table, extra)
+    return _with_session_marker(table)
 
 
 def _with_session_marker(table):
@@ -83,6 +91,46 @@ def _with_session_marker(table):
         table["session_id"] = MISSING
     table["session_id"] = table["session_id"].fillna(MISSING).astype(str).replace("", MISSING)
     return table
+
+
+SCLIMBIC_TABLES = {"zqa_scores_all.csv": ZSCORE_PREFIX, "confidences_all.csv": CONFIDENCE_PREFIX}
+
+
+def _is_sclimbic_case_table(path: str) -> bool:
+    return any(os.path.basename(path).endswith(name) for name in SCLIMBIC_TABLES)
+
+
+def _from_sclimbic(path: str):
+    """ScLimbic's case table (case, one column per structure) as participant_id + z_*/conf_* columns."""
+    from ..sclimbic.stats import read_case_csv
+    import pandas as pd
+
+    prefix = next(p for name, p in SCLIMBIC_TABLES.items() if os.path.basename(path).endswith(name))
+    columns, rows = read_case_csv(path)
+    return pd.DataFrame([{"participant_id": case, **{prefix + c: (np.nan if v is None else v) for c, v in zip(columns, values)}}
+                         for case, values in rows.items()])
+
+
+def _join_by_participant(table, extra):
+    """Add ``extra``'s columns to the rows of the same participant (the case name, or its sub-<label>
+    entity: ScLimbic names cases after the input file)."""
+    import pandas as pd
+
+    known = set(table["participant_id"].astype(str))
+
+    def participant(case: str) -> str:
+        if case in known:
+            return case
+        entity = case.split("_")[0]
+        return entity if entity in known else case
+
+    extra = extra.assign(participant_id=[participant(str(c)) for c in extra["participant_id"]])
+    unknown = sorted(set(extra["participant_id"]) - known)
+    if unknown:
+        raise InputError(f"ScLimbic case {unknown[0]} matches no participant_id of the morphometry tables: name the "
+                         "ScLimbic inputs after the participants (sub-<label>...)")
+    new = [c for c in extra.columns if c != "participant_id"]
+    return table.drop(columns=[c for c in new if c in table.columns]).merge(extra, on="participant_id", how="left")
 
 
 def _from_tidy(frame):
@@ -155,8 +203,13 @@ def robust_outliers(values: np.ndarray, limit: float = MAD_LIMIT) -> tuple[np.nd
 
 
 def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: float = MAD_LIMIT,
-                       z_limit: float = Z_LIMIT) -> MorphometryGroupTables:
-    """All group tables from a frame with one row per subject (see read_subject_tables)."""
+                       z_limit: float = Z_LIMIT, ratings: Optional[dict] = None,
+                       engine: str = "morphometry") -> MorphometryGroupTables:
+    """All group tables from a frame with one row per subject (see read_subject_tables).
+
+    ``ratings`` (review.ratings.read_ratings): the rows rated fail for ``engine`` keep their ids but
+    their TIV and volumes are n/a in the wide and corrected tables and left out of the TIV fits; every
+    table then says each row's rating and why (review_rating, review_status)."""
     import pandas as pd
 
     table = _with_session_marker(table.copy())
@@ -173,7 +226,17 @@ def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: flo
         raise InputError("the tables have no TIV column: run segsuite morphometry (or give eTIV in the stats)")
     tiv = table[TIV_COLUMN].to_numpy(dtype=np.float64)
     volumes = table[volume_columns].to_numpy(dtype=np.float64)
-    wide = pd.concat([ids, table[[TIV_COLUMN] + volume_columns].reset_index(drop=True)], axis=1)
+    failed = np.zeros(len(table), dtype=bool)
+    if ratings is not None:
+        from ..review.ratings import review_columns
+
+        failed = np.array(review_columns(ids, ratings, engine)[2], dtype=bool)
+        tiv, volumes = tiv.copy(), volumes.copy()
+        tiv[failed] = np.nan     # a failed segmentation's TIV and volumes are not data
+        volumes[failed] = np.nan
+    analysis = pd.DataFrame(np.column_stack([tiv, volumes]) if len(table) else np.empty((0, 1 + len(volume_columns))),
+                            columns=[TIV_COLUMN] + volume_columns)
+    wide = pd.concat([ids, analysis], axis=1)
     proportional = pd.concat([ids, pd.DataFrame(proportional_correction(volumes, tiv), columns=volume_columns)], axis=1)
     residuals, slopes, intercepts = residual_correction(volumes, tiv)
     residual = pd.concat([ids, pd.DataFrame(residuals, columns=volume_columns)], axis=1)
@@ -207,6 +270,13 @@ def build_group_tables(table, qc_threshold: float = QC_THRESHOLD, mad_limit: flo
             reasons[index].append(f"{label} ({values[index]:.4g})")
     flags = pd.concat([ids, pd.DataFrame({"n_flags": [len(r) for r in reasons], "severity": severity,
                                           "reasons": ["; ".join(r) for r in reasons]})], axis=1)
+    if ratings is not None:
+        from ..review.ratings import RATING_COLUMN, STATUS_COLUMN, review_columns
+
+        rated, status, _ = review_columns(ids, ratings, engine, flags["reasons"].tolist())
+        for frame in (wide, proportional, residual, quality, flags):
+            frame.insert(2, STATUS_COLUMN, status)
+            frame.insert(2, RATING_COLUMN, rated)
     ranking = pd.concat([flags, quality[quality_columns]], axis=1)
     ranking = ranking.sort_values(["n_flags", "severity", "participant_id"], ascending=[False, False, True],
                                   kind="stable").reset_index(drop=True)

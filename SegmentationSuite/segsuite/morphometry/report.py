@@ -1,102 +1,35 @@
-"""The visual QC report: one self-contained HTML file (no network needed), flagged subjects first.
-
-    from segsuite.morphometry.report import subject_mosaic, write_report
-    mosaics = {("sub-01", ""): subject_mosaic(image, labels, affine), ...}
-    write_report("qc.html", tables, mosaics)          # tables: group.build_group_tables(...)
-
-Per subject: a 3-plane mosaic of the segmentation's outline over the image (a small WebP/PNG thumbnail,
-inlined as base64 and decoded lazily), its QC figures and flags. Group plots (matplotlib): each metric's
-distribution with the flagged outliers marked, every region's volume against TIV. A filter box and a
-"flagged only" switch keep 1,000 subjects usable; thumbnails are ~5-10 kB each.
+"""The per-subject QC mosaic (written beside the morphometry outputs) and the group plots of the
+review report (segsuite.review): each metric's distribution with the flagged outliers marked, every
+region's volume against TIV with the cohort's fit.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
-import os
-from typing import Mapping, Optional
+from typing import Optional
 
 import numpy as np
 
-THUMBNAIL_SIZE = 112  # pixels per plane
-PRIMARY_METRICS = ("spec_snr", "spec_cnr", "mriqc_snr_total", "mriqc_cnr", "mriqc_cjv", "mriqc_efc")
 
-
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    import nibabel as nib
-
-    orientation = nib.orientations.io_orientation(affine)
-    return nib.orientations.apply_orientation(array, orientation)
-
-
-def _resize_nearest(plane: np.ndarray, size: int) -> np.ndarray:
-    rows = np.minimum((np.arange(size) * plane.shape[0] / size).astype(int), plane.shape[0] - 1)
-    columns = np.minimum((np.arange(size) * plane.shape[1] / size).astype(int), plane.shape[1] - 1)
-    return plane[rows][:, columns]
-
-
-def _outline(labels: np.ndarray) -> np.ndarray:
-    edge = np.zeros(labels.shape, dtype=bool)
-    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    return edge & (labels > 0)
-
-
-def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, size: int = THUMBNAIL_SIZE,
+def subject_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, size: Optional[int] = None,
                    image_format: str = "webp") -> tuple[str, bytes]:
-    """Axial, coronal and sagittal slices through the brain's centre with the label outlines in their
-    FreeSurfer colours; returns (MIME type, encoded bytes)."""
-    from ..labels import fallback_color, freesurfer_lut
-    from .tissues import distinct_labels
+    """Axial, coronal and sagittal slices through the labels' centre with their outlines in their
+    FreeSurfer colours, radiological with orientation letters (qcviews); tiles at the image's own
+    resolution, or ``size`` x ``size`` each. Returns (MIME type, encoded bytes)."""
+    from .. import qcviews
 
-    image = _to_ras(np.asarray(image, dtype=np.float32), affine)
-    labels = _to_ras(np.asarray(labels), affine)
-    if image.shape != labels.shape:
-        raise ValueError(f"image {image.shape} and labels {labels.shape} must share a grid for the mosaic")
-    brain = labels > 0
-    count = int(np.count_nonzero(brain))
-    if count:  # the brain's centre of mass from its projections (no list of voxel coordinates)
-        centre = np.array([np.dot(np.count_nonzero(brain, axis=tuple(a for a in range(3) if a != axis)),
-                                  np.arange(brain.shape[axis])) / count for axis in range(3)]).astype(int)
-    else:
-        centre = np.array(labels.shape) // 2
-    low, high = np.percentile(image[brain] if count else image, [1, 99.5])
-    slices = []
-    for axis in (2, 1, 0):  # axial, coronal, sagittal
-        index = [slice(None)] * 3
-        index[axis] = int(centre[axis])
-        slices.append((image[tuple(index)], labels[tuple(index)]))
-    lut = freesurfer_lut()
-    values = distinct_labels(np.concatenate([segment.ravel() for _, segment in slices]))  # only these are drawn
-    palette = np.zeros((int(values.max()) + 1, 3), dtype=np.uint8)
-    for value in values:
-        label = lut.get(int(value))
-        palette[int(value)] = label.color if label else fallback_color(int(value))
-    planes = []
-    for grey, segment in slices:
-        # radiological-free display: superior/anterior up, patient's right on the left as in Slicer
-        grey, segment = np.rot90(grey), np.rot90(segment)
-        grey = _resize_nearest(grey, size)
-        segment = _resize_nearest(segment, size)
-        scaled = np.clip((grey - low) / max(high - low, 1e-6), 0, 1)
-        rgb = np.repeat((scaled * 255).astype(np.uint8)[..., None], 3, axis=2)
-        edge = _outline(segment)
-        rgb[edge] = palette[segment[edge]]
-        planes.append(rgb)
-    mosaic = np.concatenate(planes, axis=1)
+    views = qcviews.make_views(image, labels, affine, levels=1)
+    if size:
+        views = qcviews.resized(views, size)
+    base, _, edges, _ = qcviews.render_views(views, gap=0 if size else qcviews.GAP)
+    mosaic = qcviews.blend(base, edges)
+    if image_format == "webp":
+        return qcviews.encode(mosaic, lossless=True)
     from PIL import Image
 
     buffer = io.BytesIO()
-    picture = Image.fromarray(mosaic)
-    if image_format == "webp":
-        try:
-            picture.save(buffer, format="WEBP", quality=70, method=4)
-            return "image/webp", buffer.getvalue()
-        except (OSError, KeyError, ValueError):  # Pillow without WebP support
-            buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
+    Image.fromarray(mosaic).save(buffer, format="PNG", optimize=True)
     return "image/png", buffer.getvalue()
 
 
@@ -172,94 +105,3 @@ def volume_plots(tables) -> Optional[str]:
         axis.axis("off")
     figure.tight_layout()
     return _figure_data_uri(figure)
-
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1em;color:#222}
-h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.5em}
-table{border-collapse:collapse;font-size:12px} td,th{padding:3px 6px;border-bottom:1px solid #ddd;text-align:left}
-tr.flagged{background:#fff0ee} .reasons{color:#a31;max-width:28em} img.mosaic{image-rendering:pixelated;height:112px}
-.controls{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ccc}
-.num{font-variant-numeric:tabular-nums}
-"""
-
-_SCRIPT = """
-(function(){
-  var box=document.getElementById('filter'), only=document.getElementById('flagged-only');
-  var rows=Array.prototype.slice.call(document.querySelectorAll('#subjects tbody tr'));
-  function apply(){
-    var text=box.value.toLowerCase(), flagged=only.checked, shown=0;
-    rows.forEach(function(row){
-      var ok=(!text||row.dataset.id.indexOf(text)>=0)&&(!flagged||row.classList.contains('flagged'));
-      row.style.display=ok?'':'none'; if(ok){shown++;}
-    });
-    document.getElementById('shown').textContent=shown;
-  }
-  box.addEventListener('input',apply); only.addEventListener('change',apply); apply();
-  document.body.setAttribute('data-ready','yes');
-})();
-"""
-
-
-def _format(value) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return html.escape(str(value))
-    return "n/a" if not np.isfinite(number) else f"{number:.4g}"
-
-
-def write_report(path: str | os.PathLike, tables, mosaics: Mapping[tuple, tuple[str, bytes]] = None,
-                 title: str = "SegmentationSuite QC report") -> int:
-    """Write the HTML report (atomically) and return its size in bytes.
-
-    ``mosaics``: (participant_id, session_id) -> (MIME type, image bytes) from subject_mosaic."""
-    from ..image import OutputTransaction
-
-    mosaics = mosaics or {}
-    ranking = tables.ranking
-    metric_columns = [c for c in PRIMARY_METRICS if c in ranking.columns]
-    qc_columns = [c for c in ranking.columns if c.startswith("qc_")]
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in
-                     ["rank", "subject", "session", "mosaic (axial, coronal, sagittal)", "flags", "reasons"]
-                     + metric_columns + qc_columns)
-    body = []
-    for _, row in ranking.iterrows():
-        key = (str(row["participant_id"]), str(row["session_id"]))
-        picture = mosaics.get(key)
-        cell = ""
-        if picture is not None:
-            mime, data = picture
-            cell = (f'<img class="mosaic" loading="lazy" decoding="async" alt="{html.escape(key[0])}" '
-                    f'src="data:{mime};base64,{base64.b64encode(data).decode("ascii")}">')
-        flagged = int(row["n_flags"]) > 0
-        values = "".join(f'<td class="num">{_format(row[c])}</td>' for c in metric_columns + qc_columns)
-        body.append(f'<tr class="{"flagged" if flagged else "ok"}" data-id="{html.escape(key[0].lower())}">'
-                    f'<td>{int(row["rank"])}</td><td>{html.escape(key[0])}</td><td>{html.escape(key[1])}</td>'
-                    f'<td>{cell}</td><td>{int(row["n_flags"])}</td><td class="reasons">{html.escape(str(row["reasons"]))}</td>'
-                    f"{values}</tr>")
-    flagged_count = int((ranking["n_flags"] > 0).sum())
-    metrics_figure = metric_plots(tables)
-    volumes_figure = volume_plots(tables)
-    figures = ""
-    if metrics_figure:
-        figures += f'<h2>Quality metrics across subjects (red: flagged)</h2><img loading="lazy" alt="metrics" src="{metrics_figure}">'
-    if volumes_figure:
-        figures += (f'<h2>Region volumes (mm3) against TIV (L), cohort fit (the residual TIV correction)</h2>'
-                    f'<img loading="lazy" alt="volumes" src="{volumes_figure}">')
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width"><style>{_STYLE}</style></head><body>'
-            f"<h1>{html.escape(title)}</h1><p>{len(ranking)} subjects, {flagged_count} flagged; ranked worst first. "
-            "Flags: SynthSeg QC below the threshold, metrics beyond 3 MADs of the cohort median, ScLimbic |z| &gt; 3. "
-            "Metric definitions: spec_* as the UK Biobank sMRI spec's code, mriqc_* as MRIQC's.</p>"
-            '<div class="controls"><label>Filter subjects <input id="filter" type="search"></label> '
-            '<label><input id="flagged-only" type="checkbox"> flagged only</label> '
-            '<span id="shown"></span> shown</div>'
-            f'<table id="subjects"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-            f"{figures}<script>{_SCRIPT}</script></body></html>")
-    encoded = page.encode("utf-8")
-    with OutputTransaction(overwrite=True) as transaction:
-        temp = transaction.temp_path(path)
-        with open(temp, "wb") as handle:
-            handle.write(encoded)
-    return len(encoded)

@@ -249,11 +249,12 @@ def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
 def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
                       inputs=(), result: Optional[SegmentationResult] = None, participant_id: Optional[str] = None,
                       session_id: str = "", transaction: Optional[OutputTransaction] = None,
-                      brain_mask: bool = True) -> dict[str, str]:
+                      brain_mask: bool = True, sources: Optional[dict] = None) -> dict[str, str]:
     """Write every output of one subject atomically (all or nothing); returns the paths by kind.
 
     With ``transaction`` the files are only staged there and commit with the caller's other outputs;
-    ``brain_mask=False`` leaves the mask out (another engine's, e.g. the SAMSEG filter's, takes its name)."""
+    ``brain_mask=False`` leaves the mask out (another engine's, e.g. the SAMSEG filter's, takes its name);
+    ``sources`` ({"image": path, "segmentation": path}) go into the sidecar, where the review report finds them."""
     from .stats_io import aseg_stats_text
 
     prefix = prefix or morphometry.subject
@@ -265,6 +266,8 @@ def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[st
         "TIV_source": morphometry.tiv_source, "mriqc_tissue_statistics": morphometry.tissue_statistics,
         "provenance": morphometry.provenance,
     }
+    if sources:
+        sidecar["inputs"] = {kind: os.path.abspath(path) for kind, path in sources.items() if path}
     staged = contextlib.nullcontext(transaction) if transaction is not None else \
         OutputTransaction(overwrite=overwrite, inputs=inputs)
     with staged as transaction:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import SegSuiteError
+from ..qcviews import CONVENTION
 
 QC_INDEX = "index.html"
 QC_ENTRIES = "qc_entries.json"
@@ -50,45 +51,44 @@ def _normalise(slices: np.ndarray) -> np.ndarray:
 
 
 def axial_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, color: Sequence[int] = (255, 0, 0),
-                 columns: int = 12, crop_mm: float = 40.0, tile_pixels: int = 96, alpha: float = 0.6):
-    """Axial slices (RAS, radiological view: anterior up, patient right on the left) centred on the cord.
+                 columns: int = 12, crop_mm: Optional[float] = 40.0, tile_pixels: int = 96, alpha: float = 0.6):
+    """Axial slices centred on the cord, radiological as every QC page of the suite (qcviews): anterior
+    up, the patient's right on the screen's left, with R/L/A/P letters on each tile.
 
     Returns (image_only, overlay), two RGB mosaics of the same size. Slices with cord are shown;
-    when the segmentation is empty every slice is shown, uncropped.
+    when the segmentation is empty (or ``crop_mm`` is None) the slices are shown uncropped.
     """
-    import nibabel as nib
+    from .. import qcviews
 
-    ornt = nib.orientations.io_orientation(affine)
-    to_ras = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
-    image = nib.orientations.apply_orientation(np.asarray(image, dtype=np.float32), to_ras)
-    labels = nib.orientations.apply_orientation(np.asarray(labels), to_ras)
-    ras_affine = affine @ nib.orientations.inv_ornt_aff(to_ras, np.asarray(image).shape)
-    sizes = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    image, sizes = qcviews.to_ras(np.asarray(image, dtype=np.float32), affine)
+    labels, _ = qcviews.to_ras(np.asarray(labels), affine)
 
     slices_with_cord = [z for z in range(labels.shape[2]) if labels[:, :, z].any()]
     chosen = slices_with_cord or list(range(labels.shape[2]))
     if len(chosen) > 4 * columns:
         chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, 4 * columns).round().astype(int)]
-    half = [max(int(round(crop_mm / 2 / sizes[axis])), 4) for axis in (0, 1)]
+    crop = bool(slices_with_cord) and crop_mm is not None
+    # displayed rows run along y (anterior first), columns along x (the patient's right first)
+    half = [max(int(round(crop_mm / 2 / sizes[axis])), 4) for axis in (1, 0)] if crop else None
     tiles_image, tiles_overlay = [], []
     for z in chosen:
-        plane, mask = image[:, :, z], labels[:, :, z] > 0
-        if slices_with_cord:
-            cx, cy = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
-            window = [slice(max(c - h, 0), c + h) for c, h in zip((cx, cy), half)]
+        plane = qcviews.display_plane(image, "axial", z)
+        mask = qcviews.display_plane(labels, "axial", z) > 0
+        if crop:
+            cy, cx = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+            window = [slice(max(c - h, 0), c + h) for c, h in zip((cy, cx), half)]
             plane, mask = plane[tuple(window)], mask[tuple(window)]
             target = (2 * half[0], 2 * half[1])
             pad = [(0, t - s) for s, t in zip(plane.shape, target)]
             plane, mask = np.pad(plane, pad), np.pad(mask, pad)
-        # (x, y) -> rows anterior-up, columns patient-right-on-the-left
-        tiles_image.append(plane[::-1, ::-1].T)
-        tiles_overlay.append(mask[::-1, ::-1].T)
+        tiles_image.append(plane)
+        tiles_overlay.append(mask)
     grey = _normalise(np.stack(tiles_image))
     count = len(chosen)
     rows = -(-count // columns)
     columns = min(columns, count)
     tile_h, tile_w = grey.shape[1:]
-    # Upscale (nearest) so tiles are readable, and account for non-square pixels.
+    # Upscale (nearest) so tiles are readable, and account for non-square pixels (rows: y, columns: x).
     scale_y = max(1, int(round(tile_pixels / max(tile_h, 1))))
     aspect = sizes[0] / sizes[1]
     scale_x = max(1, int(round(scale_y * aspect)))
@@ -100,6 +100,7 @@ def axial_mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, colo
         tile = np.repeat(np.repeat(tile, scale_y, axis=0), scale_x, axis=1)
         mask = np.repeat(np.repeat(mask, scale_y, axis=0), scale_x, axis=1)
         rgb = np.repeat(tile[..., None], 3, axis=2)
+        qcviews.stamp_letters(rgb, "axial")
         blended = rgb.astype(np.float32)
         blended[mask] = (1 - alpha) * blended[mask] + alpha * color_array
         window = (slice(row * tile.shape[0], (row + 1) * tile.shape[0]),
@@ -185,8 +186,9 @@ def write_qc_index(transaction, qc_folder: str | os.PathLike, entries: list) -> 
         "<style>body{font-family:sans-serif;background:#222;color:#eee}table{border-collapse:collapse}"
         "td,th{border:1px solid #555;padding:4px;vertical-align:top;font-size:12px}img{max-width:1200px}</style>"
         "</head><body>\n<h1>Spinal cord segmentation on EPI (sc_epi): QC</h1>\n"
-        "<p>Axial slices containing the cord (anterior up, patient right on the left), segmentation in colour; "
-        "hover an image to see it without the segmentation.</p>\n"
-        "<table><tr><th>#</th><th>Date</th><th>Dataset</th><th>Subject</th><th>Input</th><th>Outputs</th><th>Volumes</th><th>Axial mosaic</th></tr>\n"
+        "<p>Axial slices containing the cord, segmentation in colour; hover an image to see it without the "
+        f"segmentation.</p>\n<p class=\"convention\">{html.escape(CONVENTION)}</p>\n"
+        "<table><tr><th>#</th><th>Date</th><th>Dataset</th><th>Subject</th><th>Input</th><th>Outputs</th><th>Volumes</th>"
+        "<th>Axial mosaic</th></tr>\n"
         + "\n".join(rows) + "\n</table></body></html>\n")
     transaction.write_text(folder / QC_INDEX, page)
