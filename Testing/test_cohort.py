@@ -154,8 +154,9 @@ def test_failures_isolated_with_reasons_and_exit_code(first_run):
     assert first_run["code"] == 1, first_run["stderr"]
     assert "2 subject(s) failed" in first_run["stderr"]
     rows = (first_run["output"] / "logs" / "failed.tsv").read_text().splitlines()
-    assert rows[0].split("\t") == ["participant_id", "session_id", "input", "reason", "log"]
-    reasons = {row.split("\t")[0]: row.split("\t")[3] for row in rows[1:]}
+    assert rows[0].split("\t") == ["participant_id", "session_id", "model", "input", "reason", "log"]
+    assert {row.split("\t")[2] for row in rows[1:]} == {"synthseg"}
+    reasons = {row.split("\t")[0]: row.split("\t")[4] for row in rows[1:]}
     assert set(reasons) == {"sub-08", "sub-09"}
     assert "cannot read" in reasons["sub-08"]
     assert "2 volumes" in reasons["sub-09"]

@@ -252,8 +252,9 @@ def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan:
               f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed, {len(summary.not_started)} not "
               f"started; committed outputs are kept, the same command resumes the rest", file=sys.stderr, flush=True)
         return 128 + stop.signum
-    print(f"segsuite bids: {len(summary.done)} done, {len(summary.skipped)} skipped, {len(summary.failed_subjects)} "
-          f"failed in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour); per engine: "
+    partly = len(set(summary.done) & {f["key"] for f in summary.failed})
+    print(f"segsuite bids: {len(summary.done)} done{f' ({partly} partly)' if partly else ''}, "
+          f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour); per engine: "
           f"{summary.engine_line() or 'nothing'}", file=sys.stderr)
     if summary.failed:
         first = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))[0]
