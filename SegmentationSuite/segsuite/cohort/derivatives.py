@@ -216,6 +216,7 @@ class SubjectCommit:
     def commit_engine(self, name: str, staged: Optional[Path], entry: dict, model: Optional[dict] = None) -> Path:
         """Commit ``staged`` (None: no files, e.g. a model skipped for want of input) as ``name``'s outputs."""
         record = json.loads(json.dumps(self.record)) if self.record else {}
+        record.pop("fingerprint", None)  # a whole-folder record of an older version: per engine now
         engines = record.setdefault("engines", {})
         new_files = _files_under(staged) if staged is not None else []
         dropped = set(engines.get(name, {}).get("files", [])) | set(new_files)
