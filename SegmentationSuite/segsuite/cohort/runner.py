@@ -338,8 +338,8 @@ def _add_record(summary: RunSummary, item: CohortItem, record: dict) -> None:
 
 def _write_failed(logs: Path, summary: RunSummary) -> None:
     if summary.failed or logs.parent.is_dir():
-        write_tsv_atomic(logs / "failed.tsv", FAILED_HEADER,
-                         [[f[c] for c in FAILED_HEADER] for f in sorted(summary.failed, key=lambda f: (f["key"], f["model"]))])
+        rows = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))
+        write_tsv_atomic(logs / "failed.tsv", FAILED_HEADER, [[f[c] for c in FAILED_HEADER] for f in rows])
 
 
 class CohortProgress:

@@ -171,8 +171,11 @@ def run(args) -> int:
         from ..cohort.morphometry_outputs import write_morphometry_group
 
         written += write_morphometry_group(output_dir)
-        failures = 0 if tables.failures is None else len(tables.failures)
-        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
+        # failed.tsv has one row per (subject, engine) failure
+        rows = 0 if tables.failures is None else len(tables.failures)
+        subjects = 0 if not rows else len(tables.failures.drop_duplicates(["participant_id", "session_id"]))
+        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {subjects} failed subject(s) "
+              f"({rows} (subject, engine) row(s)) in logs/failed.tsv")
         return 0
 
     source = Path(args.bids_dir).resolve()
@@ -254,7 +257,8 @@ def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan:
         return 128 + stop.signum
     partly = len(set(summary.done) & {f["key"] for f in summary.failed})
     print(f"segsuite bids: {len(summary.done)} done{f' ({partly} partly)' if partly else ''}, "
-          f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour); per engine: "
+          f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed in {summary.seconds:.1f} s "
+          f"({summary.per_hour:.0f} subjects/hour); per engine: "
           f"{summary.engine_line() or 'nothing'}", file=sys.stderr)
     if summary.failed:
         first = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))[0]
@@ -264,8 +268,6 @@ def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan:
               file=sys.stderr)
         return 1
     return 0
-
-
 
 
 def require_cohort_packages(manifest: bool) -> None:
