@@ -197,6 +197,7 @@ def test_group_level_gathers_the_tables(first_run):
     assert "sub-04\tses-2" in "\n".join(lines)
     failures = (first_run["output"] / "group_failures.tsv").read_text()
     assert "sub-08" in failures and "sub-09" in failures
+    assert "2 failed subject(s) (2 (subject, engine) row(s)) in logs/failed.tsv" in out, out
 
 
 def test_killed_command_restarted_redoes_nothing_complete(dataset, model, tmp_path):
