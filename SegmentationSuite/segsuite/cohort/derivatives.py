@@ -272,7 +272,7 @@ def clear_staging(output_dir: str | os.PathLike) -> None:
     """Remove what a killed run left in the staging folder (never a committed output): a folder
     moved aside by a commit that died before its replacement was renamed in goes back first."""
     staging = Path(output_dir) / STAGING
-    for record in staging.glob(f"swap-*/**/*{PROVENANCE_SUFFIX}"):
+    for record in list(staging.glob(f"swap-*/**/*{PROVENANCE_SUFFIX}")):  # listed first: the loop moves folders
         relative = record.parent.relative_to(staging).parts[1:]
         target = Path(output_dir).joinpath(*relative)
         if relative and not target.exists():
