@@ -57,8 +57,7 @@ def bare_loop(dataset: Path, model: str, output: Path, threads: int, fast: bool)
     import nibabel as nib
     import numpy as np
 
-    from segsuite.commands.run_engine import split_options
-    from segsuite.engine import set_threads
+    from segsuite.engine import set_threads, split_options
     from segsuite.synthseg import SynthSegEngine
 
     set_threads(threads)

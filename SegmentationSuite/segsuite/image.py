@@ -65,6 +65,32 @@ def unreadable_image(path: str, error: Exception) -> InputError:
                       "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file")
 
 
+@dataclass
+class ImageHeader:
+    """What an image file's header says, read without its voxels (engines' pre-network checks)."""
+
+    path: str
+    shape: tuple
+    zooms: tuple
+    dtype: np.dtype
+    affine: np.ndarray
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """The header of an image file; a missing or unreadable file raises InputError saying so."""
+    import nibabel as nib
+
+    path = os.fspath(path)
+    check_image_path(path)
+    try:
+        image = nib.load(path)
+        header = image.header
+        return ImageHeader(path, tuple(int(n) for n in image.shape), tuple(float(z) for z in header.get_zooms()),
+                           np.dtype(header.get_data_dtype()), np.asarray(image.affine, dtype=np.float64))
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise unreadable_image(path, error) from error
+
+
 def load_volume(path: str | os.PathLike, dtype=np.float32) -> Volume:
     """Load an image file; a missing or unreadable file raises InputError saying so."""
     import nibabel as nib

@@ -47,6 +47,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--posteriors", action="store_true", help="write _probseg posteriors")
     parser.add_argument("--synthseg-model", metavar="PATH", help="SynthSeg weights file or folder (default: model manager)")
     parser.add_argument("--sclimbic-model", metavar="PATH", help="ScLimbic model file (default: model manager)")
+    parser.add_argument("--sclimbic-conform", action="store_true",
+                        help="ScLimbic: accept non-1 mm T1w images (resliced to 1 mm, labels back on the input grid; "
+                             "as segsuite sclimbic --conform)")
+    parser.add_argument("--sclimbic-percentile", type=float, nargs="?", const=99.9, default=None, metavar="P",
+                        help="ScLimbic: normalise by this percentile of the nonzero voxels (no value: 99.9; "
+                             "as segsuite sclimbic --percentile)")
+    parser.add_argument("--ct", action="store_true", help="SynthSeg: clip intensities to [0, 80] for CT scans")
     parser.add_argument("--scepi-model", metavar="DIR_OR_ZIP", help="sc_epi nnU-Net model folder or release zip "
                         "(as segsuite scepi --model; default: model manager)")
     parser.add_argument("--scepi-thr", type=float, default=None, metavar="T", help="sc_epi: binarize the soft output at T")
@@ -70,7 +77,20 @@ def add_arguments(parser) -> None:
                              "QC flags and ranking and group_qc_report.html (docs/morphometry.md)")
 
 
+# The flags engine messages name (those of the engine's own command) as segsuite bids calls them.
+BIDS_FLAGS = {"synthseg": {"--model": "--synthseg-model"},
+              "sclimbic": {"--conform": "--sclimbic-conform", "--model": "--sclimbic-model",
+                           "--percentile": "--sclimbic-percentile"},
+              "scepi": {"--model": "--scepi-model", "-thr": "--scepi-thr"},
+              "samseg-filter": {"--preset": "--samseg-preset"}}
+
+
 def model_plan(args) -> dict:
+    """{model name: {model, options, [morphometry, inputs], flags}}: what every worker builds."""
+    return {name: dict(spec, flags=BIDS_FLAGS.get(name, {})) for name, spec in engine_plan(args).items()}
+
+
+def engine_plan(args) -> dict:
     plan = {}
     if getattr(args, "morphometry", False) and "synthseg" not in args.models:
         from ..errors import UsageError
@@ -80,10 +100,16 @@ def model_plan(args) -> dict:
         plan["synthseg"] = {"model": args.synthseg_model, "options": {
             "parc": args.parc, "robust": args.robust, "fast": args.fast, "qc": args.qc,
             "crop": args.crop, "posteriors": args.posteriors or getattr(args, "morphometry", False)}}
+        if getattr(args, "ct", False):  # only when given: the provenance of earlier runs stays valid
+            plan["synthseg"]["options"]["ct"] = True
         if getattr(args, "morphometry", False):  # the tissue maps are summed from the posteriors
             plan["synthseg"]["morphometry"] = True
     if "sclimbic" in args.models:
         plan["sclimbic"] = {"model": args.sclimbic_model, "options": {"posteriors": args.posteriors}}
+        if getattr(args, "sclimbic_conform", False):
+            plan["sclimbic"]["options"]["conform"] = True
+        if getattr(args, "sclimbic_percentile", None) is not None:
+            plan["sclimbic"]["options"]["percentile"] = args.sclimbic_percentile
     plan.update(other_input_plan(args))
     return plan
 
@@ -131,9 +157,9 @@ def run(args) -> int:
 
         require_cohort_packages(manifest=is_manifest(Path(args.bids_dir)))
     from ..cohort import group as group_level
-    from ..cohort.derivatives import write_dataset_files
-    from ..cohort.index import (index_bids, is_manifest, read_filter_file, read_labels, read_manifest, select_t1w)
-    from ..cohort.runner import ClusterConfig, ClusterStart, run_cohort
+    from ..cohort.index import is_manifest, read_filter_file, read_labels
+    from ..cohort.lock import OutputLock
+    from ..cohort.runner import ClusterConfig
     from ..errors import InputError, UsageError
 
     output_dir = Path(args.output_dir).resolve()
@@ -145,8 +171,11 @@ def run(args) -> int:
         from ..cohort.morphometry_outputs import write_morphometry_group
 
         written += write_morphometry_group(output_dir)
-        failures = 0 if tables.failures is None else len(tables.failures)
-        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
+        # failed.tsv has one row per (subject, engine) failure
+        rows = 0 if tables.failures is None else len(tables.failures)
+        subjects = 0 if not rows else len(tables.failures.drop_duplicates(["participant_id", "session_id"]))
+        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {subjects} failed subject(s) "
+              f"({rows} (subject, engine) row(s)) in logs/failed.tsv")
         return 0
 
     source = Path(args.bids_dir).resolve()
@@ -167,6 +196,19 @@ def run(args) -> int:
                         ("--scepi-model", args.scepi_model)):
         if value and not os.path.exists(os.path.expanduser(value)):
             raise UsageError(f"{flag} {value}: no such file or folder")
+    with OutputLock(output_dir):  # one run per output dataset: a second one stops here, naming the holder
+        return _run_participant(args, source, output_dir, work_dir, plan, config, manifest, participants,
+                                sessions, filters)
+
+
+def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan: dict, config, manifest: bool,
+                     participants, sessions, filters) -> int:
+    from ..cohort.derivatives import write_dataset_files
+    from ..cohort.index import index_bids, read_manifest, select_t1w
+    from ..cohort.runner import ClusterStart, run_cohort
+    from ..errors import InputError
+    from ..faults import Interrupted
+
     # The local workers start and load the models while the input is validated and indexed (batch
     # jobs are submitted only once the input is known to be good).
     starting = None if args.cluster else ClusterStart(config, plan, work_dir)
@@ -197,19 +239,33 @@ def run(args) -> int:
         from ..cohort.worker import MODELS
 
         tables = label_tables(plan)  # SynthSeg's from its label lists; the others as the workers' engines have them
-        tables.update({MODELS[name][1]: rows_to_table(entry["labels"]) for name, entry in entries.items()
+        tables.update({MODELS[name]: rows_to_table(entry["labels"]) for name, entry in entries.items()
                        if name != "synthseg" and entry.get("labels")})
         write_dataset_files(output_dir, str(source), entries, tables, links=parse_derivatives(args.derivatives))
 
-    summary = run_cohort(items, output_dir, plan, config, work_dir, overwrite=args.overwrite,
-                         posteriors=args.posteriors, stop_on_first_crash=args.stop_on_first_crash,
-                         progress=getattr(args, "progress", "bar"), on_models=on_models, starting=starting)
-    print(f"segsuite bids: {len(summary.done)} done, {len(summary.skipped)} skipped, {len(summary.failed)} failed "
-          f"in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour)", file=sys.stderr)
+    try:
+        summary = run_cohort(items, output_dir, plan, config, work_dir, overwrite=args.overwrite,
+                             posteriors=args.posteriors, stop_on_first_crash=args.stop_on_first_crash,
+                             progress=getattr(args, "progress", "bar"), on_models=on_models, starting=starting)
+    except Interrupted as stop:
+        summary = getattr(stop, "summary", None)
+        if summary is None:
+            raise
+        print(f"segsuite bids: interrupted by {stop.name} after {summary.seconds:.1f} s: {len(summary.done)} committed, "
+              f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed, {len(summary.not_started)} not "
+              f"started; committed outputs are kept, the same command resumes the rest", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    partly = len(set(summary.done) & {f["key"] for f in summary.failed})
+    print(f"segsuite bids: {len(summary.done)} done{f' ({partly} partly)' if partly else ''}, "
+          f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed in {summary.seconds:.1f} s "
+          f"({summary.per_hour:.0f} subjects/hour); per engine: "
+          f"{summary.engine_line() or 'nothing'}", file=sys.stderr)
     if summary.failed:
-        first = sorted(summary.failed, key=lambda f: f["key"])[0]
-        print(f"segsuite bids: error: {len(summary.failed)} subject(s) failed (see {output_dir / 'logs' / 'failed.tsv'}); "
-              f"first: {first['key']}: {first['reason']}", file=sys.stderr)
+        first = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))[0]
+        subjects = len({f["key"] for f in summary.failed})
+        print(f"segsuite bids: error: {subjects} subject(s) failed in {len(summary.failed)} (subject, engine) run(s) "
+              f"(see {output_dir / 'logs' / 'failed.tsv'}); first: {first['key']} {first['model']}: {first['reason']}",
+              file=sys.stderr)
         return 1
     return 0
 
