@@ -153,7 +153,7 @@ def test_good_subjects_equal_a_direct_engine_call(first_run, dataset, model):
 def test_failures_isolated_with_reasons_and_exit_code(first_run):
     assert first_run["code"] == 1, first_run["stderr"]
     assert "2 subject(s) failed" in first_run["stderr"]
-    rows = (first_run["output"] / "logs" / "failed.tsv").read_text().splitlines()
+    rows = (first_run["output"] / ".segsuite" / "logs" / "failed.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["participant_id", "session_id", "input", "reason", "log"]
     reasons = {row.split("\t")[0]: row.split("\t")[3] for row in rows[1:]}
     assert set(reasons) == {"sub-08", "sub-09"}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import SegSuiteError, UsageError
-from .derivatives import clear_staging, fingerprint, is_complete, write_tsv_atomic
+from .derivatives import clear_staging, fingerprint, is_complete, logs_dir, write_tsv_atomic
 from .index import CohortItem, duplicate_folders
 from .worker import EnginePlugin, model_entries, segment_item
 
@@ -233,7 +233,7 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
     from distributed import as_completed
 
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
-    logs = output_dir / "logs"
+    logs = logs_dir(output_dir)
     summary = RunSummary()
     starting = starting or ClusterStart(config, plan, work_dir)
     started = starting.began

@@ -12,11 +12,11 @@ HELP = "BIDS App: segment a BIDS dataset (or a CSV/TSV manifest) on Dask, writin
 DESCRIPTION = """segsuite bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
 
 participant: segment every T1w image (one Dask task per subject/session); finished subjects are
-skipped, failures go to OUTPUT_DIR/logs/failed.tsv and the exit status is 1 if any failed.
+skipped, failures go to OUTPUT_DIR/.segsuite/logs/failed.tsv and the exit status is 1 if any failed.
 group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv.
 --models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
 samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
-engine's input is skipped for it (logs/skipped.tsv).
+engine's input is skipped for it (.segsuite/logs/skipped.tsv).
 BIDS_DIR may be a CSV/TSV manifest (participant_id, optional session_id, path) for non-BIDS cohorts
 such as UK Biobank (<eid>/T1/T1.nii.gz). See docs/cohort.md.
 """
@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
                         help="participants (with or without sub-), or files listing them")
     parser.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions (with or without ses-)")
     parser.add_argument("--bids-filter-file", metavar="JSON", help='select the T1w images, e.g. {"t1w": {"acquisition": "mprage"}}')
-    parser.add_argument("-w", "--work-dir", metavar="DIR", help="index cache and run logs (default OUTPUT_DIR/work)")
+    parser.add_argument("-w", "--work-dir", metavar="DIR", help="index cache and run logs (default OUTPUT_DIR/.segsuite/work)")
     parser.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
     parser.add_argument("--nprocs", type=int, default=1, help="worker processes of the local cluster (default 1)")
     parser.add_argument("--omp-nthreads", type=int, default=None, help="torch threads per worker (default: cores / nprocs)")
@@ -131,7 +131,7 @@ def run(args) -> int:
 
         require_cohort_packages(manifest=is_manifest(Path(args.bids_dir)))
     from ..cohort import group as group_level
-    from ..cohort.derivatives import write_dataset_files
+    from ..cohort.derivatives import default_work_dir, logs_dir, write_dataset_files
     from ..cohort.index import (index_bids, is_manifest, read_filter_file, read_labels, read_manifest, select_t1w)
     from ..cohort.runner import ClusterConfig, ClusterStart, run_cohort
     from ..errors import InputError, UsageError
@@ -146,13 +146,13 @@ def run(args) -> int:
 
         written += write_morphometry_group(output_dir)
         failures = 0 if tables.failures is None else len(tables.failures)
-        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
+        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in .segsuite/logs/failed.tsv")
         return 0
 
     source = Path(args.bids_dir).resolve()
     if output_dir == source:
         raise UsageError("OUTPUT_DIR must not be BIDS_DIR itself; use e.g. BIDS_DIR/derivatives/segsuite")
-    work_dir = Path(args.work_dir).resolve() if args.work_dir else output_dir / "work"
+    work_dir = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(output_dir)
     plan = model_plan(args)  # option mistakes (e.g. samseg-filter without --derivatives) before any work
     participants = read_labels(args.participant_label, "sub-")
     sessions = read_labels(args.session_label, "ses-")
@@ -208,7 +208,7 @@ def run(args) -> int:
           f"in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour)", file=sys.stderr)
     if summary.failed:
         first = sorted(summary.failed, key=lambda f: f["key"])[0]
-        print(f"segsuite bids: error: {len(summary.failed)} subject(s) failed (see {output_dir / 'logs' / 'failed.tsv'}); "
+        print(f"segsuite bids: error: {len(summary.failed)} subject(s) failed (see {logs_dir(output_dir) / 'failed.tsv'}); "
               f"first: {first['key']}: {first['reason']}", file=sys.stderr)
         return 1
     return 0
