@@ -12,7 +12,6 @@ a centred 64^3 crop, ScLimbic the real model (../shared/models)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ nib = pytest.importorskip("nibabel")
 pytest.importorskip("torch")
 
 from conftest import shared_path  # noqa: E402
+from synthseg_helpers import unpack_fixture_synthseg  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
 
@@ -59,17 +59,14 @@ def dseg(output: Path, key: str, seg: str) -> Path:
 
 
 def failed_rows(output: Path) -> list[dict]:
-    lines = (output / "logs" / "failed.tsv").read_text().splitlines()
+    lines = (output / ".segsuite" / "logs" / "failed.tsv").read_text().splitlines()
     return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
 
 
 @pytest.fixture(scope="module")
 def synthseg_model(tmp_path_factory):
-    packed = shared_path("fixtures", "synthseg", "models", "synthseg_2.0.h5.gz")
-    folder = tmp_path_factory.mktemp("synthseg_fixture")
-    with gzip.open(packed, "rb") as reader, open(folder / "synthseg_2.0.h5", "wb") as writer:
-        shutil.copyfileobj(reader, writer)
-    return folder
+    """The fixture's SynthSeg 2.0 weights (full-size network, deterministic random weights), unpacked."""
+    return unpack_fixture_synthseg(tmp_path_factory.mktemp("synthseg_fixture"))
 
 
 @pytest.fixture(scope="module")

@@ -335,16 +335,13 @@ class OutputTransaction:
     def commit(self) -> list[str]:
         """Rename every temporary into place; if one rename fails, undo the others (all or nothing),
         even when the outputs lie in several folders."""
-        from .faults import checkpoint, temp_prefix
+        from .faults import checkpoint, give_umask_mode, temp_prefix
 
-        umask = os.umask(0)
-        os.umask(umask)
         placed: list[tuple[str, Optional[str]]] = []   # (final path, where its old version was moved)
         try:
             checkpoint("writing")
             for final_path, temp in self._pending.items():
-                # mkstemp/mkdtemp create 0600/0700; outputs get the usual permissions
-                os.chmod(temp, (0o777 if os.path.isdir(temp) else 0o666) & ~umask)
+                give_umask_mode(temp)
                 backup = None
                 if os.path.lexists(final_path):
                     backup = os.path.join(os.path.dirname(final_path), temp_prefix() + "old-" + os.path.basename(final_path))

@@ -28,14 +28,28 @@ from ..result import SegmentationResult
 from .index import CohortItem
 
 BIDS_VERSION = "1.10.0"
-CODE_URL = "https://github.com/SegmentationSuite/SegmentationSuite"
+CODE_URL = "https://github.com/SegmentationSuite/SlicerSegmentationSuite"   # as CMakeLists.txt and the index
 STAGING = ".staging"
 PROVENANCE_SUFFIX = "_segsuite.json"
-# What BIDS does not define (yet): per-subject volume/QC tables, group tables, logs, the work folder.
-BIDSIGNORE = ["logs/", "work/", "work", ".staging/", "*_segsuite.json", "*_morph.tsv", "*_qc.tsv", "group_*.tsv"]
+# The runner's own files (index cache, engine-call logs, failure logs and tracebacks) live in a dot
+# folder: PyBIDS never indexes dot paths, bids2table reads only sub-* folders, the validator skips them.
+RUNNER_DIR = ".segsuite"
+# What BIDS does not define (yet): per-subject volume/QC tables, group tables (the dot folders are
+# listed too, for validators that do not skip them by themselves).
+BIDSIGNORE = [f"{RUNNER_DIR}/", f"{STAGING}/", "*_segsuite.json", "*_morph.tsv", "*_qc.tsv", "group_*.tsv"]
 # --morphometry (cohort/morphometry_outputs.py): metric tables, QC mosaics, aseg.stats, the QC report
 BIDSIGNORE += ["*_morphometry.tsv", "*_morphometry.json", "*_mosaic.webp", "*_aseg.stats", "group_qc_report.html"]
 PARC_TO_CORTEX = ((1000, 1999, 3), (2000, 2999, 42))  # DK parcels back to SynthSeg's cortex labels
+
+
+def logs_dir(output_dir: str | os.PathLike) -> Path:
+    """failed.tsv, skipped.tsv and the per-image tracebacks."""
+    return Path(output_dir) / RUNNER_DIR / "logs"
+
+
+def default_work_dir(output_dir: str | os.PathLike) -> Path:
+    """The index cache and the model-load/engine-call logs when -w is not given."""
+    return Path(output_dir) / RUNNER_DIR / "work"
 
 
 def fingerprint(models: dict) -> str:
@@ -308,18 +322,52 @@ def dataset_description(source: str, source_uri: str, models: dict, links: Optio
             "DatasetLinks": {"raw": source_uri, **links}}
 
 
+# The root sidecar of each seg-<name>_dseg.tsv; its Description is inherited by every subject's
+# seg-<name>_dseg image (BIDS inheritance), which keeps its own SpatialReference.
+SEG_DESCRIPTIONS = {
+    "synthseg": "SynthSeg whole-brain segmentation (FreeSurfer aseg labels), on the T1w image's grid",
+    "synthsegparc": "SynthSeg segmentation with the cortex parcellated (Desikan-Killiany labels 1001-2035)",
+    "sclimbic": "ScLimbic segmentation of the limbic structures (FreeSurfer's mri_sclimbic_seg labels)",
+    "scepi": "sc_epi spinal cord segmentation of the mean EPI of a BOLD series",
+    "samseg": "SAMSEG segmentation with the non-brain labels removed",
+}
+
+
+def readme_text(source: str, models: dict, label_tables: dict) -> str:
+    lines = [f"# SegmentationSuite segmentations of {Path(source).name}", "",
+             f"BIDS derivatives written by `segsuite bids` (SegmentationSuite {__version__}, {CODE_URL}).",
+             f"Source dataset: {Path(source).resolve()}.", "", "## Contents", ""]
+    for seg in label_tables:
+        lines.append(f"- `sub-*/[ses-*/]anat/*_seg-{seg}_dseg.nii.gz`: "
+                     f"{SEG_DESCRIPTIONS.get(seg, f'{seg} segmentation')}; labels in `seg-{seg}_dseg.tsv`.")
+    lines += ["- `*_morph.tsv` and `*_qc.tsv` beside them: volumes (mm3) and quality scores per structure;",
+              "  `group_*.tsv` gather them over the dataset (`segsuite bids ... group`).",
+              "- `<key>_segsuite.json` in each subject or session folder: the software version, the models'",
+              "  weight sha256 and the options that made it (a later run skips folders that match).",
+              f"- `{RUNNER_DIR}/logs/failed.tsv`: one row per (image, model) that failed, with the reason;",
+              f"  `{RUNNER_DIR}/` holds the run's own files and is no part of the derivatives.", "", "## Models", ""]
+    for name, entry in models.items():
+        sha = ", ".join(str(s) for s in entry.get("sha256", [])) or "none"
+        lines.append(f"- {name}: {entry.get('model') or name}, weights sha256 {sha}")
+    return "\n".join(lines) + "\n"
+
+
 def write_dataset_files(output_dir: str | os.PathLike, source: str, models: dict,
                         label_tables: dict[str, LabelTable], overwrite: bool = True,
                         links: Optional[dict] = None) -> None:
-    """Root files (rewritten each run, atomically): dataset_description.json, seg-*_dseg.tsv, .bidsignore."""
+    """Root files (rewritten each run, atomically): dataset_description.json, README.md, seg-*_dseg.tsv
+    with their .json (Description), .bidsignore."""
     output_dir = Path(output_dir)
     source_uri = Path(source).resolve().as_uri()
     with OutputTransaction(overwrite=overwrite) as transaction:
         transaction.write_text(output_dir / "dataset_description.json",
                                _json_text(dataset_description(source, source_uri, models, links)))
+        transaction.write_text(output_dir / "README.md", readme_text(source, models, label_tables))
         for seg, table in label_tables.items():
             transaction.write_text(output_dir / f"seg-{seg}_dseg.tsv", label_table_text(table))
-        transaction.write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
+            transaction.write_text(output_dir / f"seg-{seg}_dseg.json", _json_text(
+                {"Description": SEG_DESCRIPTIONS.get(seg, f"{seg} segmentation") + " (SegmentationSuite)"}))
+        transaction.write_text(output_dir / ".bidsignore", "\n".join(dict.fromkeys(BIDSIGNORE)) + "\n")
 
 
 def write_tsv_atomic(path: str | os.PathLike, header: list[str], rows: list[list]) -> None:

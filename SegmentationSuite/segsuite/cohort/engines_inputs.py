@@ -10,7 +10,7 @@
   ``anat/<key>_desc-brain_mask.nii.gz`` on the SAMSEG grid.
 
 An image folder without the model's input is skipped for that model with a reason (recorded in
-the folder's ``<key>_segsuite.json`` and in ``logs/skipped.tsv``), not failed.
+the folder's ``<key>_segsuite.json`` and in ``.segsuite/logs/skipped.tsv``), not failed.
 """
 
 from __future__ import annotations
@@ -219,11 +219,13 @@ def rows_to_table(rows: list) -> LabelTable:
 
 
 def note_skips(output_dir: str, item: CohortItem, skips: list[tuple[str, str]]) -> None:
-    """Append this folder's skipped models to logs/skipped.tsv (whole lines, O_APPEND), each row
+    """Append this folder's skipped models to .segsuite/logs/skipped.tsv (whole lines, O_APPEND), each row
     once however often the folder is run."""
     if not skips:
         return
-    path = Path(output_dir) / "logs" / "skipped.tsv"
+    from .derivatives import logs_dir
+
+    path = logs_dir(output_dir) / "skipped.tsv"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(path, "x", encoding="utf-8") as handle:

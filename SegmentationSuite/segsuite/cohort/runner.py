@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import SegSuiteError, UsageError
-from .derivatives import clear_staging, engine_fingerprints, missing_engines, write_tsv_atomic
+from .derivatives import clear_staging, engine_fingerprints, logs_dir, missing_engines, write_tsv_atomic
 from .index import CohortItem, duplicate_folders
 from .worker import EnginePlugin, model_entries, segment_item
 
@@ -93,6 +93,29 @@ def _sge_memory(memory: str) -> str:
     return text[:-1] if text.endswith("B") and text[:-1][-1:].isalpha() else text
 
 
+def import_jobqueue():
+    """dask_jobqueue, imported with the process's SIGINT handler kept.
+
+    Its runner module sets a SIGINT handler when imported: outside the main thread that raises
+    "signal only works in main thread", and in it the command's signal policy would be replaced.
+    So the first import happens in the main thread (ClusterStart does it before its thread starts)
+    and the previous handler is put back."""
+    import signal
+    import threading
+
+    if "dask_jobqueue" in sys.modules:
+        return sys.modules["dask_jobqueue"]
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("dask_jobqueue must first be imported in the main thread (see import_jobqueue)")
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        import dask_jobqueue
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
 def jobqueue_cluster(kind: str, config: dict, omp_nthreads: int, device: str):
     """A dask-jobqueue cluster from the YAML keywords; 'jobs' says how many to start, 'gpus' asks for GPUs.
 
@@ -100,8 +123,7 @@ def jobqueue_cluster(kind: str, config: dict, omp_nthreads: int, device: str):
     select statement; 'gpu_directive' replaces the SLURM/SGE line for sites that name it otherwise)
     and their workers declare a GPU resource, which every task of a --device cuda run asks for.
     """
-    import dask_jobqueue
-
+    dask_jobqueue = import_jobqueue()
     if kind not in JOBQUEUE:
         raise UsageError(f"unknown --cluster {kind!r}: use one of {', '.join(JOBQUEUE)}")
     options = dict(config)
@@ -142,6 +164,8 @@ def _pbs_select(options: dict, gpus: int) -> str:
     if spec:
         return spec if "ngpus=" in spec else f"{spec}:ngpus={gpus}"
     from dask.utils import parse_bytes
+
+    import_jobqueue()
     from dask_jobqueue.pbs import pbs_format_bytes_ceil
 
     memory = pbs_format_bytes_ceil(parse_bytes(options["memory"]))
@@ -185,6 +209,8 @@ class ClusterStart:
         self.config, self.plan, self.work_dir = config, plan, Path(work_dir).resolve()
         self.began = time.perf_counter()
         self.client = self.cluster = None
+        if config.cluster:
+            import_jobqueue()  # here, in the main thread, not in the start thread
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._start, name="segsuite-cluster-start", daemon=True)
         self._thread.start()
@@ -236,7 +262,7 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
     from distributed import as_completed
 
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
-    logs = output_dir / "logs"
+    logs = logs_dir(output_dir)
     summary = RunSummary()
     starting = starting or ClusterStart(config, plan, work_dir)
     started = starting.began
@@ -337,7 +363,7 @@ def _add_record(summary: RunSummary, item: CohortItem, record: dict) -> None:
 
 
 def _write_failed(logs: Path, summary: RunSummary) -> None:
-    if summary.failed or logs.parent.is_dir():
+    if summary.failed or logs.parent.parent.is_dir():  # logs is OUTPUT_DIR/.segsuite/logs: not created for nothing
         rows = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))
         write_tsv_atomic(logs / "failed.tsv", FAILED_HEADER, [[f[c] for c in FAILED_HEADER] for f in rows])
 

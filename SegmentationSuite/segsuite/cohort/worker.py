@@ -99,16 +99,33 @@ class EnginePlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         os.environ["OMP_NUM_THREADS"] = str(self.threads or 1)
-        worker.segsuite_engines = EngineSet(self.plan, self.device, self.threads, self.load_log)
+        worker.segsuite_engines, worker.segsuite_setup_error = None, None
+        try:
+            worker.segsuite_engines = EngineSet(self.plan, self.device, self.threads, self.load_log)
+        except Exception as error:  # one line for the driver (the first task raises it), not a plugin traceback
+            worker.segsuite_setup_error = setup_reason(error)
 
     def teardown(self, worker) -> None:
         worker.segsuite_engines = None
 
 
+def setup_reason(error: Exception) -> str:
+    if isinstance(error, SegSuiteError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        from ..image import write_error
+
+        return str(write_error(error, error.filename))
+    return f"internal error: {type(error).__name__}: {error}"
+
+
 def worker_engines() -> EngineSet:
-    engines = getattr(get_worker(), "segsuite_engines", None)
+    worker = get_worker()
+    engines = getattr(worker, "segsuite_engines", None)
     if engines is None:
-        raise SegSuiteError("this Dask worker has no segsuite engines (the worker plugin did not load)")
+        reason = getattr(worker, "segsuite_setup_error", None)
+        raise SegSuiteError(f"a Dask worker could not build the engines: {reason}" if reason else
+                            "this Dask worker has no segsuite engines (the worker plugin did not load)")
     return engines
 
 

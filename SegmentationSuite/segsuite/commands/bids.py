@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,11 +13,11 @@ HELP = "BIDS App: segment a BIDS dataset (or a CSV/TSV manifest) on Dask, writin
 DESCRIPTION = """segsuite bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
 
 participant: segment every T1w image (one Dask task per subject/session); finished subjects are
-skipped, failures go to OUTPUT_DIR/logs/failed.tsv and the exit status is 1 if any failed.
+skipped, failures go to OUTPUT_DIR/.segsuite/logs/failed.tsv and the exit status is 1 if any failed.
 group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv.
 --models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
 samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
-engine's input is skipped for it (logs/skipped.tsv).
+engine's input is skipped for it (.segsuite/logs/skipped.tsv).
 BIDS_DIR may be a CSV/TSV manifest (participant_id, optional session_id, path) for non-BIDS cohorts
 such as UK Biobank (<eid>/T1/T1.nii.gz). See docs/cohort.md.
 """
@@ -30,7 +31,7 @@ def add_arguments(parser) -> None:
                         help="participants (with or without sub-), or files listing them")
     parser.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions (with or without ses-)")
     parser.add_argument("--bids-filter-file", metavar="JSON", help='select the T1w images, e.g. {"t1w": {"acquisition": "mprage"}}')
-    parser.add_argument("-w", "--work-dir", metavar="DIR", help="index cache and run logs (default OUTPUT_DIR/work)")
+    parser.add_argument("-w", "--work-dir", metavar="DIR", help="index cache and run logs (default OUTPUT_DIR/.segsuite/work)")
     parser.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
     parser.add_argument("--nprocs", type=int, default=1, help="worker processes of the local cluster (default 1)")
     parser.add_argument("--omp-nthreads", type=int, default=None, help="torch threads per worker (default: cores / nprocs)")
@@ -133,8 +134,12 @@ def other_input_plan(args) -> dict:
     return plan
 
 
+VALIDATOR_FILES_SHOWN = 5   # files named per error code; the count says how many more
+
+
 def validate_input(bids_dir: str) -> None:
-    """The real BIDS validator (bids-validator-deno) on the input; errors stop the run."""
+    """The real BIDS validator (bids-validator-deno) on the input; errors stop the run, each error
+    code on a line of its own with the files it names, as the validator reports them."""
     import shutil
     import subprocess
 
@@ -144,11 +149,38 @@ def validate_input(bids_dir: str) -> None:
     if not os.path.exists(validator):
         raise InputError("bids-validator-deno is not installed (pip install bids-validator-deno); "
                          "or pass --skip-bids-validation")
-    done = subprocess.run([validator, bids_dir, "--ignoreWarnings", "--ignoreNiftiHeaders"], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        raise InputError(f"{bids_dir} is not valid BIDS ({' | '.join(lines[-4:])[:400]}); "
-                         "fix it or pass --skip-bids-validation")
+    done = subprocess.run([validator, bids_dir, "--ignoreWarnings", "--ignoreNiftiHeaders", "--json"],
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        return
+    try:
+        lines = validator_error_lines(json.loads(done.stdout))
+    except (ValueError, KeyError, TypeError):  # no report: the validator itself failed
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-4:]
+    raise InputError(f"{bids_dir} is not valid BIDS (fix it, or pass --skip-bids-validation); bids-validator-deno:\n"
+                     + "\n".join(f"  {line}" for line in lines))
+
+
+def validator_error_lines(report: dict) -> list[str]:
+    """One line per error code of a bids-validator-deno --json report: the code, the first sentence of
+    its message, and the files it names."""
+    messages = report["issues"].get("codeMessages", {})
+    files: dict[str, list[str]] = {}
+    for issue in report["issues"]["issues"]:
+        if issue.get("severity") != "error":
+            continue
+        named = files.setdefault(issue["code"], [])
+        for path in ([issue["location"]] if issue.get("location") else []) + list(issue.get("affects") or []):
+            if path not in named:
+                named.append(path)
+    lines = []
+    for code, named in files.items():
+        sentence = messages.get(code, "").split(". ")[0].strip().rstrip(".")
+        named.sort()
+        shown = ", ".join(named[:VALIDATOR_FILES_SHOWN])
+        more = f" and {len(named) - VALIDATOR_FILES_SHOWN} more" if len(named) > VALIDATOR_FILES_SHOWN else ""
+        lines.append(f"[ERROR] {code}" + (f" {sentence}" if sentence else "") + (f": {shown}{more}" if named else ""))
+    return lines
 
 
 def run(args) -> int:
@@ -157,8 +189,9 @@ def run(args) -> int:
 
         require_cohort_packages(manifest=is_manifest(Path(args.bids_dir)))
     from ..cohort import group as group_level
+    from ..cohort.derivatives import default_work_dir
     from ..cohort.index import is_manifest, read_filter_file, read_labels
-    from ..cohort.lock import OutputLock
+    from ..cohort.lock import OutputLock, OutputLocked
     from ..cohort.runner import ClusterConfig
     from ..errors import InputError, UsageError
 
@@ -175,13 +208,13 @@ def run(args) -> int:
         rows = 0 if tables.failures is None else len(tables.failures)
         subjects = 0 if not rows else len(tables.failures.drop_duplicates(["participant_id", "session_id"]))
         print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {subjects} failed subject(s) "
-              f"({rows} (subject, engine) row(s)) in logs/failed.tsv")
+              f"({rows} (subject, engine) row(s)) in .segsuite/logs/failed.tsv")
         return 0
 
     source = Path(args.bids_dir).resolve()
     if output_dir == source:
         raise UsageError("OUTPUT_DIR must not be BIDS_DIR itself; use e.g. BIDS_DIR/derivatives/segsuite")
-    work_dir = Path(args.work_dir).resolve() if args.work_dir else output_dir / "work"
+    work_dir = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(output_dir)
     plan = model_plan(args)  # option mistakes (e.g. samseg-filter without --derivatives) before any work
     participants = read_labels(args.participant_label, "sub-")
     sessions = read_labels(args.session_label, "ses-")
@@ -196,14 +229,23 @@ def run(args) -> int:
                         ("--scepi-model", args.scepi_model)):
         if value and not os.path.exists(os.path.expanduser(value)):
             raise UsageError(f"{flag} {value}: no such file or folder")
-    with OutputLock(output_dir):  # one run per output dataset: a second one stops here, naming the holder
-        return _run_participant(args, source, output_dir, work_dir, plan, config, manifest, participants,
-                                sessions, filters)
+    # writes nothing under the output (probes, the GPU, the models): before the lock, so a failure leaves no folder
+    preflight(args, plan, output_dir, work_dir)
+    created = _missing_tops([output_dir, work_dir])  # removed again if the run fails before any subject
+    try:
+        with OutputLock(output_dir):  # one run per output dataset: a second one stops here, naming the holder
+            return _run_participant(args, source, output_dir, work_dir, plan, config, manifest, participants,
+                                    sessions, filters)
+    except OutputLocked:
+        raise  # the folders belong to the run that holds the lock
+    except BaseException:
+        _remove_if_unused(created, output_dir)
+        raise
 
 
 def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan: dict, config, manifest: bool,
                      participants, sessions, filters) -> int:
-    from ..cohort.derivatives import write_dataset_files
+    from ..cohort.derivatives import logs_dir, write_dataset_files
     from ..cohort.index import index_bids, read_manifest, select_t1w
     from ..cohort.runner import ClusterStart, run_cohort
     from ..errors import InputError
@@ -264,10 +306,93 @@ def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan:
         first = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))[0]
         subjects = len({f["key"] for f in summary.failed})
         print(f"segsuite bids: error: {subjects} subject(s) failed in {len(summary.failed)} (subject, engine) run(s) "
-              f"(see {output_dir / 'logs' / 'failed.tsv'}); first: {first['key']} {first['model']}: {first['reason']}",
+              f"(see {logs_dir(output_dir) / 'failed.tsv'}); first: {first['key']} {first['model']}: {first['reason']}",
               file=sys.stderr)
         return 1
     return 0
+
+
+# the bids flag that gives each engine's model (the engines' own messages name their command's --model)
+MODEL_FLAGS = {"synthseg": "--synthseg-model", "sclimbic": "--sclimbic-model", "scepi": "--scepi-model"}
+
+
+def preflight(args, plan: dict, output_dir: Path, work_dir: Path) -> None:
+    """What the other commands check before any model is loaded, here before any worker starts or
+    anything is written: the output and work folders take files, a CUDA GPU is there when asked for
+    (on this machine; batch jobs and a running scheduler have their own), every model is present
+    and verified (fetched first if it can be). Each failure is one SegSuiteError naming the bids flag."""
+    from ..image import check_writable_locations
+
+    check_writable_locations([output_dir / "dataset_description.json", work_dir / "engine-calls.jsonl"])
+    if args.device != "cpu" and not (args.cluster or args.scheduler):
+        from ..engine import resolve_device
+
+        resolve_device(args.device)
+    check_models(plan)
+
+
+def check_models(plan: dict) -> None:
+    """Each engine's weights as it will resolve them (an explicit file or folder, or the model
+    manager's installed and verified copy, downloaded now if missing), without loading a network."""
+    import re
+
+    from ..errors import SegSuiteError
+
+    for name, spec in plan.items():
+        flag = MODEL_FLAGS.get(name)
+        if flag is None:
+            continue
+        try:
+            _resolve_model_files(name, spec)
+        except SegSuiteError as error:
+            raise type(error)(re.sub(r"--model\b", flag, str(error))) from None
+
+
+def _resolve_model_files(name: str, spec: dict) -> None:
+    model, options = spec.get("model"), spec.get("options", {})
+    if name == "synthseg":
+        from ..synthseg.engine import resolve_weights
+
+        resolve_weights(model, "synthseg-robust-2.0" if options.get("robust") else "synthseg-2.0", True)
+        for wanted, model_id in (("parc", "synthseg-parc-2.0"), ("qc", "synthseg-qc-2.0")):
+            if options.get(wanted):
+                resolve_weights(model, model_id, False)
+    elif name == "sclimbic":
+        from ..sclimbic.engine import resolve_model_files
+
+        resolve_model_files(model)
+    elif name == "scepi":
+        from ..scepi.modelfolder import resolve_model
+
+        resolve_model(model)
+
+
+def _missing_tops(folders) -> list[Path]:
+    """For each folder, the outermost of it and its parents that does not exist yet (None if it does)."""
+    tops = []
+    for folder in folders:
+        top = None
+        for candidate in (folder, *folder.parents):
+            if candidate.exists():
+                break
+            top = candidate
+        tops.append(top)
+    return tops
+
+
+def _remove_if_unused(created: list, output_dir: Path) -> None:
+    """A run that failed before committing any subject leaves nothing behind: the output and work
+    folders it created are removed (never a folder that was there before, never committed results
+    or the logs of subjects that failed)."""
+    import shutil
+
+    from ..cohort.derivatives import logs_dir
+
+    if any(output_dir.glob("sub-*")) or any(path.is_file() for path in logs_dir(output_dir).glob("*")):
+        return
+    for folder in created:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def require_cohort_packages(manifest: bool) -> None:
