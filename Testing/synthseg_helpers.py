@@ -51,3 +51,17 @@ def write_random_synthseg_model(folder, winning_channel: int | None = None):
             layers["unet_likelihood"].bias[winning_channel] += 50.0
     write_keras_h5(folder / "synthseg_2.0.h5", layers)
     return folder
+
+
+def unpack_fixture_synthseg(folder):
+    """The shared fixture's SynthSeg 2.0 weights (full-size network, deterministic random weights)
+    unpacked into ``folder``, which is returned (skips without ../shared)."""
+    import gzip
+    import shutil
+
+    from conftest import shared_path
+
+    packed = shared_path("fixtures", "synthseg", "models", "synthseg_2.0.h5.gz")
+    with gzip.open(packed, "rb") as reader, open(folder / "synthseg_2.0.h5", "wb") as writer:
+        shutil.copyfileobj(reader, writer)
+    return folder

@@ -153,9 +153,10 @@ def test_good_subjects_equal_a_direct_engine_call(first_run, dataset, model):
 def test_failures_isolated_with_reasons_and_exit_code(first_run):
     assert first_run["code"] == 1, first_run["stderr"]
     assert "2 subject(s) failed" in first_run["stderr"]
-    rows = (first_run["output"] / "logs" / "failed.tsv").read_text().splitlines()
-    assert rows[0].split("\t") == ["participant_id", "session_id", "input", "reason", "log"]
-    reasons = {row.split("\t")[0]: row.split("\t")[3] for row in rows[1:]}
+    rows = (first_run["output"] / ".segsuite" / "logs" / "failed.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["participant_id", "session_id", "model", "input", "reason", "log"]
+    assert {row.split("\t")[2] for row in rows[1:]} == {"synthseg"}
+    reasons = {row.split("\t")[0]: row.split("\t")[4] for row in rows[1:]}
     assert set(reasons) == {"sub-08", "sub-09"}
     assert "cannot read" in reasons["sub-08"]
     assert "2 volumes" in reasons["sub-09"]
@@ -196,6 +197,7 @@ def test_group_level_gathers_the_tables(first_run):
     assert "sub-04\tses-2" in "\n".join(lines)
     failures = (first_run["output"] / "group_failures.tsv").read_text()
     assert "sub-08" in failures and "sub-09" in failures
+    assert "2 failed subject(s) (2 (subject, engine) row(s)) in .segsuite/logs/failed.tsv" in out, out
 
 
 def test_killed_command_restarted_redoes_nothing_complete(dataset, model, tmp_path):

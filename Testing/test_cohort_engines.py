@@ -95,9 +95,9 @@ def run(tmp_path_factory, tiny_scepi):
 def test_run_succeeds_and_skips_folders_without_the_input(run):
     assert run["done"].returncode == 0, run["done"].stderr
     assert "3 done, 0 skipped, 0 failed" in run["done"].stderr
-    failed = (run["output"] / "logs" / "failed.tsv").read_text().splitlines()
-    assert failed == ["participant_id\tsession_id\tinput\treason\tlog"]
-    skipped = (run["output"] / "logs" / "skipped.tsv").read_text().splitlines()
+    failed = (run["output"] / ".segsuite" / "logs" / "failed.tsv").read_text().splitlines()
+    assert failed == ["participant_id\tsession_id\tmodel\tinput\treason\tlog"]
+    skipped = (run["output"] / ".segsuite" / "logs" / "skipped.tsv").read_text().splitlines()
     assert skipped[0] == "participant_id\tsession_id\tmodel\treason"
     rows = sorted(line.split("\t")[:3] for line in skipped[1:])
     assert rows == [["sub-02", "ses-1", "samseg-filter"], ["sub-02", "ses-1", "scepi"],

@@ -110,7 +110,7 @@ def test_skip_notes_append_under_one_header_each_row_once(tmp_path):
     # a rerun of sub-01 (e.g. --overwrite) with the same skip and one new one
     note_skips(str(tmp_path), bids_item(tmp_path, "01"), [("scepi", "no func/*_bold.nii[.gz] series in sub-01"),
                                                           ("samseg-filter", "no SAMSEG segmentation")])
-    assert (tmp_path / "logs" / "skipped.tsv").read_text().splitlines() == [
+    assert (tmp_path / ".segsuite" / "logs" / "skipped.tsv").read_text().splitlines() == [
         "participant_id\tsession_id\tmodel\treason",
         "sub-01\tn/a\tscepi\tno func/*_bold.nii[.gz] series in sub-01",
         "sub-02\tses-1\tsamseg-filter\tno SAMSEG segmentation",

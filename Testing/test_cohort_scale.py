@@ -177,3 +177,31 @@ def test_run_prints_progress_lines_and_a_throughput_summary_off_a_terminal(tmp_p
     assert code == 1
     assert any(line.startswith("segsuite bids: 3/3 subjects (done 0, skipped 2, failed 1)") for line in lines), lines
     assert any(line.startswith("segsuite bids: 0 done, 2 skipped, 1 failed in ") for line in lines), lines
+
+
+def test_dask_jobqueue_import_keeps_our_sigint_handler_and_the_cluster_starts_in_a_thread():
+    """dask_jobqueue's runner sets a SIGINT handler when imported: imported in the thread that starts
+    the cluster this failed ('signal only works in main thread'), and it replaced the command's policy."""
+    code = """
+import signal, sys, threading
+def ours(*_):
+    pass
+signal.signal(signal.SIGINT, ours)
+from segsuite.cohort.runner import import_jobqueue, jobqueue_cluster
+import_jobqueue()
+assert "dask_jobqueue" in sys.modules and signal.getsignal(signal.SIGINT) is ours
+scripts = []
+def start():
+    cluster, jobs = jobqueue_cluster("slurm", {"memory": "1GB"}, 1, "cpu")
+    scripts.append(cluster.job_script())
+    cluster.close()
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+assert scripts and "#SBATCH" in scripts[0], scripts
+assert signal.getsignal(signal.SIGINT) is ours
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "SegmentationSuite"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -181,7 +181,11 @@ def test_cohort_runner_stops_before_the_cluster_when_the_output_disk_is_too_smal
 
     manifest = _cohort(tmp_path)
     out = small_tmpfs
-    assert main(["--progress", "none", "bids", str(manifest), str(out), "participant"]) == 1
+    weights = tmp_path / "synthseg_2.0.h5"  # the start-up checks want the weights; the disk check stops the run first
+    weights.write_bytes(b"")
+    assert main(["--progress", "none", "bids", str(manifest), str(out), "participant",
+                 "--synthseg-model", str(weights)]) == 1
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and f"not enough free space for {out}" in error[0] and "64.0 KiB free" in error[0]
-    assert list(out.iterdir()) == []               # no work folder, no dataset files, no cluster
+    # 60 of the 64 KiB: the run's lock file (.segsuite.lock) holds one block while it checks
+    assert len(error) == 1 and f"not enough free space for {out}" in error[0] and "60.0 KiB free" in error[0]
+    assert list(out.iterdir()) == []               # no work folder, no dataset files, no cluster, no lock

@@ -143,7 +143,8 @@ def test_missing_model_gives_a_clear_error_and_no_outputs(tmp_path, capsys):
     assert files_under(tmp_path) == before
 
 
-def test_failure_during_the_batch_leaves_nothing(tmp_path, model_dir, monkeypatch, capsys):
+def test_failure_during_the_batch_keeps_the_good_outputs_and_reports_it(tmp_path, model_dir, monkeypatch, capsys):
+    """Like segsuite synthseg with several images: the failed input is reported, the others' outputs kept."""
     from segsuite.scepi import engine as engine_module
 
     inputs = [write_epi(tmp_path / f"s{i}.nii.gz", seed=i) for i in range(2)]
@@ -159,8 +160,12 @@ def test_failure_during_the_batch_leaves_nothing(tmp_path, model_dir, monkeypatc
     monkeypatch.setattr(engine_module.ScEpiEngine, "segment", failing_second)
     before = files_under(tmp_path)
     assert run("-i", *inputs, "-qc", tmp_path / "qc", "--model", model_dir, "--device", "cpu") == 1
-    assert "simulated failure" in capsys.readouterr().err
-    assert files_under(tmp_path) == before
+    err = capsys.readouterr().err
+    assert f"segsuite scepi: {inputs[1]}: simulated failure" in err and "1 of 2 inputs failed" in err, err
+    written = files_under(tmp_path) - before
+    assert "s0_seg.nii.gz" in written and os.path.join("qc", "index.html") in written, written
+    assert not [name for name in written if "s1" in name], written
+    assert "s1" not in (tmp_path / "qc" / "index.html").read_text()
 
 
 def test_usage_errors_exit_2(tmp_path, model_dir, capsys):

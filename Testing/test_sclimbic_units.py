@@ -517,3 +517,21 @@ def test_network_runs_without_tf32(model, monkeypatch):
     ScLimbicEngine(model=model, threads=1, fov=32).segment((data, affine))
     assert seen and all(state == ieee_state() for state in seen)
     assert tf32_state() == before
+
+
+def test_folder_input_keeps_the_good_outputs_and_reports_the_failed_images(tmp_path, model, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name, voxel, blank in (("a_good", 1.0, False), ("b_two_mm", 2.0, False), ("c_blank", 1.0, True)):
+        data, affine = brain_like(voxel=voxel)
+        nib.save(nib.Nifti1Image(np.zeros_like(data) if blank else data, affine), inputs / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    status = run_cli("--i", inputs, "--o", out, "--model", model, "--write_volumes")
+    error = capsys.readouterr().err
+    assert status == 1 and "2 of 3 images failed" in error and "Traceback" not in error, error
+    assert f"segsuite sclimbic: {inputs / 'b_two_mm.nii.gz'}: the input has 2.00 x 2.00 x 2.00 mm voxels" in error
+    assert f"segsuite sclimbic: {inputs / 'c_blank.nii.gz'}: the input image is blank" in error
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.sclimbic.nii.gz", "a_good.sclimbic.stats",
+                                                      "sclimbic_volumes_all.csv"]
+    rows = (out / "sclimbic_volumes_all.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("a_good,")

@@ -57,8 +57,7 @@ def bare_loop(dataset: Path, model: str, output: Path, threads: int, fast: bool)
     import nibabel as nib
     import numpy as np
 
-    from segsuite.commands.run_engine import split_options
-    from segsuite.engine import set_threads
+    from segsuite.engine import set_threads, split_options
     from segsuite.synthseg import SynthSegEngine
 
     set_threads(threads)
@@ -97,8 +96,8 @@ def run_bids(dataset: Path, output: Path, model: Path, workers: int, threads: in
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"segsuite bids failed:\n{done.stderr[-3000:]}")
-    loads = [json.loads(line) for line in (output / "work" / "model-loads.jsonl").read_text().splitlines()]
-    calls = [json.loads(line) for line in (output / "work" / "engine-calls.jsonl").read_text().splitlines()]
+    loads = [json.loads(line) for line in (output / ".segsuite" / "work" / "model-loads.jsonl").read_text().splitlines()]
+    calls = [json.loads(line) for line in (output / ".segsuite" / "work" / "engine-calls.jsonl").read_text().splitlines()]
     inside = [json.loads(path.read_text())["seconds"] for path in sorted(output.glob("sub-*/*_segsuite.json"))]
     return {"wall": wall, "workers": len({load["pid"] for load in loads}), "loads": len(loads),
             "calls": len(calls), "subject_s": inside}

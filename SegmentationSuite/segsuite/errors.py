@@ -23,3 +23,13 @@ class OutputExistsError(SegSuiteError):
 
 class UsageError(SegSuiteError):
     """The command line was used wrongly (exit status 2, like argparse's own errors)."""
+
+
+def with_flags(message: str, flags) -> str:
+    """``message`` with the flags it names (``--conform``) as another command calls them
+    (``--sclimbic-conform``): engine errors name the engine's own command's flags."""
+    import re
+
+    for flag, renamed in (flags or {}).items():
+        message = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", renamed, message)
+    return message

@@ -73,6 +73,28 @@ def temp_prefix() -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask(0) and back would leave a window in
+    which another thread, e.g. a Dask worker's, creates world-writable files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)   # no /proc: the short window is at least not permissive
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(path: str | os.PathLike) -> None:
+    """mkstemp/mkdtemp make owner-only temporaries (0600/0700); one renamed into place as an output
+    gets the mode a new file or folder has under the user's umask (shared results stay readable)."""
+    full = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, full & ~current_umask())
+
+
 def is_temporary_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
 

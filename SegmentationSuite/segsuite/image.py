@@ -65,6 +65,32 @@ def unreadable_image(path: str, error: Exception) -> InputError:
                       "give a NIfTI (.nii, .nii.gz) or FreeSurfer (.mgz, .mgh) file")
 
 
+@dataclass
+class ImageHeader:
+    """What an image file's header says, read without its voxels (engines' pre-network checks)."""
+
+    path: str
+    shape: tuple
+    zooms: tuple
+    dtype: np.dtype
+    affine: np.ndarray
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """The header of an image file; a missing or unreadable file raises InputError saying so."""
+    import nibabel as nib
+
+    path = os.fspath(path)
+    check_image_path(path)
+    try:
+        image = nib.load(path)
+        header = image.header
+        return ImageHeader(path, tuple(int(n) for n in image.shape), tuple(float(z) for z in header.get_zooms()),
+                           np.dtype(header.get_data_dtype()), np.asarray(image.affine, dtype=np.float64))
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise unreadable_image(path, error) from error
+
+
 def load_volume(path: str | os.PathLike, dtype=np.float32) -> Volume:
     """Load an image file; a missing or unreadable file raises InputError saying so."""
     import nibabel as nib
@@ -309,16 +335,13 @@ class OutputTransaction:
     def commit(self) -> list[str]:
         """Rename every temporary into place; if one rename fails, undo the others (all or nothing),
         even when the outputs lie in several folders."""
-        from .faults import checkpoint, temp_prefix
+        from .faults import checkpoint, give_umask_mode, temp_prefix
 
-        umask = os.umask(0)
-        os.umask(umask)
         placed: list[tuple[str, Optional[str]]] = []   # (final path, where its old version was moved)
         try:
             checkpoint("writing")
             for final_path, temp in self._pending.items():
-                # mkstemp/mkdtemp create 0600/0700; outputs get the usual permissions
-                os.chmod(temp, (0o777 if os.path.isdir(temp) else 0o666) & ~umask)
+                give_umask_mode(temp)
                 backup = None
                 if os.path.lexists(final_path):
                     backup = os.path.join(os.path.dirname(final_path), temp_prefix() + "old-" + os.path.basename(final_path))

@@ -10,7 +10,7 @@
   ``anat/<key>_desc-brain_mask.nii.gz`` on the SAMSEG grid.
 
 An image folder without the model's input is skipped for that model with a reason (recorded in
-the folder's ``<key>_segsuite.json`` and in ``logs/skipped.tsv``), not failed.
+the folder's ``<key>_segsuite.json`` and in ``.segsuite/logs/skipped.tsv``), not failed.
 """
 
 from __future__ import annotations
@@ -131,6 +131,15 @@ def find_samseg_seg(item: CohortItem, derivatives: Optional[str]) -> tuple[Path,
                        f"(looked for {', '.join(SAMSEG_LOCATIONS)})")
 
 
+def find_other_inputs(name: str, engines, item: CohortItem) -> list:
+    """The inputs of ``name`` (scepi or samseg-filter) in the item's folder; ModelSkipped when none."""
+    if name == SCEPI:
+        return bold_series(item)
+    if name == SAMSEG_FILTER:
+        return [find_samseg_seg(item, engines.plan[name].get("inputs", {}).get("derivatives"))]
+    raise UsageError(f"unknown model {name!r}")
+
+
 def run_other_input_model(name: str, engines, item: CohortItem, folder: Path, segment: Callable,
                           posteriors: bool = False) -> list[str]:
     """Run ``name`` (scepi or samseg-filter) for one image folder into the staging ``folder``.
@@ -142,7 +151,7 @@ def run_other_input_model(name: str, engines, item: CohortItem, folder: Path, se
 
     if name == SCEPI:
         written = []
-        for bold, stem in bold_series(item):
+        for bold, stem in find_other_inputs(name, engines, item):
             import nibabel as nib
 
             frames = int(np.prod(nib.load(str(bold)).shape[3:], dtype=np.int64))
@@ -151,7 +160,7 @@ def run_other_input_model(name: str, engines, item: CohortItem, folder: Path, se
             written += write_scepi(folder, item, bold, stem, mean, frames, result, engines.entries[name])
         return written
     if name == SAMSEG_FILTER:
-        seg, uri = find_samseg_seg(item, engines.plan[name].get("inputs", {}).get("derivatives"))
+        seg, uri = find_other_inputs(name, engines, item)[0]
         result = segment(name, str(seg))
         result.subject = item.key
         source = dataclasses.replace(item, source_uri=uri)
@@ -210,11 +219,13 @@ def rows_to_table(rows: list) -> LabelTable:
 
 
 def note_skips(output_dir: str, item: CohortItem, skips: list[tuple[str, str]]) -> None:
-    """Append this folder's skipped models to logs/skipped.tsv (whole lines, O_APPEND), each row
+    """Append this folder's skipped models to .segsuite/logs/skipped.tsv (whole lines, O_APPEND), each row
     once however often the folder is run."""
     if not skips:
         return
-    path = Path(output_dir) / "logs" / "skipped.tsv"
+    from .derivatives import logs_dir
+
+    path = logs_dir(output_dir) / "skipped.tsv"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(path, "x", encoding="utf-8") as handle:

@@ -50,7 +50,9 @@ def collect_cohort_tables(output_dir: str | os.PathLike) -> CohortTables:
             if match:
                 rows.setdefault(match["table"], {}).setdefault(match["seg"], []).append(_wide(path, match["table"], match))
     tables = {table: {seg: pd.DataFrame(found) for seg, found in by_seg.items()} for table, by_seg in rows.items()}
-    failed = output_dir / "logs" / "failed.tsv"
+    from .derivatives import logs_dir
+
+    failed = logs_dir(output_dir) / "failed.tsv"
     failures = pd.read_csv(failed, sep="\t", dtype=str, keep_default_na=False) if failed.is_file() else None
     return CohortTables(tables, failures)
 

@@ -217,11 +217,18 @@ def index_bids(bids_dir: str | os.PathLike, work_dir: str | os.PathLike, max_wor
     if cache.is_file() and stamp_file.is_file() and stamp_file.read_text(encoding="utf-8") == stamp:
         return pq.read_table(cache).to_pandas()
     table = _crawl(bids_dir, [entry.name for entry in subjects], max_workers)
-    work_dir.mkdir(parents=True, exist_ok=True)
     temp = cache.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, temp)
-    os.replace(temp, cache)
-    stamp_file.write_text(stamp, encoding="utf-8")
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, temp)
+        os.replace(temp, cache)
+        stamp_file.write_text(stamp, encoding="utf-8")
+    except OSError as error:  # a full disk or a read-only work folder: one line naming the file
+        from ..image import write_error
+
+        if temp.exists():
+            os.remove(temp)
+        raise write_error(error, cache) from None
     return table.to_pandas()
 
 

@@ -31,9 +31,11 @@ def _same_grid(shape, affine, other_shape, other_affine) -> bool:
     return tuple(shape) == tuple(other_shape) and np.allclose(affine, other_affine, atol=1e-4)
 
 
-def write_morphometry_derivatives(folder: Path, item: CohortItem, seg: str, result: SegmentationResult) -> list[str]:
+def write_morphometry_derivatives(folder: Path, item: CohortItem, seg: str, result: SegmentationResult,
+                                  kept=()) -> list[str]:
     """Compute the morphometry of ``result`` on the item's image and stage its files in ``folder``
-    (the staging copy of sub-X[/ses-Y]); returns the file names written."""
+    (the staging copy of sub-X[/ses-Y]); returns the file names written. ``kept``: the paths
+    (relative to sub-X[/ses-Y]) other engines committed there."""
     from ..image import OutputTransaction, load_volume
     from ..morphometry.subject import compute_morphometry, write_morphometry
     from .derivatives import _json_text
@@ -50,7 +52,8 @@ def write_morphometry_derivatives(folder: Path, item: CohortItem, seg: str, resu
     provenance = {"segmentation": f"seg-{seg}", "tissue_maps_from": morphometry.provenance["tissue_maps_from"],
                   "tissue_table": "segsuite/data/tissue_classes.tsv (sMRIPrep's aseg-to-tissue classes)"}
     # an engine that gives a brain mask of its own (the SAMSEG filter's) keeps desc-brain_mask
-    own_mask = not (anat / f"{prefix}_desc-brain_mask.nii.gz").exists()
+    own_mask = not (anat / f"{prefix}_desc-brain_mask.nii.gz").exists() and \
+        f"anat/{prefix}_desc-brain_mask.nii.gz" not in set(kept)
     with OutputTransaction(overwrite=False) as transaction:
         paths = write_morphometry(morphometry, str(anat), prefix, result=result,
                                   participant_id=f"sub-{item.participant}",

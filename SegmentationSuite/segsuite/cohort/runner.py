@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import SegSuiteError, UsageError
-from .derivatives import clear_staging, fingerprint, is_complete, write_tsv_atomic
+from .derivatives import clear_staging, engine_fingerprints, logs_dir, missing_engines, write_tsv_atomic
 from .index import CohortItem, duplicate_folders
 from .worker import EnginePlugin, model_entries, segment_item
 
 JOBQUEUE = {"slurm": "SLURMCluster", "sge": "SGECluster", "pbs": "PBSCluster"}
-FAILED_HEADER = ["participant_id", "session_id", "input", "reason", "log"]
+# one row per (subject, engine) that failed; the subject's other engines keep their outputs
+FAILED_HEADER = ["participant_id", "session_id", "model", "input", "reason", "log"]
 
 
 @dataclass
@@ -36,15 +37,40 @@ class ClusterConfig:
 
 @dataclass
 class RunSummary:
+    """Subjects (image keys) by outcome, and the (subject, engine) failures.
+
+    done: subjects with at least one engine's outputs committed in this run; skipped: nothing to
+    do (every engine's outputs up to date); failed: one record per (subject, engine) failure;
+    not_started: subjects an interruption left without any new output; engines: per model name,
+    the count of each outcome ("done", "skipped" for up to date or no input, "failed").
+    """
+
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    not_started: list = field(default_factory=list)
+    engines: dict = field(default_factory=dict)
     seconds: float = 0.0
     dashboard: str = ""
 
     @property
     def per_hour(self) -> float:
         return 3600.0 * len(self.done) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def failed_subjects(self) -> list:
+        """Subjects with a failure and no output committed in this run."""
+        done = set(self.done)
+        return sorted({f["key"] for f in self.failed} - done)
+
+    def count(self, model: str, outcome: str) -> None:
+        counts = self.engines.setdefault(model, {})
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    def engine_line(self) -> str:
+        """e.g. "synthseg 3 done; sclimbic 1 done, 2 failed"."""
+        return "; ".join(f"{name} " + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+                         for name, counts in self.engines.items())
 
 
 def read_cluster_config(path: Optional[str]) -> dict:
@@ -67,6 +93,29 @@ def _sge_memory(memory: str) -> str:
     return text[:-1] if text.endswith("B") and text[:-1][-1:].isalpha() else text
 
 
+def import_jobqueue():
+    """dask_jobqueue, imported with the process's SIGINT handler kept.
+
+    Its runner module sets a SIGINT handler when imported: outside the main thread that raises
+    "signal only works in main thread", and in it the command's signal policy would be replaced.
+    So the first import happens in the main thread (ClusterStart does it before its thread starts)
+    and the previous handler is put back."""
+    import signal
+    import threading
+
+    if "dask_jobqueue" in sys.modules:
+        return sys.modules["dask_jobqueue"]
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("dask_jobqueue must first be imported in the main thread (see import_jobqueue)")
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        import dask_jobqueue
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
 def jobqueue_cluster(kind: str, config: dict, omp_nthreads: int, device: str):
     """A dask-jobqueue cluster from the YAML keywords; 'jobs' says how many to start, 'gpus' asks for GPUs.
 
@@ -74,8 +123,7 @@ def jobqueue_cluster(kind: str, config: dict, omp_nthreads: int, device: str):
     select statement; 'gpu_directive' replaces the SLURM/SGE line for sites that name it otherwise)
     and their workers declare a GPU resource, which every task of a --device cuda run asks for.
     """
-    import dask_jobqueue
-
+    dask_jobqueue = import_jobqueue()
     if kind not in JOBQUEUE:
         raise UsageError(f"unknown --cluster {kind!r}: use one of {', '.join(JOBQUEUE)}")
     options = dict(config)
@@ -116,6 +164,8 @@ def _pbs_select(options: dict, gpus: int) -> str:
     if spec:
         return spec if "ngpus=" in spec else f"{spec}:ngpus={gpus}"
     from dask.utils import parse_bytes
+
+    import_jobqueue()
     from dask_jobqueue.pbs import pbs_format_bytes_ceil
 
     memory = pbs_format_bytes_ceil(parse_bytes(options["memory"]))
@@ -159,6 +209,8 @@ class ClusterStart:
         self.config, self.plan, self.work_dir = config, plan, Path(work_dir).resolve()
         self.began = time.perf_counter()
         self.client = self.cluster = None
+        if config.cluster:
+            import_jobqueue()  # here, in the main thread, not in the start thread
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._start, name="segsuite-cluster-start", daemon=True)
         self._thread.start()
@@ -189,9 +241,9 @@ class ClusterStart:
         self.client = self.cluster = None
 
 
-def _failure(item: CohortItem, reason: str, log: Optional[str] = None) -> dict:
+def _failure(item: CohortItem, model: str, reason: str, log: Optional[str] = None) -> dict:
     return {"key": item.key, "participant_id": f"sub-{item.participant}",
-            "session_id": f"ses-{item.session}" if item.session else "n/a", "input": item.path,
+            "session_id": f"ses-{item.session}" if item.session else "n/a", "model": model, "input": item.path,
             "reason": reason, "log": log or "n/a"}
 
 
@@ -201,78 +253,119 @@ def run_cohort(items: list[CohortItem], output_dir: str | os.PathLike, plan: dic
                starting: Optional[ClusterStart] = None) -> RunSummary:
     """Segment every item on a Dask cluster; returns what was done, skipped and failed.
 
+    Each (item, engine) is an outcome of its own: an item is submitted when one of its engines'
+    outputs is missing or stale, and its task redoes only those. A signal (Interrupted) is
+    re-raised with ``.summary``: what was committed, skipped and failed, and what was not started.
     ``starting``: a ClusterStart begun earlier (closed here); otherwise the cluster starts now.
     ``progress``: "bar" (a bar on a terminal, plain lines otherwise), "json", "none" (or True/False).
     """
     from distributed import as_completed
 
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
-    logs = output_dir / "logs"
+    logs = logs_dir(output_dir)
     summary = RunSummary()
     starting = starting or ClusterStart(config, plan, work_dir)
     started = starting.began
+    missing: dict[str, list] = {}   # item key -> engines still to do when submitted
+    pending: list[CohortItem] = []
+    finished: set = set()
+    expected: dict = {}
     try:
-        clear_staging(output_dir)
-    except BaseException:
-        starting.close()
-        raise
-    duplicates = duplicate_folders(items)
-    for folder, group in duplicates.items():
-        names = ", ".join(os.path.basename(item.path) for item in group)
-        for item in group:
-            summary.failed.append(_failure(item, f"{folder} has {len(group)} T1w images ({names}); "
-                                                 "choose one with --bids-filter-file"))
-    items = [item for item in items if item.folder not in duplicates]
-    client, _ = starting.wait()
-    try:
-        summary.dashboard = client.dashboard_link or ""
-        if summary.dashboard:
-            print(f"segsuite bids: Dask dashboard at {summary.dashboard}", file=sys.stderr, flush=True)
-        # Batch jobs may wait in the queue for hours; a local cluster or a running one answers soon.
-        client.wait_for_workers(1, timeout=None if config.cluster else 600)
-        resources = {"GPU": 1} if config.device.startswith("cuda") else None
-        entries = client.submit(model_entries, pure=False, resources=resources).result()
-        expected = fingerprint({name: {"options": e["options"], "sha256": e["sha256"]} for name, e in entries.items()})
-        if on_models is not None:
-            on_models(entries)
-        pending = []
-        for item in items:
-            if not overwrite and is_complete(output_dir, item, expected):
-                summary.skipped.append(item.key)
-            else:
-                pending.append(item)
-        by_key = {item.key: item for item in pending}
-        futures = [client.submit(segment_item, item.as_dict(), str(output_dir), expected, posteriors,
-                                 str(work_dir / "engine-calls.jsonl"), str(logs), key=item.key, pure=False,
-                                 retries=config.retries, resources=resources) for item in pending]
-        bar = CohortProgress(len(items) + sum(len(group) for group in duplicates.values()), progress,
-                             initial=len(summary.skipped) + len(summary.failed))
-        bar.update(summary)
         try:
-            for future in as_completed(futures):
-                item = by_key[future.key]
-                try:
-                    record = future.result()
-                except Exception as error:  # the worker died more often than retries allow, ...
-                    record = {"status": "failed", "reason": f"{type(error).__name__}: {error}".strip(), "log": None}
-                if record["status"] == "done":
-                    summary.done.append(item.key)
+            clear_staging(output_dir)
+        except BaseException:
+            starting.close()
+            raise
+        duplicates = duplicate_folders(items)
+        for folder, group in duplicates.items():
+            names = ", ".join(os.path.basename(item.path) for item in group)
+            for item in group:
+                for model in plan:
+                    summary.failed.append(_failure(item, model, f"{folder} has {len(group)} T1w images ({names}); "
+                                                                "choose one with --bids-filter-file"))
+                    summary.count(model, "failed")
+        items = [item for item in items if item.folder not in duplicates]
+        client, _ = starting.wait()
+        try:
+            summary.dashboard = client.dashboard_link or ""
+            if summary.dashboard:
+                print(f"segsuite bids: Dask dashboard at {summary.dashboard}", file=sys.stderr, flush=True)
+            # Batch jobs may wait in the queue for hours; a local cluster or a running one answers soon.
+            client.wait_for_workers(1, timeout=None if config.cluster else 600)
+            resources = {"GPU": 1} if config.device.startswith("cuda") else None
+            entries = client.submit(model_entries, pure=False, resources=resources).result()
+            expected = engine_fingerprints(entries)
+            if on_models is not None:
+                on_models(entries)
+            for item in items:
+                missing[item.key] = list(plan) if overwrite else missing_engines(output_dir, item, expected)
+                if missing[item.key]:
+                    pending.append(item)
                 else:
-                    summary.failed.append(_failure(item, record["reason"], record.get("log")))
-                bar.update(summary)
-                if stop_on_first_crash and summary.failed:
-                    for other in futures:
-                        other.cancel()
-                    break
+                    summary.skipped.append(item.key)
+                    for model in plan:
+                        summary.count(model, "skipped")
+            by_key = {item.key: item for item in pending}
+            futures = [client.submit(segment_item, item.as_dict(), str(output_dir), expected, posteriors,
+                                     str(work_dir / "engine-calls.jsonl"), str(logs), overwrite, key=item.key,
+                                     pure=False, retries=config.retries, resources=resources) for item in pending]
+            bar = CohortProgress(len(items) + sum(len(group) for group in duplicates.values()), progress,
+                                 initial=len(summary.skipped) + len(summary.failed_subjects))
+            bar.update(summary)
+            try:
+                for future in as_completed(futures):
+                    item = by_key[future.key]
+                    try:
+                        record = future.result()
+                    except Exception as error:  # the worker died more often than retries allow, ...
+                        reason = f"{type(error).__name__}: {error}".strip()
+                        left = missing_engines(output_dir, item, {m: expected[m] for m in missing[item.key]})
+                        record = {"engines": {m: ({"status": "failed", "reason": reason} if m in left
+                                                  else {"status": "done"}) for m in missing[item.key]}}
+                    _add_record(summary, item, record)
+                    finished.add(item.key)
+                    bar.update(summary)
+                    if stop_on_first_crash and summary.failed:
+                        for other in futures:
+                            other.cancel()
+                        break
+            finally:
+                bar.close()
         finally:
-            bar.close()
-    finally:
-        starting.close()
-        clear_staging(output_dir)
+            starting.close()
+            clear_staging(output_dir)
+    except KeyboardInterrupt as stop:  # faults.Interrupted: say what the run did before it stopped
+        for item in pending:
+            if item.key not in finished:
+                left = missing_engines(output_dir, item, {m: expected[m] for m in missing[item.key]})
+                (summary.done if len(left) < len(missing[item.key]) else summary.not_started).append(item.key)
+        summary.not_started += [item.key for item in items if item.key not in missing]
+        summary.seconds = time.perf_counter() - started
+        _write_failed(logs, summary)
+        stop.summary = summary
+        raise
     summary.seconds = time.perf_counter() - started
-    write_tsv_atomic(logs / "failed.tsv", FAILED_HEADER,
-                     [[f[c] for c in FAILED_HEADER] for f in sorted(summary.failed, key=lambda f: f["key"])])
+    _write_failed(logs, summary)
     return summary
+
+
+def _add_record(summary: RunSummary, item: CohortItem, record: dict) -> None:
+    """One task's per-engine outcomes into the summary."""
+    outcomes = record.get("engines", {})
+    for model, outcome in outcomes.items():
+        status = outcome["status"]
+        summary.count(model, {"complete": "skipped"}.get(status, status))
+        if status == "failed":
+            summary.failed.append(_failure(item, model, outcome.get("reason", "failed"), outcome.get("log")))
+    statuses = {outcome["status"] for outcome in outcomes.values()}
+    if "done" in statuses or "failed" not in statuses:
+        summary.done.append(item.key)
+
+
+def _write_failed(logs: Path, summary: RunSummary) -> None:
+    if summary.failed or logs.parent.parent.is_dir():  # logs is OUTPUT_DIR/.segsuite/logs: not created for nothing
+        rows = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))
+        write_tsv_atomic(logs / "failed.tsv", FAILED_HEADER, [[f[c] for c in FAILED_HEADER] for f in rows])
 
 
 class CohortProgress:
@@ -297,7 +390,7 @@ class CohortProgress:
 
     @staticmethod
     def counts(summary: RunSummary) -> tuple[int, int, int]:
-        return len(summary.done), len(summary.skipped), len(summary.failed)
+        return len(summary.done), len(summary.skipped), len(summary.failed_subjects)
 
     def eta_seconds(self, summary: RunSummary) -> Optional[float]:
         """Seconds left at the pace of the subjects processed since the start (None before the first)."""

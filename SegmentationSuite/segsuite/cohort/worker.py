@@ -2,9 +2,13 @@
 
 The plugin builds every engine when the worker starts (spawned process, torch threads set
 explicitly because the nanny sets OMP_NUM_THREADS=1) and keeps them on the worker; each task
-looks them up, so a model is loaded once per worker however many subjects it segments. Model
-loads and engine calls are appended to logs in the work folder (what the tests and
-benchmarks/cohort.py count).
+looks them up, so a model is loaded once per worker however many subjects it segments.
+
+A task runs every engine's header-level checks (and finds the inputs of the engines that read
+other files) before the first network, then runs and commits the engines one by one: an engine
+refused or failed is one failure record, the others' outputs are kept. Model loads, the checks
+and engine calls are appended to logs in the work folder (what the tests and benchmarks/cohort.py
+count).
 """
 
 from __future__ import annotations
@@ -19,18 +23,16 @@ from typing import Optional
 from distributed import WorkerPlugin, get_worker
 
 from ..checksum import sha256_of
-from ..errors import SegSuiteError
+from ..engine import build_engine, check_input
+from ..errors import SegSuiteError, with_flags
 from .derivatives import SubjectCommit, write_segmentation
-from .engines_inputs import (OTHER_INPUT_MODELS, ModelSkipped, has_no_t1w, note_skips, root_label_table,
-                             run_other_input_model, table_to_rows)
+from .engines_inputs import (OTHER_INPUT_MODELS, ModelSkipped, find_other_inputs, has_no_t1w, note_skips,
+                             root_label_table, run_other_input_model, table_to_rows)
 from .index import CohortItem
 
 PLUGIN_NAME = "segsuite-engines"
-# model name -> (engine spec as segsuite run-engine takes it, derivative "seg" label)
-MODELS = {"synthseg": ("segsuite.synthseg:SynthSegEngine", "synthseg"),
-          "sclimbic": ("segsuite.sclimbic:ScLimbicEngine", "sclimbic"),
-          "scepi": ("segsuite.scepi:ScEpiEngine", "scepi"),
-          "samseg-filter": ("segsuite.samseg:SamsegBrainMask", "samseg")}
+# model name (segsuite.engine.ENGINES) -> derivative "seg" label
+MODELS = {"synthseg": "synthseg", "sclimbic": "sclimbic", "scepi": "scepi", "samseg-filter": "samseg"}
 
 
 def append_line(path: Optional[str], record: dict) -> None:
@@ -60,17 +62,18 @@ class EngineSet:
     """The engines of one worker, built once: {model name: engine} with their fingerprints."""
 
     def __init__(self, plan: dict, device: str, threads: Optional[int], load_log: Optional[str] = None):
-        from ..commands.run_engine import resolve_engine, split_options
         from ..engine import set_threads
 
         set_threads(threads)
         self.plan, self.device, self.threads = plan, device, threads
         self.engines, self.segment_options, self.entries = {}, {}, {}
         for name, spec in plan.items():
-            engine_class = resolve_engine(MODELS[name][0])
-            init_options, segment_options = split_options(engine_class, dict(spec.get("options", {})))
-            self.engines[name] = engine_class(model=spec.get("model"), device=device, threads=threads, **init_options)
-            self.segment_options[name] = segment_options
+            try:
+                self.engines[name], self.segment_options[name] = build_engine(
+                    name, spec.get("model"), device, threads, spec.get("options", {}))
+            except SegSuiteError as error:  # the hint names the flag of the command that made the plan
+                error.args = (with_flags(str(error), spec.get("flags")),)
+                raise
             options = dict(spec.get("options", {}), **({"morphometry": True} if spec.get("morphometry") else {}))
             self.entries[name] = {"options": options, "sha256": weights_sha256(self.engines[name]),
                                   "model": getattr(self.engines[name], "model_name", None) or name,
@@ -96,16 +99,33 @@ class EnginePlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         os.environ["OMP_NUM_THREADS"] = str(self.threads or 1)
-        worker.segsuite_engines = EngineSet(self.plan, self.device, self.threads, self.load_log)
+        worker.segsuite_engines, worker.segsuite_setup_error = None, None
+        try:
+            worker.segsuite_engines = EngineSet(self.plan, self.device, self.threads, self.load_log)
+        except Exception as error:  # one line for the driver (the first task raises it), not a plugin traceback
+            worker.segsuite_setup_error = setup_reason(error)
 
     def teardown(self, worker) -> None:
         worker.segsuite_engines = None
 
 
+def setup_reason(error: Exception) -> str:
+    if isinstance(error, SegSuiteError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename:
+        from ..image import write_error
+
+        return str(write_error(error, error.filename))
+    return f"internal error: {type(error).__name__}: {error}"
+
+
 def worker_engines() -> EngineSet:
-    engines = getattr(get_worker(), "segsuite_engines", None)
+    worker = get_worker()
+    engines = getattr(worker, "segsuite_engines", None)
     if engines is None:
-        raise SegSuiteError("this Dask worker has no segsuite engines (the worker plugin did not load)")
+        reason = getattr(worker, "segsuite_setup_error", None)
+        raise SegSuiteError(f"a Dask worker could not build the engines: {reason}" if reason else
+                            "this Dask worker has no segsuite engines (the worker plugin did not load)")
     return engines
 
 
@@ -120,65 +140,110 @@ def _is_cuda_oom(error: BaseException) -> bool:
     return isinstance(error, getattr(torch.cuda, "OutOfMemoryError", ())) or "CUDA out of memory" in str(error)
 
 
-def segment_item(item_values: dict, output_dir: str, fingerprint: str, posteriors: bool = False,
-                 call_log: Optional[str] = None, log_dir: Optional[str] = None) -> dict:
-    """Segment one image with every model and commit its folder; failures come back as a record."""
+def segment_item(item_values: dict, output_dir: str, expected: dict, posteriors: bool = False,
+                 call_log: Optional[str] = None, log_dir: Optional[str] = None, redo: bool = False) -> dict:
+    """Segment one image with every model whose outputs are missing or stale (all with ``redo``).
+
+    ``expected``: {model name: fingerprint}. Returns {"key", "seconds", "engines": {name: outcome}}
+    where an outcome's "status" is "complete" (committed before), "done", "skipped" (no input for
+    the model) or "failed" (with "reason" and "log").
+    """
     item = CohortItem.from_dict(item_values)
     started = time.perf_counter()
     engines = worker_engines()
-    log_path = os.path.join(log_dir, f"{item.key}.log") if log_dir else None
     commit = SubjectCommit(output_dir, item)
-    messages: list[str] = []
+    check_log = os.path.join(os.path.dirname(call_log), "engine-checks.jsonl") if call_log else None
+    outcomes: dict[str, dict] = {}
     skips: list[tuple[str, str]] = []
 
-    def segment(name: str, source):
+    def failed(name: str, error: BaseException, messages: list, refused: bool = False) -> dict:
+        reason = str(error) if isinstance(error, SegSuiteError) else f"internal error: {type(error).__name__}: {error}"
+        reason = with_flags(" ".join(reason.split()), engines.plan[name].get("flags"))
+        log_path = None
+        if log_dir and not refused:
+            log_path = os.path.join(log_dir, f"{item.key}_{name}.log")
+            os.makedirs(log_dir, exist_ok=True)
+            Path(log_path).write_text("\n".join(messages + [traceback.format_exc()]), encoding="utf-8")
+        return {"status": "failed", "reason": reason, "log": log_path}
+
+    # every engine's checks first: a refusal costs no network time
+    todo = []
+    for name in engines.plan:
+        if not redo and commit.is_complete(name, expected[name]):
+            outcomes[name] = {"status": "complete"}
+            continue
+        check = {"key": item.key, "model": name, "pid": os.getpid()}
         try:
-            return engines.engines[name].segment(source, **_segment_kwargs(name, engines))
+            if name in OTHER_INPUT_MODELS:  # inputs other than the T1w: BOLD series, SAMSEG derivatives
+                find_other_inputs(name, engines, item)
+            elif has_no_t1w(item):
+                raise ModelSkipped(f"no T1w image in {item.folder}")
+            else:
+                check_input(engines.engines[name], item.path)
+        except ModelSkipped as skipped:  # this folder has no input for the model: a reason, not a failure
+            append_line(check_log, dict(check, outcome="skipped", reason=str(skipped), time=time.time()))
+            skips.append((name, str(skipped)))
+            note = f"{name}: skipped: {skipped}"
+            commit.commit_engine(name, None, {"fingerprint": expected[name], "status": "skipped",
+                                              "reason": str(skipped), "seconds": 0.0, "notes": [note]},
+                                 _model_record(engines, name))
+            outcomes[name] = {"status": "skipped", "reason": str(skipped)}
+            continue
+        except Exception as error:
+            outcomes[name] = failed(name, error, [], refused=True)
+            append_line(check_log, dict(check, outcome="refused", reason=outcomes[name]["reason"], time=time.time()))
+            continue
+        append_line(check_log, dict(check, outcome="ok", time=time.time()))
+        todo.append(name)
+
+    for name in todo:
+        append_line(call_log, {"key": item.key, "model": name, "pid": os.getpid(), "time": time.time()})
+        engine_started = time.perf_counter()
+        messages: list[str] = []
+        staged = commit.stage()
+        try:
+            result = _run_engine(name, engines, item, staged, posteriors, messages)
+            if result is not None and engines.plan[name].get("morphometry"):
+                from .morphometry_outputs import write_morphometry_derivatives
+
+                write_morphometry_derivatives(staged, item, MODELS[name], result, kept=commit.engine_files(name))
+            commit.commit_engine(name, staged, {"fingerprint": expected[name], "status": "done",
+                                                "seconds": round(time.perf_counter() - engine_started, 3),
+                                                "notes": messages}, _model_record(engines, name))
+            outcomes[name] = {"status": "done", "notes": messages}
+        except BaseException as error:
+            commit.discard(staged)
+            if not isinstance(error, Exception):
+                raise
+            outcomes[name] = failed(name, error, messages)
+    note_skips(output_dir, item, skips)
+    return {"key": item.key, "engines": outcomes, "seconds": time.perf_counter() - started}
+
+
+def _model_record(engines: EngineSet, name: str) -> dict:
+    return {k: v for k, v in engines.entries[name].items() if k != "labels"}
+
+
+def _run_engine(name: str, engines: EngineSet, item: CohortItem, staged: Path, posteriors: bool, messages: list):
+    """One engine on one image, its files written into ``staged``; the T1w engines' result."""
+
+    def segment(model: str, source):
+        try:
+            return engines.engines[model].segment(source, **_segment_kwargs(model, engines))
         except Exception as error:
             if not _is_cuda_oom(error):
                 raise
-            messages.append(f"{name}: CUDA out of memory; retried on the CPU")
+            messages.append(f"{model}: CUDA out of memory; retried on the CPU")
             fallback = engines.cpu_fallback()
-            return fallback.engines[name].segment(source, **_segment_kwargs(name, fallback))
+            return fallback.engines[model].segment(source, **_segment_kwargs(model, fallback))
 
-    try:
-        morphometry_of = None  # (seg, result) of the engine whose result gets the morphometry step
-        for name in engines.plan:
-            append_line(call_log, {"key": item.key, "model": name, "pid": os.getpid(), "time": time.time()})
-            try:
-                if name in OTHER_INPUT_MODELS:  # inputs other than the T1w: BOLD series, SAMSEG derivatives
-                    run_other_input_model(name, engines, item, commit.folder, segment, posteriors)
-                    continue
-                if has_no_t1w(item):
-                    raise ModelSkipped(f"no T1w image in {item.folder}")
-            except ModelSkipped as skipped:  # this folder has no input for the model: a reason, not a failure
-                skips.append((name, str(skipped)))
-                messages.append(f"{name}: skipped: {skipped}")
-                continue
-            result = segment(name, item.path)
-            result.subject = item.key
-            write_segmentation(commit.folder, item, MODELS[name][1], result, engines.entries[name], posteriors)
-            if engines.plan[name].get("morphometry"):
-                morphometry_of = (MODELS[name][1], result)
-        if morphometry_of is not None:  # after every engine: their outputs take precedence on shared names
-            from .morphometry_outputs import write_morphometry_derivatives
-
-            write_morphometry_derivatives(commit.folder, item, *morphometry_of)
-        models = {name: {k: v for k, v in entry.items() if k != "labels"} for name, entry in engines.entries.items()}
-        commit.commit({"fingerprint": fingerprint, "input": item.path, "models": models,
-                       "seconds": round(time.perf_counter() - started, 3), "notes": messages})
-        note_skips(output_dir, item, skips)
-        return {"key": item.key, "status": "done", "seconds": time.perf_counter() - started, "notes": messages}
-    except BaseException as error:
-        commit.discard()
-        if not isinstance(error, Exception):
-            raise
-        reason = str(error) if isinstance(error, SegSuiteError) else f"internal error: {type(error).__name__}: {error}"
-        if log_path:
-            os.makedirs(log_dir, exist_ok=True)
-            Path(log_path).write_text("\n".join(messages + [traceback.format_exc()]), encoding="utf-8")
-        return {"key": item.key, "status": "failed", "reason": " ".join(reason.split()), "log": log_path,
-                "seconds": time.perf_counter() - started}
+    if name in OTHER_INPUT_MODELS:
+        run_other_input_model(name, engines, item, staged, segment, posteriors)
+        return None
+    result = segment(name, item.path)
+    result.subject = item.key
+    write_segmentation(staged, item, MODELS[name], result, engines.entries[name], posteriors)
+    return result
 
 
 def _segment_kwargs(name: str, engines: EngineSet) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,14 +13,14 @@ HELP = "BIDS App: segment a BIDS dataset (or a CSV/TSV manifest) on Dask, writin
 DESCRIPTION = """segsuite bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
 
 participant: segment every T1w image (one Dask task per subject/session); finished subjects are
-skipped, failures go to OUTPUT_DIR/logs/failed.tsv and the exit status is 1 if any failed.
+skipped, failures go to OUTPUT_DIR/.segsuite/logs/failed.tsv and the exit status is 1 if any failed.
 group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv and write
 group_qc_report.html, the reviewer's page (views of every engine per subject, ratings exported as a
 TSV); --qc-ratings FILE (that TSV) leaves the (subject, engine) pairs rated fail out of the tables'
 analysis columns and the TIV fits, with review_rating and review_status columns saying why.
 --models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
 samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
-engine's input is skipped for it (logs/skipped.tsv).
+engine's input is skipped for it (.segsuite/logs/skipped.tsv).
 BIDS_DIR may be a CSV/TSV manifest (participant_id, optional session_id, path) for non-BIDS cohorts
 such as UK Biobank (<eid>/T1/T1.nii.gz). See docs/cohort.md.
 """
@@ -33,7 +34,7 @@ def add_arguments(parser) -> None:
                         help="participants (with or without sub-), or files listing them")
     parser.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions (with or without ses-)")
     parser.add_argument("--bids-filter-file", metavar="JSON", help='select the T1w images, e.g. {"t1w": {"acquisition": "mprage"}}')
-    parser.add_argument("-w", "--work-dir", metavar="DIR", help="index cache and run logs (default OUTPUT_DIR/work)")
+    parser.add_argument("-w", "--work-dir", metavar="DIR", help="index cache and run logs (default OUTPUT_DIR/.segsuite/work)")
     parser.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
     parser.add_argument("--nprocs", type=int, default=1, help="worker processes of the local cluster (default 1)")
     parser.add_argument("--omp-nthreads", type=int, default=None, help="torch threads per worker (default: cores / nprocs)")
@@ -50,6 +51,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--posteriors", action="store_true", help="write _probseg posteriors")
     parser.add_argument("--synthseg-model", metavar="PATH", help="SynthSeg weights file or folder (default: model manager)")
     parser.add_argument("--sclimbic-model", metavar="PATH", help="ScLimbic model file (default: model manager)")
+    parser.add_argument("--sclimbic-conform", action="store_true",
+                        help="ScLimbic: accept non-1 mm T1w images (resliced to 1 mm, labels back on the input grid; "
+                             "as segsuite sclimbic --conform)")
+    parser.add_argument("--sclimbic-percentile", type=float, nargs="?", const=99.9, default=None, metavar="P",
+                        help="ScLimbic: normalise by this percentile of the nonzero voxels (no value: 99.9; "
+                             "as segsuite sclimbic --percentile)")
+    parser.add_argument("--ct", action="store_true", help="SynthSeg: clip intensities to [0, 80] for CT scans")
     parser.add_argument("--scepi-model", metavar="DIR_OR_ZIP", help="sc_epi nnU-Net model folder or release zip "
                         "(as segsuite scepi --model; default: model manager)")
     parser.add_argument("--scepi-thr", type=float, default=None, metavar="T", help="sc_epi: binarize the soft output at T")
@@ -76,7 +84,20 @@ def add_arguments(parser) -> None:
                              "QC flags and ranking and group_qc_report.html (docs/morphometry.md)")
 
 
+# The flags engine messages name (those of the engine's own command) as segsuite bids calls them.
+BIDS_FLAGS = {"synthseg": {"--model": "--synthseg-model"},
+              "sclimbic": {"--conform": "--sclimbic-conform", "--model": "--sclimbic-model",
+                           "--percentile": "--sclimbic-percentile"},
+              "scepi": {"--model": "--scepi-model", "-thr": "--scepi-thr"},
+              "samseg-filter": {"--preset": "--samseg-preset"}}
+
+
 def model_plan(args) -> dict:
+    """{model name: {model, options, [morphometry, inputs], flags}}: what every worker builds."""
+    return {name: dict(spec, flags=BIDS_FLAGS.get(name, {})) for name, spec in engine_plan(args).items()}
+
+
+def engine_plan(args) -> dict:
     plan = {}
     if getattr(args, "morphometry", False) and "synthseg" not in args.models:
         from ..errors import UsageError
@@ -86,10 +107,16 @@ def model_plan(args) -> dict:
         plan["synthseg"] = {"model": args.synthseg_model, "options": {
             "parc": args.parc, "robust": args.robust, "fast": args.fast, "qc": args.qc,
             "crop": args.crop, "posteriors": args.posteriors or getattr(args, "morphometry", False)}}
+        if getattr(args, "ct", False):  # only when given: the provenance of earlier runs stays valid
+            plan["synthseg"]["options"]["ct"] = True
         if getattr(args, "morphometry", False):  # the tissue maps are summed from the posteriors
             plan["synthseg"]["morphometry"] = True
     if "sclimbic" in args.models:
         plan["sclimbic"] = {"model": args.sclimbic_model, "options": {"posteriors": args.posteriors}}
+        if getattr(args, "sclimbic_conform", False):
+            plan["sclimbic"]["options"]["conform"] = True
+        if getattr(args, "sclimbic_percentile", None) is not None:
+            plan["sclimbic"]["options"]["percentile"] = args.sclimbic_percentile
     plan.update(other_input_plan(args))
     return plan
 
@@ -113,8 +140,12 @@ def other_input_plan(args) -> dict:
     return plan
 
 
+VALIDATOR_FILES_SHOWN = 5   # files named per error code; the count says how many more
+
+
 def validate_input(bids_dir: str) -> None:
-    """The real BIDS validator (bids-validator-deno) on the input; errors stop the run."""
+    """The real BIDS validator (bids-validator-deno) on the input; errors stop the run, each error
+    code on a line of its own with the files it names, as the validator reports them."""
     import shutil
     import subprocess
 
@@ -124,11 +155,38 @@ def validate_input(bids_dir: str) -> None:
     if not os.path.exists(validator):
         raise InputError("bids-validator-deno is not installed (pip install bids-validator-deno); "
                          "or pass --skip-bids-validation")
-    done = subprocess.run([validator, bids_dir, "--ignoreWarnings", "--ignoreNiftiHeaders"], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        raise InputError(f"{bids_dir} is not valid BIDS ({' | '.join(lines[-4:])[:400]}); "
-                         "fix it or pass --skip-bids-validation")
+    done = subprocess.run([validator, bids_dir, "--ignoreWarnings", "--ignoreNiftiHeaders", "--json"],
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        return
+    try:
+        lines = validator_error_lines(json.loads(done.stdout))
+    except (ValueError, KeyError, TypeError):  # no report: the validator itself failed
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-4:]
+    raise InputError(f"{bids_dir} is not valid BIDS (fix it, or pass --skip-bids-validation); bids-validator-deno:\n"
+                     + "\n".join(f"  {line}" for line in lines))
+
+
+def validator_error_lines(report: dict) -> list[str]:
+    """One line per error code of a bids-validator-deno --json report: the code, the first sentence of
+    its message, and the files it names."""
+    messages = report["issues"].get("codeMessages", {})
+    files: dict[str, list[str]] = {}
+    for issue in report["issues"]["issues"]:
+        if issue.get("severity") != "error":
+            continue
+        named = files.setdefault(issue["code"], [])
+        for path in ([issue["location"]] if issue.get("location") else []) + list(issue.get("affects") or []):
+            if path not in named:
+                named.append(path)
+    lines = []
+    for code, named in files.items():
+        sentence = messages.get(code, "").split(". ")[0].strip().rstrip(".")
+        named.sort()
+        shown = ", ".join(named[:VALIDATOR_FILES_SHOWN])
+        more = f" and {len(named) - VALIDATOR_FILES_SHOWN} more" if len(named) > VALIDATOR_FILES_SHOWN else ""
+        lines.append(f"[ERROR] {code}" + (f" {sentence}" if sentence else "") + (f": {shown}{more}" if named else ""))
+    return lines
 
 
 def run(args) -> int:
@@ -137,9 +195,10 @@ def run(args) -> int:
 
         require_cohort_packages(manifest=is_manifest(Path(args.bids_dir)))
     from ..cohort import group as group_level
-    from ..cohort.derivatives import write_dataset_files
-    from ..cohort.index import (index_bids, is_manifest, read_filter_file, read_labels, read_manifest, select_t1w)
-    from ..cohort.runner import ClusterConfig, ClusterStart, run_cohort
+    from ..cohort.derivatives import default_work_dir
+    from ..cohort.index import is_manifest, read_filter_file, read_labels
+    from ..cohort.lock import OutputLock, OutputLocked
+    from ..cohort.runner import ClusterConfig
     from ..errors import InputError, UsageError
 
     output_dir = Path(args.output_dir).resolve()
@@ -162,14 +221,17 @@ def run(args) -> int:
             print(f"segsuite bids group: {review['name']}: {review['bytes'] / 1e6:.2f} MB page + "
                   f"{review['views_bytes'] / 1e6:.1f} MB of views ({review['per_subject'] / 1e3:.0f} kB per subject), "
                   f"{review['entries']} views of {review['subjects']} image folders", file=sys.stderr)
-        failures = 0 if tables.failures is None else len(tables.failures)
-        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
+        # failed.tsv has one row per (subject, engine) failure
+        rows = 0 if tables.failures is None else len(tables.failures)
+        subjects = 0 if not rows else len(tables.failures.drop_duplicates(["participant_id", "session_id"]))
+        print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {subjects} failed subject(s) "
+              f"({rows} (subject, engine) row(s)) in .segsuite/logs/failed.tsv")
         return 0
 
     source = Path(args.bids_dir).resolve()
     if output_dir == source:
         raise UsageError("OUTPUT_DIR must not be BIDS_DIR itself; use e.g. BIDS_DIR/derivatives/segsuite")
-    work_dir = Path(args.work_dir).resolve() if args.work_dir else output_dir / "work"
+    work_dir = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(output_dir)
     plan = model_plan(args)  # option mistakes (e.g. samseg-filter without --derivatives) before any work
     participants = read_labels(args.participant_label, "sub-")
     sessions = read_labels(args.session_label, "ses-")
@@ -184,6 +246,28 @@ def run(args) -> int:
                         ("--scepi-model", args.scepi_model)):
         if value and not os.path.exists(os.path.expanduser(value)):
             raise UsageError(f"{flag} {value}: no such file or folder")
+    # writes nothing under the output (probes, the GPU, the models): before the lock, so a failure leaves no folder
+    preflight(args, plan, output_dir, work_dir)
+    created = _missing_tops([output_dir, work_dir])  # removed again if the run fails before any subject
+    try:
+        with OutputLock(output_dir):  # one run per output dataset: a second one stops here, naming the holder
+            return _run_participant(args, source, output_dir, work_dir, plan, config, manifest, participants,
+                                    sessions, filters)
+    except OutputLocked:
+        raise  # the folders belong to the run that holds the lock
+    except BaseException:
+        _remove_if_unused(created, output_dir)
+        raise
+
+
+def _run_participant(args, source: Path, output_dir: Path, work_dir: Path, plan: dict, config, manifest: bool,
+                     participants, sessions, filters) -> int:
+    from ..cohort.derivatives import logs_dir, write_dataset_files
+    from ..cohort.index import index_bids, read_manifest, select_t1w
+    from ..cohort.runner import ClusterStart, run_cohort
+    from ..errors import InputError
+    from ..faults import Interrupted
+
     # The local workers start and load the models while the input is validated and indexed (batch
     # jobs are submitted only once the input is known to be good).
     starting = None if args.cluster else ClusterStart(config, plan, work_dir)
@@ -214,21 +298,118 @@ def run(args) -> int:
         from ..cohort.worker import MODELS
 
         tables = label_tables(plan)  # SynthSeg's from its label lists; the others as the workers' engines have them
-        tables.update({MODELS[name][1]: rows_to_table(entry["labels"]) for name, entry in entries.items()
+        tables.update({MODELS[name]: rows_to_table(entry["labels"]) for name, entry in entries.items()
                        if name != "synthseg" and entry.get("labels")})
         write_dataset_files(output_dir, str(source), entries, tables, links=parse_derivatives(args.derivatives))
 
-    summary = run_cohort(items, output_dir, plan, config, work_dir, overwrite=args.overwrite,
-                         posteriors=args.posteriors, stop_on_first_crash=args.stop_on_first_crash,
-                         progress=getattr(args, "progress", "bar"), on_models=on_models, starting=starting)
-    print(f"segsuite bids: {len(summary.done)} done, {len(summary.skipped)} skipped, {len(summary.failed)} failed "
-          f"in {summary.seconds:.1f} s ({summary.per_hour:.0f} subjects/hour)", file=sys.stderr)
+    try:
+        summary = run_cohort(items, output_dir, plan, config, work_dir, overwrite=args.overwrite,
+                             posteriors=args.posteriors, stop_on_first_crash=args.stop_on_first_crash,
+                             progress=getattr(args, "progress", "bar"), on_models=on_models, starting=starting)
+    except Interrupted as stop:
+        summary = getattr(stop, "summary", None)
+        if summary is None:
+            raise
+        print(f"segsuite bids: interrupted by {stop.name} after {summary.seconds:.1f} s: {len(summary.done)} committed, "
+              f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed, {len(summary.not_started)} not "
+              f"started; committed outputs are kept, the same command resumes the rest", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    partly = len(set(summary.done) & {f["key"] for f in summary.failed})
+    print(f"segsuite bids: {len(summary.done)} done{f' ({partly} partly)' if partly else ''}, "
+          f"{len(summary.skipped)} skipped, {len(summary.failed_subjects)} failed in {summary.seconds:.1f} s "
+          f"({summary.per_hour:.0f} subjects/hour); per engine: "
+          f"{summary.engine_line() or 'nothing'}", file=sys.stderr)
     if summary.failed:
-        first = sorted(summary.failed, key=lambda f: f["key"])[0]
-        print(f"segsuite bids: error: {len(summary.failed)} subject(s) failed (see {output_dir / 'logs' / 'failed.tsv'}); "
-              f"first: {first['key']}: {first['reason']}", file=sys.stderr)
+        first = sorted(summary.failed, key=lambda f: (f["key"], f["model"]))[0]
+        subjects = len({f["key"] for f in summary.failed})
+        print(f"segsuite bids: error: {subjects} subject(s) failed in {len(summary.failed)} (subject, engine) run(s) "
+              f"(see {logs_dir(output_dir) / 'failed.tsv'}); first: {first['key']} {first['model']}: {first['reason']}",
+              file=sys.stderr)
         return 1
     return 0
+
+
+# the bids flag that gives each engine's model (the engines' own messages name their command's --model)
+MODEL_FLAGS = {"synthseg": "--synthseg-model", "sclimbic": "--sclimbic-model", "scepi": "--scepi-model"}
+
+
+def preflight(args, plan: dict, output_dir: Path, work_dir: Path) -> None:
+    """What the other commands check before any model is loaded, here before any worker starts or
+    anything is written: the output and work folders take files, a CUDA GPU is there when asked for
+    (on this machine; batch jobs and a running scheduler have their own), every model is present
+    and verified (fetched first if it can be). Each failure is one SegSuiteError naming the bids flag."""
+    from ..image import check_writable_locations
+
+    check_writable_locations([output_dir / "dataset_description.json", work_dir / "engine-calls.jsonl"])
+    if args.device != "cpu" and not (args.cluster or args.scheduler):
+        from ..engine import resolve_device
+
+        resolve_device(args.device)
+    check_models(plan)
+
+
+def check_models(plan: dict) -> None:
+    """Each engine's weights as it will resolve them (an explicit file or folder, or the model
+    manager's installed and verified copy, downloaded now if missing), without loading a network."""
+    import re
+
+    from ..errors import SegSuiteError
+
+    for name, spec in plan.items():
+        flag = MODEL_FLAGS.get(name)
+        if flag is None:
+            continue
+        try:
+            _resolve_model_files(name, spec)
+        except SegSuiteError as error:
+            raise type(error)(re.sub(r"--model\b", flag, str(error))) from None
+
+
+def _resolve_model_files(name: str, spec: dict) -> None:
+    model, options = spec.get("model"), spec.get("options", {})
+    if name == "synthseg":
+        from ..synthseg.engine import resolve_weights
+
+        resolve_weights(model, "synthseg-robust-2.0" if options.get("robust") else "synthseg-2.0", True)
+        for wanted, model_id in (("parc", "synthseg-parc-2.0"), ("qc", "synthseg-qc-2.0")):
+            if options.get(wanted):
+                resolve_weights(model, model_id, False)
+    elif name == "sclimbic":
+        from ..sclimbic.engine import resolve_model_files
+
+        resolve_model_files(model)
+    elif name == "scepi":
+        from ..scepi.modelfolder import resolve_model
+
+        resolve_model(model)
+
+
+def _missing_tops(folders) -> list[Path]:
+    """For each folder, the outermost of it and its parents that does not exist yet (None if it does)."""
+    tops = []
+    for folder in folders:
+        top = None
+        for candidate in (folder, *folder.parents):
+            if candidate.exists():
+                break
+            top = candidate
+        tops.append(top)
+    return tops
+
+
+def _remove_if_unused(created: list, output_dir: Path) -> None:
+    """A run that failed before committing any subject leaves nothing behind: the output and work
+    folders it created are removed (never a folder that was there before, never committed results
+    or the logs of subjects that failed)."""
+    import shutil
+
+    from ..cohort.derivatives import logs_dir
+
+    if any(output_dir.glob("sub-*")) or any(path.is_file() for path in logs_dir(output_dir).glob("*")):
+        return
+    for folder in created:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def require_cohort_packages(manifest: bool) -> None:

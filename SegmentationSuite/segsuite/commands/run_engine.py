@@ -12,26 +12,17 @@ written and the others failed; 1 or more without one: nothing was written.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 from pathlib import Path
 
+from ..engine import ENGINES, resolve_engine, split_options  # noqa: F401  (names scripts import from here)
 from ..errors import InputError, OutputExistsError, SegSuiteError, UsageError
 from ..image import image_suffix, strip_image_suffix
 from ..progress import sub_progress
 
 NAME = "run-engine"
 HELP = "run an engine on images and write result bundles (for the Slicer modules and scripts)"
-
-# Engine name -> "module:Class". Anything else of the form "package.module:Class" is accepted too.
-ENGINES = {
-    "synthseg": "segsuite.synthseg:SynthSegEngine",
-    "sclimbic": "segsuite.sclimbic:ScLimbicEngine",
-    "scepi": "segsuite.scepi:ScEpiEngine",
-    "samseg-filter": "segsuite.samseg:SamsegBrainMask",
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", required=True,
@@ -49,39 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", action="append", default=[],
                         help="also write the run's manifest here (repeatable; OUTPUT_DIR/manifest.json is always "
                              "written); its bundle folders are relative to --output-dir")
-
-
-def resolve_engine(name: str):
-    spec = ENGINES.get(name, name)
-    if ":" not in spec:
-        raise UsageError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)} or package.module:Class")
-    module_name, class_name = spec.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise SegSuiteError(f"the {name} engine cannot be loaded ({error}); is SegmentationSuite fully installed?") from error
-    try:
-        return getattr(module, class_name)
-    except AttributeError:
-        raise SegSuiteError(f"{module_name} has no engine class {class_name}") from None
-
-
-def split_options(engine_class, options: dict) -> tuple[dict, dict]:
-    """Engine options -> (constructor keywords, segment() keywords), by the engine's own signatures.
-
-    Per-image choices such as ScLimbic's ``etiv`` are arguments of ``segment``; unknown names
-    are a usage error that names them.
-    """
-    import inspect
-
-    accepted_by_init = set(inspect.signature(engine_class.__init__).parameters) - {"self"}
-    accepted_by_segment = set(inspect.signature(engine_class.segment).parameters) - {"self", "source", "progress"}
-    unknown = sorted(set(options) - accepted_by_init - accepted_by_segment)
-    if unknown:
-        raise UsageError(f"the engine {engine_class.__name__} does not accept the option(s) {', '.join(unknown)}")
-    init = {k: v for k, v in options.items() if k in accepted_by_init}
-    segment = {k: v for k, v in options.items() if k not in accepted_by_init}
-    return init, segment
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, SegSuiteError, UsageError
 
 NAME = "scepi"
 HELP = "spinal cord segmentation on EPI/BOLD volumes (SCT's sc_epi nnU-Net model)"
@@ -158,15 +159,25 @@ def run(args) -> int:
         outputs = OutputTransaction(overwrite=args.overwrite, inputs=inputs)
         qc_files = OutputTransaction(overwrite=True, inputs=inputs)  # the QC report accumulates, like SCT's
         qc_entries = None
+        failures = []
         try:
             for index, (path, paths) in enumerate(zip(inputs, per_input)):
                 share = 0.9 / len(inputs)
                 report = sub_progress(progress, 0.1 + index * share, 0.1 + (index + 1) * share)
-                volume = engine.load_input(path)
-                result = engine.segment(volume, progress=report)
-                arrays = engine.output_arrays(result)
-                for (suffix, array), out_path in zip(arrays, paths):
-                    outputs.save_image(out_path, array, result.affine)
+                try:  # a failed input is reported and the others' outputs kept (several inputs)
+                    volume = engine.load_input(path)
+                    result = engine.segment(volume, progress=report)
+                    arrays = engine.output_arrays(result)
+                    for (suffix, array), out_path in zip(arrays, paths):
+                        outputs.save_image(out_path, array, result.affine)
+                except SegSuiteError as error:
+                    if len(inputs) == 1:
+                        raise
+                    for out_path in paths:
+                        outputs.discard(out_path)
+                    failures.append(f"{path}: {error}")
+                    print(f"segsuite scepi: {path}: {error}", file=sys.stderr)
+                    continue
                 if args.qc:
                     from ..scepi.qc import add_qc_entry
 
@@ -174,7 +185,7 @@ def run(args) -> int:
                     qc_entries = add_qc_entry(qc_files, args.qc, volume.data, result.labels, result.affine, path,
                                               paths, cord.color if cord else (255, 0, 0), result.volumes, qc_entries,
                                               dataset=args.qc_dataset, subject=args.qc_subject)
-            if args.qc:
+            if args.qc and qc_entries is not None:
                 from ..scepi.qc import write_qc_index
 
                 write_qc_index(qc_files, args.qc, qc_entries)
@@ -188,6 +199,8 @@ def run(args) -> int:
         close()
     if not quiet:
         print_written(written)
+    if failures:
+        raise SegSuiteError(f"{len(failures)} of {len(inputs)} inputs failed: " + "; ".join(failures))
     return 0
 
 

@@ -172,7 +172,8 @@ def plan_image_jobs(args, want_etiv: bool) -> tuple[list[Job], str, bool]:
 
 def run(args) -> int:
     from ..cli import print_written, progress_for
-    from ..image import check_outputs, output_transaction
+    from ..errors import SegSuiteError
+    from ..image import OutputTransaction, check_outputs
     from ..progress import sub_progress
     from ..sclimbic import ScLimbicEngine
     from ..sclimbic.stats import StatsRow, csv_names, format_case_csv, format_stats
@@ -210,6 +211,10 @@ def run(args) -> int:
     if args.debug:
         args.verbose = True
         progress = _with_step_times(progress)
+    # one transaction: the good images' files and the summary CSVs together at the end; a failed
+    # image's files are dropped and it is reported (several images), as segsuite synthseg does
+    transaction = OutputTransaction(overwrite=args.overwrite, inputs=inputs)
+    failures = []
     try:
         engine = ScLimbicEngine(
             model=args.model, ctab=args.ctab, population_stats=args.population_stats, device=device,
@@ -220,11 +225,28 @@ def run(args) -> int:
         names = [engine.label_table.name(v) for v in engine.stats_labels]
         volume_rows, z_rows, confidence_rows = {}, {}, {}
         z_columns = [n for n in names if engine.population and _has_population(n, engine.population)]
-        with output_transaction(overwrite=args.overwrite, inputs=inputs) as transaction:
-            for number, job in enumerate(jobs):
-                step = sub_progress(progress, number / len(jobs), (number + 1) / len(jobs))
-                result = engine.segment(job.input, progress=lambda f, m, n=number: step(f, f"{n + 1}/{len(jobs)}: {m}"),
-                                        etiv=job.etiv)
+
+        def failed(job, error):
+            if len(jobs) == 1:
+                raise error
+            for path in (job.segmentation, job.posteriors, job.stats):
+                if path:
+                    transaction.discard(path)
+            failures.append(f"{job.input}: {error}")
+            print(f"segsuite sclimbic: {job.input}: {error}", file=sys.stderr)
+
+        runnable = []
+        for job in jobs:  # the header-level refusals (e.g. not 1 mm) of every image before any network
+            try:
+                engine.check_input(job.input)
+                runnable.append(job)
+            except SegSuiteError as error:
+                failed(job, error)
+        for number, job in enumerate(runnable):
+            step = sub_progress(progress, number / len(runnable), (number + 1) / len(runnable))
+            try:
+                result = engine.segment(job.input, etiv=job.etiv,
+                                        progress=lambda f, m, n=number: step(f, f"{n + 1}/{len(runnable)}: {m}"))
                 transaction.save_image(job.segmentation, result.labels, result.affine)
                 if job.posteriors:
                     transaction.save_image(job.posteriors, result.posteriors, result.posteriors_affine)
@@ -233,22 +255,32 @@ def run(args) -> int:
                     rows = [StatsRow(engine.label_table.by_name(n).value, result.tables["voxel_counts"][n],
                                      result.volumes[n], n) for n in names]
                     transaction.write_text(job.stats, format_stats(rows, etiv))
-                volume_rows[job.case] = [result.volumes[n] for n in names] + ([etiv] if store_etiv else [])
-                z_rows[job.case] = [result.qc.get(n) for n in z_columns]
-                confidence_rows[job.case] = [result.tables["confidences"][n] for n in names]
+            except SegSuiteError as error:
+                failed(job, error)
+                continue
+            volume_rows[job.case] = [result.volumes[n] for n in names] + ([etiv] if store_etiv else [])
+            z_rows[job.case] = [result.qc.get(n) for n in z_columns]
+            confidence_rows[job.case] = [result.tables["confidences"][n] for n in names]
+        if volume_rows:
             if folder_mode:
                 transaction.write_text(summary["volumes"], format_case_csv(names + (["eTIV"] if store_etiv else []), volume_rows))
             if args.write_qa_stats:
                 transaction.write_text(summary["zscores"], format_case_csv(z_columns, z_rows))
                 transaction.write_text(summary["confidences"], format_case_csv(names, confidence_rows))
+        written = transaction.commit()
+    except BaseException:
+        transaction.rollback()
+        raise
     finally:
         close()
-    print_written(outputs)
+    print_written(written)
     if args.debug or args.vmp:
         from ..memory import peak_virtual_memory_kb
 
         peak = peak_virtual_memory_kb()
         print(f"#@# segsuite sclimbic vmpeak {peak if peak is not None else 'unknown (no /proc on this system)'}")
+    if failures:
+        raise SegSuiteError(f"{len(failures)} of {len(jobs)} images failed: " + "; ".join(failures))
     return 0
 
 

@@ -225,9 +225,9 @@ def _copy_permissions(reference: Optional[Path], target: str) -> None:
     if reference is not None:
         shutil.copymode(reference, target)
         return
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(target, 0o666 & ~umask)
+    from ..faults import give_umask_mode
+
+    give_umask_mode(target)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Optional
 
 from ..checksum import sha256_of
 from ..errors import ModelError
+from ..faults import give_umask_mode
 
 MODEL_ID = "sc-epi"
 PREFERRED_TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -147,6 +148,7 @@ def extract_release_zip(zip_path: Path) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=parent))
+        give_umask_mode(staging)  # renamed into place: a shared model cache stays readable
     except OSError as error:
         raise ModelError(f"cannot create the model cache folder {parent}: {error.strerror}; "
                          "set SEGSUITE_HOME to a writable folder or extract the zip yourself and pass the folder") from error

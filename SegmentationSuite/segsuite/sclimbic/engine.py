@@ -18,7 +18,7 @@ import numpy as np
 from ..engine import ieee_float32, resolve_device, set_threads
 from ..checksum import sha256_of
 from ..errors import InputError, ModelError
-from ..image import Volume, as_volume, check_finite, strip_image_suffix
+from ..image import Volume, as_volume, check_finite, strip_image_suffix, voxel_sizes
 from ..labels import LabelTable
 from ..progress import ProgressCallback, ensure_callback
 from ..result import SegmentationResult
@@ -177,6 +177,24 @@ class ScLimbicEngine:
             if zooms.shape == (3,) and np.all(zooms > 0):
                 voxel_size = zooms
         return Volume(data=data, affine=volume.affine, path=volume.path, header=header), np.asarray(voxel_size, dtype=np.float64)
+
+    def check_input(self, source) -> None:
+        """The header-level refusals of ``segment``: unreadable, not one 3D volume, not 1 mm without conform."""
+        if not (isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")):
+            return
+        from ..image import read_header
+
+        header = read_header(source)
+        shape = list(header.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape.pop()
+        if len(shape) != 3:
+            raise InputError(f"{header.path} has shape {header.shape}; ScLimbic needs one 3D T1-weighted "
+                             "volume: extract a single volume first (e.g. mri_convert --frame 0)")
+        if header.dtype.kind not in "biuf":
+            raise InputError(f"{header.path} has data type {header.dtype}, which is not an image intensity type")
+        zooms = np.asarray(header.zooms[:3], dtype=np.float64)
+        self.check_resolution(zooms if np.all(zooms > 0) else voxel_sizes(header.affine))
 
     def check_resolution(self, voxel_size: np.ndarray) -> None:
         if not np.allclose(voxel_size, 1.0, rtol=0, atol=VOXEL_SIZE_TOLERANCE):

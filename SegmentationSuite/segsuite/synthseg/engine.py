@@ -297,6 +297,13 @@ class SynthSegEngine:
         del groups
         return np.around(np.clip(scores[1:], 0, 1), 4)
 
+    def check_input(self, source) -> None:
+        """The header-level refusals of ``segment`` (unreadable, not one 3D volume, bad affine)."""
+        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+            from .preprocess import check_header
+
+            check_header(source)
+
     def segment(self, source, progress: Optional[ProgressCallback] = None,
                 resample_output: bool = False, subject: Optional[str] = None) -> SegmentationResult:
         """Segment one image (path, (array, affine) or Volume).

@@ -158,6 +158,35 @@ class Prepared:
     input_affine: np.ndarray
 
 
+def check_layout(dtype, shape, what: str) -> None:
+    """SynthSeg's checks of the voxel type and the shape (one 3D volume), from the header alone."""
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{what} has voxel type {dtype}; a real-valued image is needed")
+    squeezed = tuple(n for n in shape if n != 1)
+    if len(squeezed) == 4:
+        raise InputError(f"{what} has {squeezed[-1]} volumes/channels (shape {tuple(shape)}); SynthSeg "
+                         "segments one 3D volume: extract or average them first (e.g. mri_concat --mean)")
+    if len(squeezed) != 3:
+        raise InputError(f"{what} is {len(squeezed)}D (shape {tuple(shape)}); SynthSeg needs a 3D volume")
+    if min(squeezed) < 4:
+        raise InputError(f"{what} has only {min(squeezed)} slices along one axis (shape {squeezed}); "
+                         "SynthSeg needs a 3D volume")
+
+
+def check_affine(affine: np.ndarray, what: str) -> None:
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{what} has an invalid (singular or non-finite) voxel-to-world matrix; fix its header")
+
+
+def check_header(path) -> None:
+    """SynthSeg's input checks that need only the header: readable, one 3D volume, a valid affine."""
+    from ..image import read_header
+
+    header = read_header(path)
+    check_layout(header.dtype, header.shape, header.path)
+    check_affine(header.affine, header.path)
+
+
 def load_source(source) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(data float64, affine, voxel size, description) with SynthSeg's input checks."""
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
@@ -167,26 +196,15 @@ def load_source(source) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         volume = as_volume(source)
         what = "the input image"
     data = np.asarray(volume.data)
-    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise InputError(f"{what} has voxel type {data.dtype}; a real-valued image is needed")
-    data = np.squeeze(data)
-    if data.ndim == 4:
-        raise InputError(f"{what} has {data.shape[-1]} volumes/channels (shape {volume.data.shape}); SynthSeg "
-                         "segments one 3D volume: extract or average them first (e.g. mri_concat --mean)")
-    if data.ndim != 3:
-        raise InputError(f"{what} is {data.ndim}D (shape {volume.data.shape}); SynthSeg needs a 3D volume")
-    if min(data.shape) < 4:
-        raise InputError(f"{what} has only {min(data.shape)} slices along one axis (shape {data.shape}); "
-                         "SynthSeg needs a 3D volume")
-    data = data.astype(np.float64, copy=False)
+    check_layout(data.dtype, data.shape, what)
+    data = np.squeeze(data).astype(np.float64, copy=False)
     check_finite(data, what)
     if not np.any(data):
         raise InputError(f"{what} is empty (all voxels are 0); check that the right file was given")
     if float(data.max()) == float(data.min()):
         raise InputError(f"{what} is constant ({float(data.max())}); there is nothing to segment")
     affine = np.asarray(volume.affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{what} has an invalid (singular or non-finite) voxel-to-world matrix; fix its header")
+    check_affine(affine, what)
     resolution = voxel_sizes(affine)
     header = getattr(volume, "header", None)
     if header is not None and hasattr(header, "get_zooms"):
