@@ -231,6 +231,24 @@ def test_forward_then_inverse_returns_points_and_reads_in_simpleitk(preprocessed
 
 
 @pytest.mark.slow
+def test_forward_transform_resamples_in_antspy(preprocessed):
+    """antsApplyTransforms (through ANTsPy) reads the composite .h5 and gives the space-<template> T1w."""
+    ants = pytest.importorskip("ants", reason="needs antspyx (requirements-ants-nodeps.txt)")
+    _, paths, _ = preprocessed
+    reference = ants.image_read(paths["template_preproc"])
+    again = ants.apply_transforms(reference, ants.image_read(paths["preproc"]), [paths["forward_xfm"]],
+                                  interpolator="linear").numpy()
+    written = reference.numpy()
+    assert again.shape == written.shape
+    assert np.abs(again - written).max() < 1e-2 * written.max()
+    # the inverse brings the template-space T1w back onto the subject's grid, over the subject's brain
+    native = ants.image_read(paths["preproc"])
+    back = ants.apply_transforms(native, reference, [paths["inverse_xfm"]], interpolator="linear").numpy()
+    brain = ants.image_read(paths["brain_mask"]).numpy() > 0
+    assert np.corrcoef(back[brain], native.numpy()[brain])[0, 1] > 0.8
+
+
+@pytest.mark.slow
 def test_transforms_load_in_slicer_mrml(preprocessed):
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
     import SimpleITK as sitk
@@ -245,7 +263,8 @@ def test_transforms_load_in_slicer_mrml(preprocessed):
     for point in ([0.0, -20.0, 10.0], [30.0, 10.0, 20.0], [-25.0, -60.0, 0.0]):
         # the node moves the T1w into template space: its FromParent is the file's template -> subject map
         expected = itk.LPS[:3, :3] @ forward.TransformPoint(tuple(itk.LPS[:3, :3] @ point))
-        assert np.allclose(node.GetTransformFromParent().TransformPoint(point), expected, atol=1e-3)
+        # VTK's and ITK's interpolation of the displacement grid differ by ~0.01 mm where it bends sharply
+        assert np.allclose(node.GetTransformFromParent().TransformPoint(point), expected, atol=0.05)
         there = node.GetTransformFromParent().TransformPoint(point)
         assert np.allclose(node.GetTransformToParent().TransformPoint(there), point, atol=0.5)
 
@@ -275,3 +294,32 @@ def test_cli_reports_a_missing_segmentation_in_one_line(tmp_path):
 def test_cli_rejects_a_negative_fwhm(tmp_path):
     run = _run_cli("--i", "x.nii.gz", "--o", str(tmp_path), "--fwhm", "-3", check=False)
     assert run.returncode == 2 and "--fwhm" in run.stderr and run.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_slicer_nodes_put_the_native_t1w_into_template_space(preprocessed):
+    """The adapter's transform node moves native points where the inverse file (template <- T1w) puts them."""
+    pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
+    import nibabel as nib
+    import SimpleITK as sitk
+    import slicer
+
+    from segsuite_slicer import mrml
+
+    _, paths, _ = preprocessed
+    standard = nib.load(paths["template_preproc"])
+    scene = slicer.vtkMRMLScene()
+    nodes = mrml.add_preprocessed_nodes(np.asarray(standard.dataobj), standard.affine, paths["forward_xfm"],
+                                        TEMPLATE_SPACE, scene=scene, name="sub-01")
+    assert nodes["volume"].GetName() == f"sub-01 space-{TEMPLATE_SPACE} T1w"
+    assert np.allclose(mrml.volume_node_geometry(nodes["volume"]), standard.affine, atol=1e-4)
+    inverse_file = sitk.ReadTransform(paths["inverse_xfm"])
+    mask = nib.load(paths["brain_mask"])
+    native_points = np.argwhere(np.asarray(mask.dataobj) > 0)[::300] @ mask.affine[:3, :3].T + mask.affine[:3, 3]
+    to_template = nodes["transform"].GetTransformToParent()
+    errors = [np.linalg.norm(np.subtract(to_template.TransformPoint(point),
+                                         itk.LPS[:3, :3] @ inverse_file.TransformPoint(tuple(itk.LPS[:3, :3] @ point))))
+              for point in native_points]
+    assert np.median(errors) < 0.5, np.percentile(errors, [50, 90, 100])
+    with pytest.raises(Exception, match="could not be read"):
+        mrml.add_preprocessed_nodes(np.zeros((2, 2, 2)), np.eye(4), paths["metrics"], TEMPLATE_SPACE, scene=scene)
