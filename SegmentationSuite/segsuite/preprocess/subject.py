@@ -127,9 +127,11 @@ def preprocess_subject(image, result: SegmentationResult, template: Template, fw
     modulated = {tissue: vbm.modulate(probseg[tissue], jacobian) for tissue in tissues.TISSUES}
     lap("modulation")
 
+    report(0.93, "smoothing")
     smoothed = {tissue: vbm.smooth(modulated[tissue], template.affine, fwhm) for tissue in tissues.TISSUES}
     lap("smoothing")
 
+    report(0.96, "quality metrics")
     metrics = quality.inu_metrics(bias.field, brain_mask)
     seg_grid = itk.to_sitk(np.zeros(maps["GM"].shape, dtype=np.uint8), maps_affine, dtype=np.uint8)
     inverse = registration.inverse()
