@@ -323,3 +323,64 @@ def test_slicer_nodes_put_the_native_t1w_into_template_space(preprocessed):
     assert np.median(errors) < 0.5, np.percentile(errors, [50, 90, 100])
     with pytest.raises(Exception, match="could not be read"):
         mrml.add_preprocessed_nodes(np.zeros((2, 2, 2)), np.eye(4), paths["metrics"], TEMPLATE_SPACE, scene=scene)
+
+
+# ---- group level (fast: small maps written here, the real records' layout) --------------------------------
+
+def _fake_subject(folder, prefix, mask, gm, metrics):
+    import nibabel as nib
+
+    paths = output_paths(str(folder), prefix, TEMPLATE_SPACE)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), paths["template_mask"])
+    nib.save(nib.Nifti1Image(gm.astype(np.float32), affine), paths["modulated_GM"])
+    with open(paths["metrics"], "w") as handle:
+        json.dump({"metrics": metrics, "provenance": {"template": TEMPLATE_SPACE}}, handle)
+
+
+def test_group_cohort_mask_mean_gm_and_qc_table(tmp_path):
+    import nibabel as nib
+    import pandas as pd
+
+    from segsuite.errors import InputError, OutputExistsError
+    from segsuite.preprocess.group import write_preprocess_group
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((6, 5, 4), bool) for _ in range(3)]
+    masks[0][1:5] = True
+    masks[1][2:5] = True
+    masks[2][2:6] = True
+    maps = [rng.random((6, 5, 4)) for _ in range(3)]
+    for number, (mask, gm) in enumerate(zip(masks, maps)):
+        folder = tmp_path / f"sub-{number}" / "anat"
+        folder.mkdir(parents=True)
+        _fake_subject(folder, f"sub-{number}", mask, gm, {"tpm_overlap_gm": 0.5 + number / 10, "inu_range": 0.1})
+    out = tmp_path / "group"
+    written = write_preprocess_group([tmp_path], out, mask_fraction=1.0)
+    mask = np.asarray(nib.load(written[0]).dataobj) > 0
+    assert np.array_equal(mask, masks[0] & masks[1] & masks[2])  # fraction 1: in every subject's mask
+    assert np.allclose(nib.load(written[1]).get_fdata(), np.mean(maps, axis=0), atol=1e-6)
+    table = pd.read_csv(written[2], sep="\t")
+    assert list(table["subject"]) == ["sub-0", "sub-1", "sub-2"]
+    assert np.allclose(table["tpm_overlap_gm"], [0.5, 0.6, 0.7])
+    assert table["jacobian_min"].isna().all()  # absent in these records: n/a, not a made-up value
+    half = write_preprocess_group([tmp_path], tmp_path / "half", mask_fraction=0.5)
+    assert np.array_equal(np.asarray(nib.load(half[0]).dataobj) > 0, np.sum(masks, axis=0) >= 1.5)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_preprocess_group([tmp_path], out)
+    with pytest.raises(InputError, match="no \\*_desc-preproc_qc.json"):
+        write_preprocess_group([tmp_path / "group"], tmp_path / "none")
+
+
+def test_bids_group_level_writes_the_preprocessing_group_maps(tmp_path):
+    rng = np.random.default_rng(1)
+    for number in range(2):
+        folder = tmp_path / f"sub-{number}" / "anat"
+        folder.mkdir(parents=True)
+        _fake_subject(folder, f"sub-{number}", np.ones((4, 4, 4), bool), rng.random((4, 4, 4)), {"inu_range": 0.2})
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "SegmentationSuite") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-m", "segsuite", "--progress", "none", "bids", str(tmp_path), str(tmp_path),
+                          "group"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "group_desc-preproc_qc.tsv" in run.stdout
+    assert (tmp_path / f"group_space-{TEMPLATE_SPACE}_label-GM_desc-modulatedmean_probseg.nii.gz").is_file()

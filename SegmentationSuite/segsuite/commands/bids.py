@@ -145,6 +145,9 @@ def run(args) -> int:
         from ..cohort.morphometry_outputs import write_morphometry_group
 
         written += write_morphometry_group(output_dir)
+        from ..preprocess.group import group_outputs_of
+
+        written += group_outputs_of(output_dir)  # subjects' segsuite preprocess outputs, when there are any
         failures = 0 if tables.failures is None else len(tables.failures)
         print(f"segsuite bids group: wrote {', '.join(written) or 'nothing'}; {failures} failed subject(s) in logs/failed.tsv")
         return 0
