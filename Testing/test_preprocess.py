@@ -384,3 +384,12 @@ def test_bids_group_level_writes_the_preprocessing_group_maps(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "group_desc-preproc_qc.tsv" in run.stdout
     assert (tmp_path / f"group_space-{TEMPLATE_SPACE}_label-GM_desc-modulatedmean_probseg.nii.gz").is_file()
+
+
+def test_cli_refuses_an_intensity_image_as_the_segmentation(tmp_path):
+    image = shared_path("data", "t1", "t1_crop_2mm.nii.gz")  # uint8: it would pass as integer labels
+    run = _run_cli("--i", str(image), "--seg", str(image), "--o", str(tmp_path / "out"),
+                   "--template", TEMPLATE_SPACE, check=False)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "--seg" in run.stderr and "intensity image" in run.stderr
+    assert not (tmp_path / "out").exists()

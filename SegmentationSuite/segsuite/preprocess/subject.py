@@ -74,6 +74,17 @@ def _on_grid(data: np.ndarray, affine: np.ndarray, shape, target_affine: np.ndar
                                     output_shape=tuple(shape), order=order, mode="constant", cval=0.0)
 
 
+def check_label_map(labels: np.ndarray) -> None:
+    """Refuse an intensity image given as the segmentation: a label map's values are few and sparse
+    (SAMSEG: 43 of 0-259; aparc+aseg: ~110 of 0-2035), an image's cover most of 1..max."""
+    values = tissues.distinct_labels(labels)
+    values = values[values > 0]
+    if values.size > 100 and values.size > 0.8 * values.max():
+        raise InputError(f"the segmentation holds {values.size} distinct values covering most of 1..{int(values.max())}: "
+                         "it looks like an intensity image; give its label map to --seg (aseg, SAMSEG seg.mgz, "
+                         "SynthSeg's --o)")
+
+
 def preprocess_subject(image, result: SegmentationResult, template: Template, fwhm: float = DEFAULT_FWHM,
                        threads: int = 2, registration_spacing: Optional[float] = REGISTRATION_SPACING,
                        progress=None) -> Preprocessed:
@@ -92,6 +103,7 @@ def preprocess_subject(image, result: SegmentationResult, template: Template, fw
     volume = as_volume(image)
     data = np.asarray(squeeze_to_3d(np.asarray(volume.data), "the T1w image"), dtype=np.float32)
     affine = np.asarray(volume.affine, dtype=np.float64)
+    check_label_map(np.asarray(result.labels))
     maps, maps_affine = tissue_maps_of(result)
     dseg = tissues.dseg_from_maps(maps)
     brain_on_seg = tissues.brain_mask_from_dseg(dseg)
