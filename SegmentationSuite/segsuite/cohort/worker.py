@@ -71,7 +71,8 @@ class EngineSet:
             init_options, segment_options = split_options(engine_class, dict(spec.get("options", {})))
             self.engines[name] = engine_class(model=spec.get("model"), device=device, threads=threads, **init_options)
             self.segment_options[name] = segment_options
-            options = dict(spec.get("options", {}), **({"morphometry": True} if spec.get("morphometry") else {}))
+            options = dict(spec.get("options", {}), **({"morphometry": True} if spec.get("morphometry") else {}),
+                           **({"preprocess": spec["preprocess"]} if spec.get("preprocess") else {}))
             self.entries[name] = {"options": options, "sha256": weights_sha256(self.engines[name]),
                                   "model": getattr(self.engines[name], "model_name", None) or name,
                                   "labels": table_to_rows(root_label_table(name, self.engines[name]))}
@@ -143,6 +144,7 @@ def segment_item(item_values: dict, output_dir: str, fingerprint: str, posterior
 
     try:
         morphometry_of = None  # (seg, result) of the engine whose result gets the morphometry step
+        preprocess_of = None   # (result, settings) of the engine whose result drives segsuite preprocess
         for name in engines.plan:
             append_line(call_log, {"key": item.key, "model": name, "pid": os.getpid(), "time": time.time()})
             try:
@@ -160,10 +162,16 @@ def segment_item(item_values: dict, output_dir: str, fingerprint: str, posterior
             write_segmentation(commit.folder, item, MODELS[name][1], result, engines.entries[name], posteriors)
             if engines.plan[name].get("morphometry"):
                 morphometry_of = (MODELS[name][1], result)
+            if engines.plan[name].get("preprocess"):
+                preprocess_of = (result, engines.plan[name]["preprocess"])
         if morphometry_of is not None:  # after every engine: their outputs take precedence on shared names
             from .morphometry_outputs import write_morphometry_derivatives
 
             write_morphometry_derivatives(commit.folder, item, *morphometry_of)
+        if preprocess_of is not None:
+            from .preprocess_outputs import write_preprocess_derivatives
+
+            write_preprocess_derivatives(commit.folder, item, *preprocess_of, threads=engines.threads)
         models = {name: {k: v for k, v in entry.items() if k != "labels"} for name, entry in engines.entries.items()}
         commit.commit({"fingerprint": fingerprint, "input": item.path, "models": models,
                        "seconds": round(time.perf_counter() - started, 3), "notes": messages})

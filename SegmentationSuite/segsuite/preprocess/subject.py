@@ -200,17 +200,21 @@ def output_paths(folder: str, prefix: str, template: str, fwhm: float = DEFAULT_
 
 
 def write_preprocessed(preprocessed: Preprocessed, folder: str, prefix: str, overwrite: bool = False,
-                       inputs=()) -> list[str]:
-    """Write every output atomically (all or nothing); returns the paths written."""
+                       inputs=(), brain_mask: bool = True) -> list[str]:
+    """Write every output atomically (all or nothing); returns the paths written. ``brain_mask``
+    False leaves out the native desc-brain_mask (in a cohort run the engine wrote its own)."""
     import SimpleITK as sitk
 
     from ..image import output_transaction, write_error
 
     paths = output_paths(folder, prefix, preprocessed.template, preprocessed.fwhm)
+    if not brain_mask:
+        del paths["brain_mask"]
     native, standard = preprocessed.native_affine, preprocessed.template_affine
     with output_transaction(overwrite=overwrite, inputs=inputs) as transaction:
         transaction.save_image(paths["preproc"], preprocessed.corrected, native)
-        transaction.save_image(paths["brain_mask"], preprocessed.brain_mask.astype(np.uint8), native)
+        if brain_mask:
+            transaction.save_image(paths["brain_mask"], preprocessed.brain_mask.astype(np.uint8), native)
         transaction.save_image(paths["brain"], preprocessed.brain, native)
         transaction.save_image(paths["template_preproc"], preprocessed.template_t1, standard)
         transaction.save_image(paths["template_mask"], preprocessed.template_mask.astype(np.uint8), standard)
