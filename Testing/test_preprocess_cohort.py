@@ -11,18 +11,15 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed")
-pytest.importorskip("bids2table")
-nib = pytest.importorskip("nibabel")
-pytest.importorskip("torch")
-
+for needed in ("distributed", "bids2table", "torch"):  # the cohort runner and SynthSeg
+    pytest.importorskip(needed)
+import nibabel as nib  # noqa: E402
 from synthseg_helpers import write_random_synthseg_model  # noqa: E402
 from test_cohort import SHARED, calls, crop_of, segsuite  # noqa: E402
 
 from segsuite.preprocess.subject import output_paths  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/t1 (real scans)")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/t1")]
 
 SPACE = "MNI152NLin2009aSym"
 OPTIONS = ["--fast", "--crop", "64", "--omp-nthreads", "1", "--skip-bids-validation", "--nprocs", "1"]
