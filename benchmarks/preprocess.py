@@ -2,7 +2,7 @@
 beside ANTs' standard quick SyN (antsRegistrationSyNQuick's settings, through ANTsPy) on the same input.
 
     flock /tmp/heavy.lock python benchmarks/preprocess.py [--threads 2] [--inputs 1mm 2mm]
-        [--template-resolutions 1 2] [--no-reference]
+        [--template-resolutions 1 2] [--no-reference] [--compare-t1-only]
 
 Inputs are real scans with their real SAMSEG segmentations from ../shared/data (t1_crop at 1 mm,
 256^3, and at 2 mm); the template is MNI152NLin2009aSym (nilearn's copy) at each resolution asked.
@@ -73,14 +73,15 @@ class StagePeaks:
         self.peaks[self.stage] = peak_rss_gib()
 
 
-def run_ours(image: str, seg: str, template, threads: int):
+def run_ours(image: str, seg: str, template, threads: int, tissue_channels: bool = True):
     from segsuite.morphometry.files import result_from_files
     from segsuite.preprocess import preprocess_subject
 
     result = result_from_files(seg, subject="bench")
     peaks = StagePeaks()
     begin, cpu = time.perf_counter(), time.process_time()
-    preprocessed = preprocess_subject(image, result, template, threads=threads, progress=peaks)
+    preprocessed = preprocess_subject(image, result, template, threads=threads, tissue_channels=tissue_channels,
+                                      progress=peaks)
     total, cpu = time.perf_counter() - begin, time.process_time() - cpu
     peaks.close()
     return preprocessed, total, cpu, peaks.peaks
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", choices=sorted(INPUTS), default=["1mm", "2mm"])
     parser.add_argument("--template-resolutions", nargs="+", type=float, choices=(1.0, 2.0), default=[1.0, 2.0])
     parser.add_argument("--no-reference", action="store_true", help="skip the ANTs SyNQuick reference runs")
+    parser.add_argument("--compare-t1-only", action="store_true",
+                        help="also run ours with the T1w alone driving the registration (default: T1w + GM/WM maps)")
     args = parser.parse_args()
     # ITK (SimpleITK, ANTs) reads its thread count when first loaded
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
@@ -151,12 +154,20 @@ def main() -> None:
                                for stage, seconds in preprocessed.seconds.items())
             ours = template_overlaps(preprocessed.probseg, template)
             print(f"\ninput {name} ({image_name}, SAMSEG seg) -> {template.name} at {resolution:g} mm")
-            print(f"  ours (greedy): {stages}")
+            print(f"  ours (greedy, T1w + GM/WM maps): {stages}")
             print(f"  ours total {total:.1f} s wall, {cpu:.1f} s CPU (goal <= 60 s wall), registration {preprocessed.seconds['registration']:.1f} s "
                   f"{preprocessed.registration.seconds}; overlap " +
                   ", ".join(f"{tissue} {value:.3f}" for tissue, value in ours.items()) +
                   f"; modulated GM {preprocessed.metrics['modulated_GM_mm3'] / 1e3:.1f} cm3 vs native "
                   f"{preprocessed.metrics['native_GM_mm3'] / 1e3:.1f} cm3")
+            if args.compare_t1_only:
+                with_maps, total_maps, cpu_maps, _ = run_ours(image, seg, template, args.threads, tissue_channels=False)
+                overlap_maps = template_overlaps(with_maps.probseg, template)
+                print(f"  ours, T1w alone: total {total_maps:.1f} s wall, {cpu_maps:.1f} s CPU, registration "
+                      f"{with_maps.seconds['registration']:.1f} s; overlap " +
+                      ", ".join(f"{tissue} {value:.3f}" for tissue, value in overlap_maps.items()) +
+                      f"; tpm_overlap (MRIQC, in the subject) GM {with_maps.metrics['tpm_overlap_gm']:.3f} vs "
+                      f"{preprocessed.metrics['tpm_overlap_gm']:.3f} with the T1w + GM/WM maps")
             if args.no_reference:
                 continue
             with tempfile.TemporaryDirectory(prefix="preprocess_bench_") as folder:

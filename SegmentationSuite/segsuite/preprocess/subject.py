@@ -87,8 +87,10 @@ def check_label_map(labels: np.ndarray) -> None:
 
 def preprocess_subject(image, result: SegmentationResult, template: Template, fwhm: float = DEFAULT_FWHM,
                        threads: int = 2, registration_spacing: Optional[float] = REGISTRATION_SPACING,
-                       progress=None) -> Preprocessed:
-    """Preprocess one T1w (path, Volume, nibabel image or (array, affine)) with its segmentation."""
+                       tissue_channels: bool = True, progress=None) -> Preprocessed:
+    """Preprocess one T1w (path, Volume, nibabel image or (array, affine)) with its segmentation.
+    ``tissue_channels``: the GM/WM maps and the template's priors drive the deformable step beside
+    the T1w (a template overlap 0.06 higher for 25 % more registration time: docs/preprocess.md)."""
     import SimpleITK as sitk
 
     report = ensure_callback(progress)
@@ -122,8 +124,10 @@ def preprocess_subject(image, result: SegmentationResult, template: Template, fw
 
     report(0.15, "registration to " + template.name)
     fixed = itk.to_sitk(template.t1, template.affine)
+    channels = [(itk.to_sitk(template.priors[tissue], template.affine), itk.to_sitk(maps[tissue], maps_affine))
+                for tissue in ("GM", "WM") if tissue_channels and tissue in template.priors]
     registration = register(itk.to_sitk(brain, affine), fixed, spacing=registration_spacing, threads=threads,
-                            progress=sub_progress(report, 0.15, 0.8))
+                            extra_channels=channels, progress=sub_progress(report, 0.15, 0.8))
     lap("registration")
 
     report(0.8, "resampling to " + template.name)
@@ -165,7 +169,7 @@ def preprocess_subject(image, result: SegmentationResult, template: Template, fw
         template_t1=template_t1, template_mask=template_mask, probseg=probseg, modulated=modulated, smoothed=smoothed,
         fwhm=float(fwhm), metrics=metrics, seconds=seconds,
         provenance={"template": template.name, "template_files": template.source, "template_resolution": template.resolution,
-                    "registration": "picsl-greedy (affine 12 dof NCC, deformable NCC)", "registration_spacing_mm": registration_spacing,
+                    "registration": "picsl-greedy (affine 12 dof NCC, deformable NCC" + (" on T1w + GM/WM maps)" if channels else " on T1w)"), "registration_spacing_mm": registration_spacing,
                     "bias_correction": "SimpleITK N4", "fwhm_mm": float(fwhm),
                     "segmentation": result.provenance.get("segmentation", result.provenance.get("model", ""))},
     )
