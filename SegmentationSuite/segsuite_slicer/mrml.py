@@ -534,3 +534,25 @@ def add_morphometry_columns(volumes_node, qc_node, tiv: float, metrics: dict, de
         unit.InsertNextValue("ratio" if not definitions else "ratio (" + definitions.get(name, "") + ")")
     table.Modified()
     qc_node.Modified()
+
+
+def add_preprocessed_nodes(template_t1: np.ndarray, template_affine: np.ndarray, forward_xfm: str, space: str,
+                           scene=None, name: str = "") -> dict:
+    """segsuite preprocess's outputs as nodes: the T1w in template space (a volume node) and the
+    T1w -> template transform read from its ITK .h5 file (a transform node; placing the native T1w
+    under it shows that T1w in template space)."""
+    from segsuite.errors import InputError
+
+    scene = _scene(scene)
+    volume = add_volume_node(np.asarray(template_t1, dtype=np.float32), template_affine,
+                             f"{name} space-{space} T1w".strip(), scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLTransformNode", f"{name} to {space}".strip())
+    storage = scene.AddNewNodeByClass("vtkMRMLTransformStorageNode")
+    storage.SetFileName(forward_xfm)
+    if not storage.ReadData(transform):
+        scene.RemoveNode(storage)
+        scene.RemoveNode(transform)
+        raise InputError(f"{forward_xfm} could not be read as an ITK transform: give the _xfm.h5 that "
+                         "segsuite preprocess wrote")
+    transform.SetAndObserveStorageNodeID(storage.GetID())
+    return {"volume": volume, "transform": transform}

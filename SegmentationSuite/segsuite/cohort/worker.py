@@ -74,7 +74,8 @@ class EngineSet:
             except SegSuiteError as error:  # the hint names the flag of the command that made the plan
                 error.args = (with_flags(str(error), spec.get("flags")),)
                 raise
-            options = dict(spec.get("options", {}), **({"morphometry": True} if spec.get("morphometry") else {}))
+            options = dict(spec.get("options", {}), **({"morphometry": True} if spec.get("morphometry") else {}),
+                           **({"preprocess": spec["preprocess"]} if spec.get("preprocess") else {}))
             self.entries[name] = {"options": options, "sha256": weights_sha256(self.engines[name]),
                                   "model": getattr(self.engines[name], "model_name", None) or name,
                                   "labels": table_to_rows(root_label_table(name, self.engines[name]))}
@@ -207,6 +208,11 @@ def segment_item(item_values: dict, output_dir: str, expected: dict, posteriors:
                 from .morphometry_outputs import write_morphometry_derivatives
 
                 write_morphometry_derivatives(staged, item, MODELS[name], result, kept=commit.engine_files(name))
+            if result is not None and engines.plan[name].get("preprocess"):
+                from .preprocess_outputs import write_preprocess_derivatives
+
+                write_preprocess_derivatives(staged, item, result, engines.plan[name]["preprocess"],
+                                             threads=engines.threads)
             commit.commit_engine(name, staged, {"fingerprint": expected[name], "status": "done",
                                                 "seconds": round(time.perf_counter() - engine_started, 3),
                                                 "notes": messages}, _model_record(engines, name))

@@ -82,6 +82,16 @@ def add_arguments(parser) -> None:
                         help="SynthSeg: GM/WM/CSF label-*_probseg maps, the 3-class _dseg, desc-brain_mask and the "
                              "image-quality/TIV table per subject; the group level adds the TIV-corrected tables, "
                              "QC flags and ranking and group_qc_report.html (docs/morphometry.md)")
+    parser.add_argument("--preprocess", action="store_true",
+                        help="SynthSeg: N4, registration to MNI152 and modulated/smoothed GM/WM/CSF maps per subject "
+                             "(segsuite preprocess's outputs); the group level adds the cohort mask, the mean "
+                             "modulated GM map and the registration QC table (docs/preprocess.md)")
+    parser.add_argument("--preprocess-template", choices=("MNI152NLin2009cAsym", "MNI152NLin2009aSym"),
+                        help="--preprocess: template space (default as segsuite preprocess)")
+    parser.add_argument("--preprocess-resolution", type=float, choices=(1.0, 2.0), default=1.0,
+                        help="--preprocess: template-space grid in mm (default 1)")
+    parser.add_argument("--preprocess-fwhm", type=float, default=8.0,
+                        help="--preprocess: FWHM in mm of the smoothed modulated maps (default 8; 0: none)")
 
 
 # The flags engine messages name (those of the engine's own command) as segsuite bids calls them.
@@ -103,14 +113,21 @@ def engine_plan(args) -> dict:
         from ..errors import UsageError
 
         raise UsageError("--morphometry needs --models synthseg (the tissue maps are summed from its posteriors)")
+    preprocess = getattr(args, "preprocess", False)
+    if preprocess and "synthseg" not in args.models:
+        from ..errors import UsageError
+
+        raise UsageError("--preprocess needs --models synthseg (its posteriors drive the masks and tissue maps)")
     if "synthseg" in args.models:
         plan["synthseg"] = {"model": args.synthseg_model, "options": {
             "parc": args.parc, "robust": args.robust, "fast": args.fast, "qc": args.qc,
-            "crop": args.crop, "posteriors": args.posteriors or getattr(args, "morphometry", False)}}
+            "crop": args.crop, "posteriors": args.posteriors or getattr(args, "morphometry", False) or preprocess}}
         if getattr(args, "ct", False):  # only when given: the provenance of earlier runs stays valid
             plan["synthseg"]["options"]["ct"] = True
         if getattr(args, "morphometry", False):  # the tissue maps are summed from the posteriors
             plan["synthseg"]["morphometry"] = True
+        if preprocess:
+            plan["synthseg"]["preprocess"] = preprocess_settings(args)
     if "sclimbic" in args.models:
         plan["sclimbic"] = {"model": args.sclimbic_model, "options": {"posteriors": args.posteriors}}
         if getattr(args, "sclimbic_conform", False):
@@ -119,6 +136,17 @@ def engine_plan(args) -> dict:
             plan["sclimbic"]["options"]["percentile"] = args.sclimbic_percentile
     plan.update(other_input_plan(args))
     return plan
+
+
+def preprocess_settings(args) -> dict:
+    """--preprocess's settings, the template resolved now (a missing one stops the run before any work)."""
+    from ..errors import UsageError
+    from ..preprocess.templates import template_files
+
+    if not 0 <= args.preprocess_fwhm <= 50:
+        raise UsageError(f"--preprocess-fwhm must be from 0 to 50 mm, got {args.preprocess_fwhm:g}")
+    space, _ = template_files(args.preprocess_template)
+    return {"template": space, "resolution": args.preprocess_resolution, "fwhm": args.preprocess_fwhm}
 
 
 def other_input_plan(args) -> dict:
@@ -213,6 +241,9 @@ def run(args) -> int:
         written = group_level.write_cohort_tables(output_dir, tables, ratings)
         morphometry = write_morphometry_group(output_dir, ratings=ratings)
         written += morphometry.names
+        from ..preprocess.group import group_outputs_of
+
+        written += group_outputs_of(output_dir)  # subjects' segsuite preprocess outputs, when there are any
         from ..cohort.review import write_cohort_review
 
         review = write_cohort_review(output_dir, tables, morphometry.tables, workers=args.nprocs)
@@ -449,6 +480,16 @@ SPACE_SAMPLE = 20          # headers read to size a cohort's outputs (the larges
 SIDECAR_BYTES = 4096       # a JSON sidecar or a one-row TSV: one block
 
 
+def preprocess_bytes(resolution: float, input_voxels: int, image_bytes, rounded) -> int:
+    """--preprocess per subject: 2 native float images, 11 template-space maps (T1w, mask, 3 x 3 tissue
+    maps) on the template grid (MNI152 at 1 mm: 197 x 233 x 189) and the two .h5 transforms, uncompressed
+    double displacement fields on the 2 mm registration grid with its 12 mm margin (~37 MB each)."""
+    template_voxels = int(197 * 233 * 189 / resolution ** 3)
+    field_bytes = 3 * 8 * (99 + 12) * (117 + 12) * (95 + 12)
+    return (2 * rounded(image_bytes("x.nii.gz", input_voxels, 4, integer=False))
+            + 11 * rounded(image_bytes("x.nii.gz", template_voxels, 4, integer=False)) + 2 * rounded(field_bytes))
+
+
 def expected_space(args, items, output_dir: Path):
     """The derivatives of the subjects still to do (no provenance record yet, or all with --overwrite),
     sized from the largest of up to SPACE_SAMPLE input headers spread over the cohort: per model an
@@ -487,6 +528,8 @@ def expected_space(args, items, output_dir: Path):
     if getattr(args, "morphometry", False):   # (SynthSeg's) GM/WM/CSF probseg (float) + tissue dseg + brain mask
         per_subject += 3 * rounded(image_bytes("x.nii.gz", one_mm, 4, integer=False)) + 4 * SIDECAR_BYTES
         per_subject += 2 * rounded(image_bytes("x.nii.gz", one_mm, 4)) + 4 * SIDECAR_BYTES
+    if getattr(args, "preprocess", False):
+        per_subject += preprocess_bytes(args.preprocess_resolution, grid_voxels, image_bytes, rounded)
     if "samseg-filter" in args.models:  # aseg dseg + brain mask on SAMSEG's grid (the T1w's, as a bound)
         per_subject += 2 * (rounded(image_bytes("x.nii.gz", grid_voxels, 4)) + SIDECAR_BYTES)
     # sc_epi's mean EPI and cord mask per BOLD series are small beside the T1w outputs: not sized here
