@@ -39,7 +39,7 @@ RUNNER_DIR = ".segsuite"
 BIDSIGNORE = [f"{RUNNER_DIR}/", f"{STAGING}/", "*_segsuite.json", "*_morph.tsv", "*_qc.tsv", "group_*.tsv"]
 # --morphometry (cohort/morphometry_outputs.py): metric tables, QC mosaics, aseg.stats, the QC report
 BIDSIGNORE += ["*_morphometry.tsv", "*_morphometry.json", "*_mosaic.webp", "*_aseg.stats", "group_qc_report.html"]
-BIDSIGNORE += ["group_qc_report_files/", "*_ratings.tsv"]  # the review report's views; exported ratings
+BIDSIGNORE += ["group_qc_report_files", "*_ratings.tsv"]  # the review report's views (the folder itself: the validator reports it, not its files); exported ratings
 # --preprocess (cohort/preprocess_outputs.py): the per-subject QC record
 BIDSIGNORE += ["*_desc-preproc_qc.json"]
 PARC_TO_CORTEX = ((1000, 1999, 3), (2000, 2999, 42))  # DK parcels back to SynthSeg's cortex labels
