@@ -123,6 +123,10 @@ def run_reference(preprocessed, seg: str, template, folder: str):
     return seconds, cpu, peak_rss_gib(), template_overlaps(warped, template)
 
 
+def overlap_text(overlaps: dict) -> str:
+    return ", ".join(f"{tissue} {value:.3f}" for tissue, value in overlaps.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -156,17 +160,15 @@ def main() -> None:
             print(f"\ninput {name} ({image_name}, SAMSEG seg) -> {template.name} at {resolution:g} mm")
             print(f"  ours (greedy, T1w + GM/WM maps): {stages}")
             print(f"  ours total {total:.1f} s wall, {cpu:.1f} s CPU (goal <= 60 s wall), registration {preprocessed.seconds['registration']:.1f} s "
-                  f"{preprocessed.registration.seconds}; overlap " +
-                  ", ".join(f"{tissue} {value:.3f}" for tissue, value in ours.items()) +
+                  f"{preprocessed.registration.seconds}; overlap {overlap_text(ours)}"
                   f"; modulated GM {preprocessed.metrics['modulated_GM_mm3'] / 1e3:.1f} cm3 vs native "
                   f"{preprocessed.metrics['native_GM_mm3'] / 1e3:.1f} cm3")
             if args.compare_t1_only:
-                with_maps, total_maps, cpu_maps, _ = run_ours(image, seg, template, args.threads, tissue_channels=False)
-                overlap_maps = template_overlaps(with_maps.probseg, template)
-                print(f"  ours, T1w alone: total {total_maps:.1f} s wall, {cpu_maps:.1f} s CPU, registration "
-                      f"{with_maps.seconds['registration']:.1f} s; overlap " +
-                      ", ".join(f"{tissue} {value:.3f}" for tissue, value in overlap_maps.items()) +
-                      f"; tpm_overlap (MRIQC, in the subject) GM {with_maps.metrics['tpm_overlap_gm']:.3f} vs "
+                t1_only, total_t1, cpu_t1, _ = run_ours(image, seg, template, args.threads, tissue_channels=False)
+                print(f"  ours, T1w alone: total {total_t1:.1f} s wall, {cpu_t1:.1f} s CPU, registration "
+                      f"{t1_only.seconds['registration']:.1f} s; overlap "
+                      f"{overlap_text(template_overlaps(t1_only.probseg, template))}"
+                      f"; tpm_overlap (MRIQC, in the subject) GM {t1_only.metrics['tpm_overlap_gm']:.3f} vs "
                       f"{preprocessed.metrics['tpm_overlap_gm']:.3f} with the T1w + GM/WM maps")
             if args.no_reference:
                 continue
@@ -174,7 +176,7 @@ def main() -> None:
                 seconds, reference_cpu, peak, reference = run_reference(preprocessed, seg, template, folder)
             print(f"  ANTs antsRegistrationSyNQuick[s] (antspyx): registration {seconds:.1f} s wall, "
                   f"{reference_cpu:.1f} s CPU, peak {peak:.2f} GiB; "
-                  "overlap " + ", ".join(f"{tissue} {value:.3f}" for tissue, value in reference.items()))
+                  f"overlap {overlap_text(reference)}")
             print(f"  ratio ours/ANTs (wall): registration {preprocessed.seconds['registration'] / seconds:.2f}, "
                   f"whole preprocessing {total / seconds:.2f}; CPU time {cpu / reference_cpu:.2f}; overlap difference " +
                   ", ".join(f"{tissue} {ours[tissue] - reference[tissue]:+.3f}" for tissue in reference))
