@@ -234,18 +234,6 @@ def output_paths(folder: str, prefix: str) -> dict[str, str]:
     return paths
 
 
-def mosaic_beside(table_path: str) -> Optional[tuple[str, bytes]]:
-    """The QC mosaic write_morphometry wrote next to a per-subject table, if there is one."""
-    if not table_path.endswith(TABLE_SUFFIX):
-        return None
-    path = table_path[: -len(TABLE_SUFFIX)] + MOSAIC_SUFFIX
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return ("image/png" if data[:4] == b"\x89PNG" else "image/webp"), data
-
-
 def write_morphometry(morphometry: Morphometry, folder: str, prefix: Optional[str] = None, overwrite: bool = False,
                       inputs=(), result: Optional[SegmentationResult] = None, participant_id: Optional[str] = None,
                       session_id: str = "", transaction: Optional[OutputTransaction] = None,
