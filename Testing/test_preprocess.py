@@ -365,7 +365,8 @@ def test_group_cohort_mask_mean_gm_and_qc_table(tmp_path):
     assert np.array_equal(mask, masks[0] & masks[1] & masks[2])  # fraction 1: in every subject's mask
     assert np.allclose(nib.load(written[1]).get_fdata(), np.mean(maps, axis=0), atol=1e-6)
     table = pd.read_csv(written[2], sep="\t")
-    assert list(table["subject"]) == ["sub-0", "sub-1", "sub-2"]
+    assert list(table["participant_id"]) == ["sub-0", "sub-1", "sub-2"]
+    assert table["session_id"].isna().all()  # written n/a: these subjects have no session
     assert np.allclose(table["tpm_overlap_gm"], [0.5, 0.6, 0.7])
     assert table["jacobian_min"].isna().all()  # absent in these records: n/a, not a made-up value
     half = write_preprocess_group([tmp_path], tmp_path / "half", mask_fraction=0.5)
@@ -374,6 +375,107 @@ def test_group_cohort_mask_mean_gm_and_qc_table(tmp_path):
         write_preprocess_group([tmp_path], out)
     with pytest.raises(InputError, match="no \\*_desc-preproc_qc.json"):
         write_preprocess_group([tmp_path / "group"], tmp_path / "none")
+
+
+def _write_ratings(path, rows):
+    lines = ["participant_id\tsession_id\tengine\trating\tnote"] + ["\t".join(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_registration_flags_and_a_fail_rating_leaves_the_subject_out_of_the_group_maps(tmp_path):
+    import nibabel as nib
+    import pandas as pd
+
+    from segsuite.errors import InputError
+    from segsuite.preprocess.group import registration_flags, write_preprocess_group
+    from segsuite.review.ratings import read_ratings
+
+    shape = (4, 4, 4)
+    for number in range(7):
+        folder = tmp_path / f"sub-{number}" / "ses-a" / "anat"
+        folder.mkdir(parents=True)
+        metrics = {"tpm_overlap_gm": 0.60 + 0.005 * number, "tpm_overlap_wm": 0.66 + 0.004 * number,
+                   "inu_range": 0.20 + 0.01 * number, "jacobian_min": 0.3}
+        if number == 6:
+            metrics["tpm_overlap_gm"] = 0.30  # a failed registration overlaps the priors badly
+        if number == 3:
+            metrics["jacobian_min"] = -0.2
+        _fake_subject(folder, f"sub-{number}_ses-a", np.ones(shape, bool), np.full(shape, float(number)), metrics)
+    plain = pd.read_csv(write_preprocess_group([tmp_path], tmp_path / "plain")[2], sep="\t", keep_default_na=False)
+    assert list(plain["session_id"]) == ["ses-a"] * 7
+    flagged = dict(zip(plain["participant_id"], plain["qc_flags"]))
+    assert "tpm_overlap_gm 0.3 below the cohort" in flagged["sub-6"] and "folds" not in flagged["sub-6"]
+    assert "the warp folds (Jacobian minimum -0.2" in flagged["sub-3"]
+    assert [p for p, why in flagged.items() if why != "n/a"] == ["sub-3", "sub-6"]
+    # high overlap is never a flag, nor is low spread of the bias field
+    assert registration_flags([{"tpm_overlap_gm": v, "inu_range": 1 - v} for v in (0.6, 0.61, 0.6, 0.62, 0.95)])[4] == []
+
+    ratings = read_ratings(_write_ratings(tmp_path / "ratings.tsv", [("sub-6", "ses-a", "preprocess", "fail", "off by 1 cm"),
+                                                                     ("sub-3", "ses-a", "synthseg", "fail", "")]))
+    written = write_preprocess_group([tmp_path], tmp_path / "rated", ratings=ratings)
+    mean = nib.load(written[1]).get_fdata()
+    assert np.allclose(mean, np.mean(range(6)))  # sub-6 left out; sub-3's synthseg rating is not about registration
+    table = pd.read_csv(written[2], sep="\t", keep_default_na=False).set_index("participant_id")
+    assert table.loc["sub-6", "review_rating"] == "fail" and table.loc["sub-6", "tpm_overlap_gm"] == "n/a"
+    assert table.loc["sub-6", "review_status"].startswith("excluded: rated fail")
+    assert table.loc["sub-3", "review_status"].startswith("flagged by the automatic rules, not rated: preprocess: the warp folds")
+    assert float(table.loc["sub-0", "tpm_overlap_gm"]) == pytest.approx(0.60)
+    every = read_ratings(_write_ratings(tmp_path / "all.tsv", [(f"sub-{n}", "ses-a", "preprocess", "fail", "") for n in range(7)]))
+    with pytest.raises(InputError, match="every subject's preprocessing is rated fail"):
+        write_preprocess_group([tmp_path], tmp_path / "none", ratings=every)
+
+
+def test_review_report_shows_each_registration_under_the_template_outlines(tmp_path):
+    """segsuite bids ... group's report over preprocessed subjects: one view per subject (the T1w in
+    template space under the template's GM/WM outlines, drawn in the right place), the registration flags
+    and QC values beside it."""
+    import io
+
+    import nibabel as nib
+    from PIL import Image
+
+    from segsuite.cohort.group import collect_cohort_tables
+    from segsuite.cohort.review import write_cohort_review
+    from segsuite.review.page import read_page_data
+
+    template = load_template(TEMPLATE_SPACE, resolution=2.0)
+    for number in range(4):
+        folder = tmp_path / f"sub-{number}"
+        (folder / "anat").mkdir(parents=True)
+        (folder / f"sub-{number}_segsuite.json").write_text(json.dumps({"input": "/gone/sub_T1w.nii.gz"}))
+        paths = output_paths(str(folder / "anat"), f"sub-{number}", TEMPLATE_SPACE)
+        shift = 6 if number == 3 else 0  # sub-3 registered 12 mm off along x
+        nib.save(nib.Nifti1Image(np.roll(template.t1, shift, axis=0), template.affine), paths["template_preproc"])
+        metrics = {"tpm_overlap_gm": 0.3 if number == 3 else 0.6 + 0.01 * number, "tpm_overlap_wm": 0.7, "inu_range": 0.2,
+                   "jacobian_min": 0.4}
+        (folder / "anat" / f"sub-{number}_desc-preproc_qc.json").write_text(json.dumps(
+            {"metrics": metrics, "provenance": {"template": TEMPLATE_SPACE, "template_resolution": 2.0}}))
+    cohort = collect_cohort_tables(tmp_path)
+    built = write_cohort_review(tmp_path, cohort)
+    data = read_page_data(tmp_path / built["name"])
+    assert built["entries"] == 4 and not built["failures"]
+    assert {name for name, _ in data["legends"]["preprocess"].values()} == {"template GM (prior > 0.5)", "template WM (prior > 0.5)"}
+    assert "preproc_tpm_overlap_gm" in data["columns"] and "preproc_jacobian_min" in data["columns"]
+    first = data["subjects"][0]
+    assert first["p"] == "sub-3" and "preprocess: tpm_overlap_gm 0.3 below the cohort" in first["why"]
+    assert all(s["n"] == 0 for s in data["subjects"][1:])
+    folder = (tmp_path / built["name"]).parent
+
+    def brightness_under(subject, colour):
+        view = subject["views"][0]
+        assert view["e"] == "preprocess" and "outlines" in view["t"]
+        base = np.asarray(Image.open(io.BytesIO((folder / view["f"]["base"]).read_bytes())).convert("L"), dtype=float)
+        fill = np.asarray(Image.open(io.BytesIO((folder / view["f"]["fill"]).read_bytes())).convert("RGBA"))
+        under = np.all(fill[..., :3] == colour, axis=-1) & (fill[..., 3] > 0)
+        assert under.sum() > 500
+        return base[under].mean()
+
+    aligned = next(s for s in data["subjects"] if s["p"] == "sub-0")
+    # the template's own T1w under its outlines: WM (bright on a T1w) under the WM colour, GM under the GM colour
+    assert brightness_under(aligned, (0, 200, 255)) > 1.15 * brightness_under(aligned, (255, 200, 0))
+    contrast = brightness_under(first, (0, 200, 255)) / brightness_under(first, (255, 200, 0))
+    assert contrast < brightness_under(aligned, (0, 200, 255)) / brightness_under(aligned, (255, 200, 0))
 
 
 def test_bids_group_level_writes_the_preprocessing_group_maps(tmp_path):

@@ -24,6 +24,7 @@ class CohortTables:
 
     tables: dict = field(default_factory=dict)
     failures: object = None
+    preprocess: object = None  # segsuite preprocess's registration/bias QC rows (preprocess.group.qc_frame)
 
 
 def _wide(path: Path, table: str, match):
@@ -54,7 +55,11 @@ def collect_cohort_tables(output_dir: str | os.PathLike) -> CohortTables:
 
     failed = logs_dir(output_dir) / "failed.tsv"
     failures = pd.read_csv(failed, sep="\t", dtype=str, keep_default_na=False) if failed.is_file() else None
-    return CohortTables(tables, failures)
+    from ..preprocess.group import find_records, qc_frame, qc_rows
+
+    records = find_records(sorted(output_dir.glob("sub-*")))
+    preprocess = qc_frame(qc_rows(records)[1])[0] if records else None
+    return CohortTables(tables, failures, preprocess)
 
 
 def write_cohort_tables(output_dir: str | os.PathLike, group: CohortTables, ratings=None) -> list[str]:

@@ -5,7 +5,9 @@ dseg over the T1w the folder was made from (its ``_segsuite.json`` input), sc_ep
 EPI of each BOLD series, the SAMSEG filter's brain mask over the T1w with SAMSEG's labels before the
 filter beside it (from the ``samseg`` dataset link). The automatic rules per (subject, engine):
 SynthSeg QC scores below the threshold, ScLimbic |z| above the limit, sc_epi cord volume and the SAMSEG
-filter's brain-mask volume beyond the MAD limit of the cohort; the morphometry flags join them.
+filter's brain-mask volume beyond the MAD limit of the cohort, segsuite preprocess's registration flags
+(preprocess.group); the morphometry flags join them. A preprocessed image also shows its T1w in template
+space under the template's GM/WM outlines.
 """
 
 from __future__ import annotations
@@ -85,11 +87,14 @@ def image_folders(output_dir: Path) -> list[Path]:
     return folders
 
 
-def view_sources(output_dir: str | os.PathLike) -> tuple[list[ViewSource], dict]:
-    """Every (image folder, engine) with views to show, and {(participant, session): [missing notes]}."""
+def view_sources(output_dir: str | os.PathLike, scratch: Optional[Path] = None) -> tuple[list[ViewSource], dict]:
+    """Every (image folder, engine) with views to show, and {(participant, session): [missing notes]}.
+
+    ``scratch``: a folder for the template outlines of segsuite preprocess's views (none: no such views)."""
     from ..cohort.derivatives import PROVENANCE_SUFFIX
 
     output_dir = Path(output_dir)
+    outlines: dict = {}
     links = _dataset_links(output_dir)
     tables = {seg: read_dseg_tsv(output_dir / f"seg-{seg}_dseg.tsv") for seg in ENGINE_OF_SEG}
     sources, missing = [], {}
@@ -126,6 +131,13 @@ def view_sources(output_dir: str | os.PathLike) -> tuple[list[ViewSource], dict]
             if original is not None:
                 sources.append(ViewSource(participant, session, "samseg", t1w, str(original), style="samseg",
                                           title="SAMSEG labels before the filter (reference)", rated=False))
+        if scratch is not None:
+            for record in sorted(anat.glob("*_desc-preproc_qc.json")):
+                source, note = registration_source(record, participant, session, scratch, outlines)
+                if source is not None:
+                    sources.append(source)
+                else:
+                    missing.setdefault((participant, session), []).append(note)
         for dseg in sorted(func.glob("*_seg-scepi_dseg.nii.gz")):
             mean = func / dseg.name.replace("_seg-scepi_dseg.nii.gz", "_desc-mean_bold.nii.gz")
             if not mean.is_file():
@@ -134,6 +146,56 @@ def view_sources(output_dir: str | os.PathLike) -> tuple[list[ViewSource], dict]
                                       title=f"sc_epi cord over the mean EPI ({scepi_entities(dseg.name) or 'bold'})",
                                       style="scepi", label_table=tables["scepi"]))
     return sources, missing
+
+
+OUTLINE_TABLE = ((1, "template GM (prior > 0.5)", (255, 200, 0)), (2, "template WM (prior > 0.5)", (0, 200, 255)))
+
+
+def template_outline(space: str, resolution: float, scratch: Path) -> Path:
+    """The template's GM and WM priors above 0.5 as labels 1 and 2 (their outlines are the template's
+    pial and white-matter boundaries), written once into ``scratch``."""
+    import nibabel as nib
+
+    from ..preprocess.templates import load_template
+
+    path = scratch / f"outline_space-{space}_res-{resolution:g}.nii.gz"
+    if not path.is_file():
+        template = load_template(space, resolution=resolution)
+        labels = np.zeros(template.mask.shape, dtype=np.uint8)
+        labels[(template.priors["GM"] > 0.5) & template.mask] = 1
+        labels[(template.priors["WM"] > 0.5) & template.mask] = 2
+        nib.save(nib.Nifti1Image(labels, template.affine), str(path))
+    return path
+
+
+def registration_source(record: Path, participant: str, session: str, scratch: Path,
+                        outlines: dict) -> tuple[Optional[ViewSource], str]:
+    """segsuite preprocess's view of one image: the subject's T1w in template space under the
+    template's GM/WM outlines (a misregistration shows as outlines off the subject's boundaries)."""
+    from ..labels import Label, LabelTable
+    from ..preprocess.group import ENGINE, RECORD_SUFFIX
+    from ..preprocess.subject import output_paths
+
+    try:
+        provenance = json.loads(record.read_text(encoding="utf-8")).get("provenance", {})
+    except (OSError, ValueError) as error:
+        return None, f"{ENGINE}: {record.name} cannot be read ({error})"
+    space = provenance.get("template")
+    resolution = float(provenance.get("template_resolution") or 1.0)
+    image = output_paths(str(record.parent), record.name[:-len(RECORD_SUFFIX)], str(space))["template_preproc"]
+    if not space or not os.path.isfile(image):
+        return None, f"{ENGINE}: {os.path.basename(image)} is gone"
+    key = (space, resolution)
+    if key not in outlines:
+        try:
+            outlines[key] = template_outline(space, resolution, scratch)
+        except Exception as error:  # a template only a TemplateFlow cache had: the other views still come
+            outlines[key] = f"{ENGINE}: the template {space} cannot be loaded here to draw its outline ({error})"
+    if isinstance(outlines[key], str):
+        return None, outlines[key]
+    table = LabelTable([Label(value, name, colour) for value, name, colour in OUTLINE_TABLE])
+    return ViewSource(participant, session, ENGINE, image, str(outlines[key]), label_table=table,
+                      title=f"registration: the T1w in {space} under the template's GM/WM outlines"), ""
 
 
 def scepi_entities(name: str) -> str:
@@ -188,6 +250,13 @@ def engine_flags(cohort, qc_threshold: float, z_limit: float, mad_limit: float) 
             if flagged:
                 engine = engine_name or (f"scepi[{key[2]}]" if key[2] else "scepi")
                 add(key, engine, f"{engine}: {column} volume {value:.4g} mm3 beyond {mad_limit:g} MADs ({d:+.1f})")
+    preprocess = getattr(cohort, "preprocess", None)
+    if preprocess is not None:
+        from ..preprocess.group import ENGINE as PREPROCESS, FLAGS_COLUMN
+
+        for key, reasons in zip(_rows_key(preprocess), preprocess[FLAGS_COLUMN].fillna("").astype(str)):
+            for reason in filter(None, reasons.split("; ")):
+                add(key, PREPROCESS, reason)
     return flags
 
 
@@ -234,14 +303,17 @@ def write_cohort_review(output_dir: str | os.PathLike, cohort, morphometry_table
     """group_qc_report.html and its views over a cohort output dataset (None when nothing was segmented)."""
     from ..review.build import build_review
 
+    import tempfile
+
     output_dir = Path(output_dir)
-    sources, missing = view_sources(output_dir)
-    if not sources and morphometry_tables is None:
-        return None
-    flags = engine_flags(cohort, qc_threshold, z_limit, mad_limit)
-    built = build_review(output_dir / REPORT_NAME, sources, morphometry_tables, extra_flags=flags,
-                         summaries=summaries(cohort), title=f"SegmentationSuite QC review: {output_dir.name}",
-                         workers=workers, missing=missing)
+    with tempfile.TemporaryDirectory(prefix="segsuite-outlines-") as scratch:
+        sources, missing = view_sources(output_dir, Path(scratch))
+        if not sources and morphometry_tables is None:
+            return None
+        flags = engine_flags(cohort, qc_threshold, z_limit, mad_limit)
+        built = build_review(output_dir / REPORT_NAME, sources, morphometry_tables, extra_flags=flags,
+                             summaries=summaries(cohort), title=f"SegmentationSuite QC review: {output_dir.name}",
+                             workers=workers, missing=missing)
     built["name"] = REPORT_NAME
     return built
 
@@ -273,4 +345,13 @@ def summaries(cohort) -> dict:
         frame = qc["samseg"]
         for key, value in zip(_rows_key(frame), frame["BrainMask"].to_numpy(dtype=np.float64)):
             out.setdefault(key[:2], {})["samseg_brain_mask_mm3"] = value
+    preprocess = getattr(cohort, "preprocess", None)
+    if preprocess is not None:
+        for column in PREPROCESS_SUMMARY:
+            if column in preprocess.columns:
+                for key, value in zip(_rows_key(preprocess), preprocess[column].to_numpy(dtype=np.float64)):
+                    out.setdefault(key[:2], {})[f"preproc_{column}"] = value
     return out
+
+
+PREPROCESS_SUMMARY = ("tpm_overlap_gm", "tpm_overlap_wm", "inu_range", "jacobian_min")

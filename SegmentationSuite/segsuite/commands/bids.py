@@ -18,6 +18,9 @@ group: gather the per-subject morph/qc tables into group_seg-<seg>_<table>.tsv a
 group_qc_report.html, the reviewer's page (views of every engine per subject, ratings exported as a
 TSV); --qc-ratings FILE (that TSV) leaves the (subject, engine) pairs rated fail out of the tables'
 analysis columns and the TIV fits, with review_rating and review_status columns saying why.
+With --preprocess outputs, group also writes the cohort mask, the mean modulated GM map and
+group_desc-preproc_qc.tsv (registration/bias QC, flags); a subject rated fail for the engine
+"preprocess" stays out of the two maps.
 --models: synthseg and sclimbic on the T1w, scepi on the mean of each func/*_bold series,
 samseg-filter on existing SAMSEG outputs (--derivatives samseg=PATH); a folder without an
 engine's input is skipped for it (.segsuite/logs/skipped.tsv).
@@ -243,7 +246,7 @@ def run(args) -> int:
         written += morphometry.names
         from ..preprocess.group import group_outputs_of
 
-        written += group_outputs_of(output_dir)  # subjects' segsuite preprocess outputs, when there are any
+        written += group_outputs_of(output_dir, ratings=ratings)  # subjects' segsuite preprocess outputs, when there are any
         from ..cohort.review import write_cohort_review
 
         review = write_cohort_review(output_dir, tables, morphometry.tables, workers=args.nprocs)

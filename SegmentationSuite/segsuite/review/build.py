@@ -77,7 +77,9 @@ def build_review(report_path: str | os.PathLike, sources: Sequence[ViewSource], 
 
 
 RULES = ("SynthSeg QC score below the threshold (0.65)", "image-quality metrics beyond 3 MADs of the cohort median",
-         "ScLimbic |z| > 3", "sc_epi cord volume and the SAMSEG filter's brain-mask volume beyond 3 MADs")
+         "ScLimbic |z| > 3", "sc_epi cord volume and the SAMSEG filter's brain-mask volume beyond 3 MADs",
+         "preprocess: tissue overlap with the template priors (tpm_overlap_gm/wm) 3 MADs below the cohort, "
+         "bias-field spread (inu_range) 3 MADs above it, or a folding warp (Jacobian minimum <= 0)")
 
 
 def _figures(tables) -> str:
