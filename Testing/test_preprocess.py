@@ -187,6 +187,23 @@ def test_outputs_have_smriprep_names_and_load_in_nibabel(preprocessed):
 
 
 @pytest.mark.slow
+def test_registration_t1w_leaves_the_tissue_maps_out_of_the_registration(preprocessed, tmp_path):
+    image = shared_path("data", "t1", "t1_crop_2mm.nii.gz")
+    seg = shared_path("data", "samseg", "t1_crop_2mm", "seg.mgz")
+    _run_cli("--i", str(image), "--seg", str(seg), "--o", str(tmp_path), "--prefix", "sub-01", "--template",
+             TEMPLATE_SPACE, "--resolution", "2", "--registration", "t1w")
+    alone = json.loads(open(output_paths(str(tmp_path), "sub-01", TEMPLATE_SPACE)["metrics"]).read())
+    both = json.loads(open(preprocessed[1]["metrics"]).read())
+    assert alone["provenance"]["registration"].endswith("on T1w)")
+    assert both["provenance"]["registration"].endswith("on T1w + GM/WM maps)")
+    # the maps in the registration are what raises the overlap with the template's priors (docs/preprocess.md)
+    assert both["metrics"]["tpm_overlap_gm"] > alone["metrics"]["tpm_overlap_gm"] + 0.02
+    bad = _run_cli("--i", str(image), "--seg", str(seg), "--o", str(tmp_path / "x"), "--registration", "tissues",
+                   check=False)
+    assert bad.returncode == 2 and "--registration" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
 def test_modulated_gm_integrates_to_the_native_gm_volume(preprocessed):
     import nibabel as nib
 

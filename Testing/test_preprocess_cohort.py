@@ -36,7 +36,8 @@ def test_participant_preprocess_commits_resumes_and_feeds_the_group_level(tmp_pa
     nib.save(nib.Nifti1Image(data, affine), str(folder / "sub-01_T1w.nii.gz"))
     output = tmp_path / "segsuite"
     arguments = ["bids", root, output, "participant", "-w", tmp_path / "work", "--synthseg-model", model,
-                 "--preprocess", "--preprocess-template", SPACE, "--preprocess-resolution", "2", *OPTIONS]
+                 "--preprocess", "--preprocess-template", SPACE, "--preprocess-resolution", "2",
+                 "--preprocess-registration", "t1w", *OPTIONS]
     process = segsuite(*arguments)
     _, err = process.communicate(timeout=540)
     assert process.returncode == 0, err
@@ -46,6 +47,7 @@ def test_participant_preprocess_commits_resumes_and_feeds_the_group_level(tmp_pa
         assert (anat / path.split("/")[-1]).is_file(), key
     record = json.loads((anat / "sub-01_desc-preproc_qc.json").read_text())
     assert record["provenance"]["template"] == SPACE
+    assert record["provenance"]["registration"].endswith("on T1w)")  # --preprocess-registration t1w reached the worker
     modulated = nib.load(expected["modulated_GM"])
     assert np.allclose(np.linalg.norm(modulated.affine[:3, :3], axis=0), 2.0)
     assert not list(output.rglob(".staging/*"))

@@ -27,7 +27,8 @@ def write_preprocess_derivatives(folder: Path, item: CohortItem, result: Segment
     from ..preprocess.subject import preprocess_subject, write_preprocessed
 
     template = worker_template(settings["template"], float(settings["resolution"]))
-    preprocessed = preprocess_subject(item.path, result, template, fwhm=float(settings["fwhm"]), threads=threads or 1)
+    preprocessed = preprocess_subject(item.path, result, template, fwhm=float(settings["fwhm"]), threads=threads or 1,
+                                      tissue_channels=settings.get("registration", "t1w+tissues") == "t1w+tissues")
     anat = Path(folder) / "anat"
     anat.mkdir(parents=True, exist_ok=True)
     own_mask = not (anat / f"{item.key}_desc-brain_mask.nii.gz").exists()  # the engine's own mask stays

@@ -93,6 +93,9 @@ def add_arguments(parser) -> None:
                         help="--preprocess: template space (default as segsuite preprocess)")
     parser.add_argument("--preprocess-resolution", type=float, choices=(1.0, 2.0), default=1.0,
                         help="--preprocess: template-space grid in mm (default 1)")
+    parser.add_argument("--preprocess-registration", choices=("t1w+tissues", "t1w"), default="t1w+tissues",
+                        help="--preprocess: what drives the deformable registration (as segsuite preprocess "
+                             "--registration; default t1w+tissues)")
     parser.add_argument("--preprocess-fwhm", type=float, default=8.0,
                         help="--preprocess: FWHM in mm of the smoothed modulated maps (default 8; 0: none)")
 
@@ -149,7 +152,8 @@ def preprocess_settings(args) -> dict:
     if not 0 <= args.preprocess_fwhm <= 50:
         raise UsageError(f"--preprocess-fwhm must be from 0 to 50 mm, got {args.preprocess_fwhm:g}")
     space, _ = template_files(args.preprocess_template)
-    return {"template": space, "resolution": args.preprocess_resolution, "fwhm": args.preprocess_fwhm}
+    return {"template": space, "resolution": args.preprocess_resolution, "fwhm": args.preprocess_fwhm,
+            "registration": getattr(args, "preprocess_registration", "t1w+tissues")}
 
 
 def other_input_plan(args) -> dict:
