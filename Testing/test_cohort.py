@@ -257,7 +257,7 @@ def test_slurm_config_becomes_the_job_script(tmp_path):
         cluster.close()
     assert jobs == 3
     for line in ("#SBATCH -p gpu", "#SBATCH -t 04:00:00", "#SBATCH --gres=gpu:1", "#SBATCH -A neuro",
-                 "export OMP_NUM_THREADS=4"):
+                 "export OMP_NUM_THREADS=4", "export MALLOC_ARENA_MAX=1"):
         assert line in script, script
     assert "--resources GPU=1" in script and "--nthreads 1" in script
 

@@ -38,7 +38,7 @@ def test_sge_config_becomes_the_job_script(tmp_path):
                                                "jobs: 5\ngpus: 2\nproject: neuro\n")
     assert jobs == 5
     for line in ("#$ -q gpu.q", "#$ -l h_rt=04:00:00", "#$ -l h_vmem=16G", "#$ -l gpu=2", "#$ -P neuro",
-                 "export OMP_NUM_THREADS=4"):
+                 "export OMP_NUM_THREADS=4", "export MALLOC_ARENA_MAX=1"):
         assert line in script, script
     assert "--resources GPU=2" in script and "--nthreads 1" in script
 
@@ -54,7 +54,8 @@ def test_pbs_config_becomes_the_job_script(tmp_path):
     script, jobs = job_script("pbs", tmp_path, "queue: gpuq\nwalltime: '02:30:00'\nmemory: 16GB\ncores: 4\n"
                                                "jobs: 2\ngpus: 1\naccount: neuro\n")
     assert jobs == 2
-    for line in ("#PBS -q gpuq", "#PBS -l walltime=02:30:00", "#PBS -A neuro", "export OMP_NUM_THREADS=4"):
+    for line in ("#PBS -q gpuq", "#PBS -l walltime=02:30:00", "#PBS -A neuro", "export OMP_NUM_THREADS=4",
+                 "export MALLOC_ARENA_MAX=1"):
         assert line in script, script
     select = [line for line in script.splitlines() if line.startswith("#PBS -l select=")]
     assert len(select) == 1 and ":ncpus=4:" in select[0] and ":ngpus=1:" in select[0] and ":mem=15GB" in select[0]
