@@ -78,7 +78,7 @@ class PreprocessWidgetMixin(EngineModuleWidgetMixin):
                 nodes = self.logic.load_results(output_dir, scene=scene, reference_volume_node=reference,
                                                 parameters=self._parameters)
             slicer.util.setSliceViewerLayers(background=nodes["volume"], foreground=nodes.get("modulated_gm"),
-                                             foregroundOpacity=0.4)
+                                             foregroundOpacity=0.4, fit=True)
             self.ui.statusLabel.text = nodes["status"]
             self.appendLog(nodes["status"])
         except Exception as error:
