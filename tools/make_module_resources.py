@@ -64,6 +64,8 @@ class Ui:
             self.add(f'<property name="{name}"><bool>{"true" if value else "false"}</bool></property>')
         elif kind == "number":
             self.add(f'<property name="{name}"><number>{int(value)}</number></property>')
+        elif kind == "double":
+            self.add(f'<property name="{name}"><double>{float(value)}</double></property>')
         elif kind == "stringlist":
             items = "".join(f"<string>{escape(v)}</string>" for v in value)
             self.add(f'<property name="{name}"><stringlist>{items}</stringlist></property>')
@@ -232,8 +234,8 @@ def preprocess_ui() -> str:
                                "(--template)"))
     ui.row("Template grid (mm):", "QComboBox", "resolutionComboBox",
            toolTip=("string", "Voxel size of the template-space outputs (--resolution; 2 is faster)"))
-    ui.row("Smoothing FWHM:", "QDoubleSpinBox", "fwhmSpinBox", minimum=("number", 0), maximum=("number", 50),
-           suffix=("string", " mm"), toolTip=("string", "Gaussian FWHM of the smoothed modulated maps (--fwhm; 0: none)"))
+    ui.row("Smoothing FWHM:", "QDoubleSpinBox", "fwhmSpinBox", minimum=("double", 0), maximum=("double", 50),
+           singleStep=("double", 0.5), decimals=("number", 2), suffix=("string", " mm"), toolTip=("string", "Gaussian FWHM of the smoothed modulated maps (--fwhm; 0: none)"))
     ui.row("Registration:", "QComboBox", "registrationComboBox",
            toolTip=("string", "t1w+tissues: the T1w with the GM/WM maps (higher template overlap); t1w: the T1w "
                                "alone, faster (--registration)"))
