@@ -127,6 +127,26 @@ def test_a_segment_without_a_freesurfer_value_is_refused_in_one_line(tmp_path):
         export_segmentation_input(empty, str(tmp_path / "seg"))
 
 
+def test_an_input_under_a_transform_already_is_not_moved(tmp_path):
+    """Its export had that transform applied: putting it under the new one instead would be wrong."""
+    from segsuite_slicer.preprocess_run import load_preprocessed
+    from segsuite_slicer.preprocess_self_test import make_small_preprocess_outputs
+
+    scene = slicer.vtkMRMLScene()
+    t1 = mrml.add_volume_node(np.ones((4, 4, 4), np.float32), np.eye(4), "T1", scene=scene)
+    placed = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "placed")
+    t1.SetAndObserveTransformNodeID(placed.GetID())
+    nodes = load_preprocessed(make_small_preprocess_outputs(str(tmp_path)), NLIN2009A, scene=scene, name="T1",
+                              input_volume_node=t1)
+    assert t1.GetParentTransformNode() is placed
+    assert "tpm_overlap_gm 0.520" in nodes["status"] and "'T1' is under a transform already" in nodes["status"]
+    other = mrml.add_volume_node(np.ones((4, 4, 4), np.float32), np.eye(4), "other", scene=scene)
+    nodes = load_preprocessed(make_small_preprocess_outputs(str(tmp_path / "b")), NLIN2009A, scene=scene,
+                              name="other", input_volume_node=other, modulated_gm=False)
+    assert other.GetParentTransformNode() is nodes["transform"] and "modulated_gm" not in nodes
+    assert "already" not in nodes["status"]
+
+
 def _generator():
     spec = importlib.util.spec_from_file_location("make_module_resources", REPO_ROOT / "tools" / "make_module_resources.py")
     module = importlib.util.module_from_spec(spec)

@@ -176,7 +176,8 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
 def load_preprocessed(paths: dict, space: str, scene=None, name: str = "", modulated_gm: bool = True,
                       input_volume_node=None) -> dict:
     """Outputs -> nodes: {"volume", "transform"[, "modulated_gm"], "metrics", "status"}. With
-    ``input_volume_node``, that volume is placed under the transform (shown in template space)."""
+    ``input_volume_node``, that volume is placed under the transform (shown in template space),
+    unless it is under a transform already (the preprocessing read it with that one applied)."""
     from . import mrml
 
     t1, affine = read_image(paths["template_preproc"])
@@ -185,10 +186,14 @@ def load_preprocessed(paths: dict, space: str, scene=None, name: str = "", modul
         gm, gm_affine = read_image(paths["modulated_GM"])
         nodes["modulated_gm"] = mrml.add_volume_node(np.asarray(gm, dtype=np.float32), gm_affine,
                                                      f"{name} space-{space} GM modulated".strip(), scene)
-    if input_volume_node is not None:
+    moved = input_volume_node is not None and input_volume_node.GetParentTransformNode() is None
+    if moved:
         input_volume_node.SetAndObserveTransformNodeID(nodes["transform"].GetID())
     nodes["metrics"] = json.loads(Path(paths["metrics"]).read_text(encoding="utf-8")).get("metrics", {})
     nodes["status"] = qc_status(nodes["metrics"], space)
+    if input_volume_node is not None and not moved:
+        nodes["status"] += (f" {input_volume_node.GetName()!r} is under a transform already, so it was not moved: "
+                            f"harden that transform, then put it under {nodes['transform'].GetName()!r}.")
     return nodes
 
 

@@ -33,6 +33,7 @@ def make_small_preprocess_outputs(folder: str, prefix: str = "factory-test", spa
     from segsuite.preprocess.subject import output_paths
     from segsuite.preprocess.templates import NLIN2009A
 
+    os.makedirs(folder, exist_ok=True)
     paths = output_paths(folder, prefix, space or NLIN2009A, fwhm)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = [-20.0, -24.0, -16.0]
