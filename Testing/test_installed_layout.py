@@ -25,7 +25,8 @@ from conftest import REPO_ROOT, shared_path
 
 STANDINS = REPO_ROOT / "Testing" / "slicer_cmake"
 MODULE_DIR = "lib/Slicer-5.10/qt-scripted-modules"
-MODULE_NAMES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask", "SegmentationSuiteModels"]
+MODULE_NAMES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask", "SegmentationSuiteModels",
+                "SegmentationSuitePreprocess"]
 
 pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake on PATH")
 
@@ -68,7 +69,7 @@ names = ["segsuite", "segsuite_slicer"]
 for package in (segsuite, segsuite_slicer):
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         names.append(info.name)
-skipped = {"segsuite_slicer.module_gui"}          # imports qt: Slicer's GUI only
+skipped = {"segsuite_slicer.module_gui", "segsuite_slicer.preprocess_gui"}   # import qt: Slicer's GUI only
 try:
     import slicer, vtk  # noqa: F401  (slicer-core gives MRML without the GUI)
 except ImportError:
@@ -144,7 +145,8 @@ def test_installed_folder_imports_lists_and_serves_the_models_client(installed, 
         assert file.startswith(str(folder)) and not file.startswith(checkout), f"{name} came from {file}"
     assert "segsuite.models.registry" in report["files"] and "segsuite_slicer.install" in report["files"]
     # only the cohort runner may be left out, and only for its optional extras
-    assert all(name.startswith("segsuite.cohort.") or name in ("segsuite_slicer.module_gui", "segsuite_slicer.mrml")
+    assert all(name.startswith("segsuite.cohort.") or name in ("segsuite_slicer.module_gui", "segsuite_slicer.mrml",
+                                                                 "segsuite_slicer.preprocess_gui")
                for name in report["skipped"]), report["skipped"]
     assert report["models"] == registry_ids()
     assert Path(report["cache"]) == tmp_path / "home"

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegmentationSuite"
 NAMES_FILE = Path(__file__).resolve().parent / "slicer_api" / "slicer-5.10.0-names.txt"
 ENGINE_MODULES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask"]
-MODULE_FILES = [MODULE_DIR / f"{name}.py" for name in ENGINE_MODULES + ["SegmentationSuiteModels"]]
+MODULE_FILES = [MODULE_DIR / f"{name}.py" for name in ENGINE_MODULES + ["SegmentationSuiteModels",
+                                                                   "SegmentationSuitePreprocess"]]
 ADAPTER_FILES = sorted((MODULE_DIR / "segsuite_slicer").glob("*.py"))
 UI_FILES = sorted((MODULE_DIR / "Resources" / "UI").glob("*.ui"))
 
@@ -32,7 +33,7 @@ QT_MEMBERS = {"enabled", "visible", "toolTip", "text", "checked", "setEnabled", 
 # Python names whose calls are not MRML/VTK methods.
 PYTHON_MODULES = {"os", "sys", "json", "logging", "shutil", "subprocess", "tempfile", "time", "importlib", "threading",
                   "np", "nib", "re", "math", "inspect", "qt", "ctk", "numpy_support", "PyTorchUtils", "SampleData",
-                  "models_client", "mrml", "install", "Path", "run_rules"}
+                  "models_client", "mrml", "install", "Path", "run_rules", "sitk", "itk"}
 
 
 def load_names(path: Path = NAMES_FILE) -> dict:
@@ -141,7 +142,7 @@ def vtk_core_methods():
     vtk = pytest.importorskip("vtk")
     methods: set = set()
     for class_name in ("vtkMatrix4x4", "vtkImageData", "vtkStringArray", "vtkDoubleArray", "vtkIntArray",
-                       "vtkPointData", "vtkTable", "vtkCommand"):
+                       "vtkPointData", "vtkTable", "vtkCommand", "vtkAbstractTransform"):
         methods.update(dir(getattr(vtk, class_name)))
     return methods
 

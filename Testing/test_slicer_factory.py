@@ -33,6 +33,8 @@ from conftest import stand_in_module_files  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegmentationSuite"
 ENGINE_MODULES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask"]
+# the modules whose ctest tests are the three factory-safe ones (the preprocessing module's check its own widget and logic)
+RUN_MODULES = ENGINE_MODULES + ["SegmentationSuitePreprocess"]
 FACTORY_SAFE = {"test_module_widget_and_parameter_node", "test_adapters_on_a_small_result", "test_run_rules"}
 NEEDS_THE_GUI = {"test_module_widget_and_parameter_node"}  # selectModule / getModuleWidget: the application
 
@@ -62,7 +64,7 @@ def factory(monkeypatch):
                 getattr(self, name)()
                 self.tearDown()
 
-    stand_in_module_files(monkeypatch, ENGINE_MODULES + ["SegmentationSuiteModels"],
+    stand_in_module_files(monkeypatch, RUN_MODULES + ["SegmentationSuiteModels"],
                           test_base=ScriptedLoadableModuleTest)
     scene = slicer.vtkMRMLScene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
@@ -103,7 +105,7 @@ def ctest_collects(module) -> list[str]:
     return [case.id() for case in cases if type(case).__module__ == module.__name__]
 
 
-@pytest.mark.parametrize("name", ENGINE_MODULES)
+@pytest.mark.parametrize("name", RUN_MODULES)
 def test_ctest_collects_only_the_factory_safe_tests(factory, name):
     module = importlib.import_module(name)
     collected = {test_id.rsplit(".", 1)[1] for test_id in ctest_collects(module)}
@@ -120,7 +122,7 @@ def test_ctest_collects_only_the_factory_safe_tests(factory, name):
     assert hasattr(test_class, f"full_apply_{name}")
 
 
-@pytest.mark.parametrize("name", ENGINE_MODULES)
+@pytest.mark.parametrize("name", RUN_MODULES)
 def test_factory_safe_tests_pass_in_testing_mode_without_network_or_pip(factory, name):
     module = importlib.import_module(name)
     suite = unittest.TestSuite()

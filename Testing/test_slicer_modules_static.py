@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegmentationSuite"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 ENGINE_MODULES = ["SynthSeg", "ScLimbic", "SpinalCordEPI", "SamsegBrainMask"]
-ALL_MODULES = ENGINE_MODULES + ["SegmentationSuiteModels"]
+ALL_MODULES = ENGINE_MODULES + ["SegmentationSuiteModels", "SegmentationSuitePreprocess"]
 ADAPTER_FILES = sorted((MODULE_DIR / "segsuite_slicer").glob("*.py"))
 SLICER_FILES = [MODULE_DIR / f"{name}.py" for name in ALL_MODULES] + ADAPTER_FILES
 
@@ -36,7 +36,8 @@ APP_ONLY_SLICER_ATTRIBUTES = {"app", "mrmlScene", "modules", "packaging", "Scrip
 # checks them against Slicer 5.10's own headers.
 APP_ONLY_METHODS = {"GetLayoutWithTable", "ShowChartInLayout"}
 MODULE_NAMES = {"slicer", "qt", "ctk", "vtk", "np", "os", "sys", "json", "logging", "shutil", "subprocess",
-                "tempfile", "time", "importlib", "threading", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData", "models_client"}
+                "tempfile", "time", "importlib", "threading", "numpy_support", "nib", "re", "PyTorchUtils", "SampleData", "models_client",
+                "sitk", "itk"}
 CLASSES_USED = ["vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkSegmentation", "vtkSegment", "vtkMRMLTableNode",
                 "vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode",
                 "vtkMRMLLinearTransformNode", "vtkOrientedImageData", "vtkSegmentationConverter",
@@ -44,7 +45,7 @@ CLASSES_USED = ["vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkSegmentation", "v
                 "vtkSlicerSegmentationsModuleLogic", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode",
                 "vtkMRMLSegmentationDisplayNode"]
 VTK_CLASSES = ["vtkMatrix4x4", "vtkImageData", "vtkStringArray", "vtkDoubleArray", "vtkIntArray", "vtkPointData",
-               "vtkTable"]
+               "vtkTable", "vtkAbstractTransform"]
 
 
 def _known_methods() -> set[str]:
@@ -162,12 +163,29 @@ def test_the_network_controls_are_exactly_the_advanced_section(name):
                       "modelFolderButton"}
 
 
-@pytest.mark.parametrize("path", [MODULE_DIR / "segsuite_slicer" / "module_gui.py", MODULE_DIR / "SegmentationSuiteModels.py"],
-                         ids=lambda p: p.name)
+UI_USERS = {"module_gui.py": ENGINE_MODULES, "SegmentationSuiteModels.py": ["SegmentationSuiteModels"],
+            "preprocess_gui.py": ["SegmentationSuitePreprocess"]}
+
+
+def _method_source(path: Path, *names: str) -> str:
+    """The source of the named methods in ``path`` (the base-class methods a subclass inherits)."""
+    source = path.read_text()
+    return "\n".join(ast.get_source_segment(source, node) for node in ast.walk(ast.parse(source))
+                     if isinstance(node, ast.FunctionDef) and node.name in names)
+
+
+@pytest.mark.parametrize("path", [MODULE_DIR / "segsuite_slicer" / "module_gui.py", MODULE_DIR / "SegmentationSuiteModels.py",
+                                  MODULE_DIR / "segsuite_slicer" / "preprocess_gui.py"], ids=lambda p: p.name)
 def test_every_ui_widget_used_exists(path):
     used = set(re.findall(r"self\.ui\.(\w+)", path.read_text()))
-    ui_files = [MODULE_DIR / "Resources" / "UI" / f"{m}.ui" for m in
-                (ENGINE_MODULES if path.name == "module_gui.py" else ["SegmentationSuiteModels"])]
+    if path.name == "preprocess_gui.py":  # and what it inherits from module_gui's mixin
+        used |= set(re.findall(r"self\.ui\.(\w+)", _method_source(MODULE_DIR / "segsuite_slicer" / "module_gui.py",
+                                                                     "setupRunWidget", "_restore", "onApplyButton",
+                                                                     "onProgress", "onError", "ensureRequirements",
+                                                                     "appendLog", "updateApplyButton",
+                                                                     "updateGUIFromParameterNode",
+                                                                     "updateParameterNodeFromGUI")))
+    ui_files = [MODULE_DIR / "Resources" / "UI" / f"{m}.ui" for m in UI_USERS[path.name]]
     for ui_file in ui_files:
         names = set(re.findall(r'<widget class="[^"]+" name="(\w+)"', ui_file.read_text()))
         assert used <= names, f"{ui_file.name} lacks {sorted(used - names)}"

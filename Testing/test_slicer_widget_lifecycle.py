@@ -145,6 +145,30 @@ UI_NAMES = ["inputVolumeSelector", "batchCheckBox", "outputFolderHintLabel", "de
             "advancedCollapsibleButton", "parcCheckBox", "robustCheckBox", "fastCheckBox", "qcCheckBox"]
 
 
+def singleton_parameter_node(scene, tag: str):
+    """What ScriptedLoadableModuleLogic.getParameterNode does at v5.10.0."""
+    node = scene.GetSingletonNode(tag, "vtkMRMLScriptedModuleNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(tag)
+        node = scene.AddNode(node)
+    return node
+
+
+class StandInWidget(slicer.util.VTKObservationMixin):
+    """What ScriptedLoadableModuleWidget gives a module widget here: parent (entered), layout, resourcePath."""
+
+    def __init__(self):
+        slicer.util.VTKObservationMixin.__init__(self)
+        self.parent = types.SimpleNamespace(isEntered=True)
+        self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+        self.logic = None
+
+    def resourcePath(self, path):
+        return path
+
+
 @pytest.fixture
 def widget(monkeypatch, tmp_path, request):
     qt = types.ModuleType("qt")
@@ -155,7 +179,6 @@ def widget(monkeypatch, tmp_path, request):
     from segsuite_slicer.engine_run import EngineRunLogic
     from segsuite_slicer.module_gui import EngineModuleWidgetMixin
     from segsuite_slicer.run_rules import parse_bool
-    from slicer.util import VTKObservationMixin
 
     scene = slicer.vtkMRMLScene()
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
@@ -173,28 +196,13 @@ def widget(monkeypatch, tmp_path, request):
         def engine_options(self, parameters):  # as SynthSeg.py's logic
             return {name: parse_bool(parameters.get(name)) for name in ("parc", "robust", "fast", "qc")}
 
-        def getParameterNode(self):  # what ScriptedLoadableModuleLogic.getParameterNode does at v5.10.0
-            node = scene.GetSingletonNode("SynthSeg", "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
-                node.UnRegister(None)
-                node.SetSingletonTag("SynthSeg")
-                node = scene.AddNode(node)
-            return node
+        def getParameterNode(self):
+            return singleton_parameter_node(scene, "SynthSeg")
 
-    class SynthSegLikeWidget(EngineModuleWidgetMixin, VTKObservationMixin):
+    class SynthSegLikeWidget(EngineModuleWidgetMixin, StandInWidget):
         module_name = "SynthSeg"
         option_parameters = ["parc", "robust", "fast", "qc"]
         option_defaults = {"parc": "false", "robust": "false", "fast": "false", "qc": "true"}
-
-        def __init__(self):
-            VTKObservationMixin.__init__(self)
-            self.parent = types.SimpleNamespace(isEntered=True)
-            self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
-            self.logic = None
-
-        def resourcePath(self, path):
-            return path
 
     made = SynthSegLikeWidget()
     made.setupEngineWidget(Logic())

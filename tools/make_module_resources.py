@@ -40,7 +40,8 @@ ENGINE_OPTIONS = {
 }
 
 TITLES = {"SynthSeg": "SynthSeg", "ScLimbic": "ScLimbic", "SpinalCordEPI": "Spinal cord EPI",
-          "SamsegBrainMask": "SAMSEG brain mask", "SegmentationSuiteModels": "SegmentationSuite Models"}
+          "SamsegBrainMask": "SAMSEG brain mask", "SegmentationSuiteModels": "SegmentationSuite Models",
+          "SegmentationSuitePreprocess": "MNI152 preprocessing (VBM)"}
 
 # Subclasses of vtkMRMLScalarVolumeNode that are not one grey-scale image (as Slicer's Segmentations
 # and Models module .ui files hide child node types at v5.10.0).
@@ -63,6 +64,8 @@ class Ui:
             self.add(f'<property name="{name}"><bool>{"true" if value else "false"}</bool></property>')
         elif kind == "number":
             self.add(f'<property name="{name}"><number>{int(value)}</number></property>')
+        elif kind == "double":
+            self.add(f'<property name="{name}"><double>{float(value)}</double></property>')
         elif kind == "stringlist":
             items = "".join(f"<string>{escape(v)}</string>" for v in value)
             self.add(f'<property name="{name}"><stringlist>{items}</stringlist></property>')
@@ -103,7 +106,7 @@ class Ui:
         self.end()
         self.add("</item>")
 
-    def document(self, module: str) -> str:
+    def document(self, module: str, selectors=("inputVolumeSelector", "outputSegmentationSelector")) -> str:
         custom = [("ctkCollapsibleButton", "QWidget", 1), ("ctkPathLineEdit", "QWidget", 0),
                   ("qMRMLNodeComboBox", "QWidget", 0), ("qMRMLWidget", "QWidget", 1)]
         parts = ['<?xml version="1.0" encoding="UTF-8"?>', '<ui version="4.0">', f"<class>{module}</class>",
@@ -116,7 +119,7 @@ class Ui:
                          + ("<container>1</container>" if container else "") + "</customwidget>")
         parts += ["</customwidgets>", "<connections>"]
         if module != "SegmentationSuiteModels":  # the node selector follows the module's scene
-            for selector in ("inputVolumeSelector", "outputSegmentationSelector"):
+            for selector in selectors:
                 parts.append(f"<connection><sender>{module}</sender><signal>mrmlSceneChanged(vtkMRMLScene*)</signal>"
                              f"<receiver>{selector}</receiver><slot>setMRMLScene(vtkMRMLScene*)</slot></connection>")
         parts += ["</connections>", "</ui>"]
@@ -180,9 +183,15 @@ def engine_ui(module: str) -> str:
     ui.full_row("QTextBrowser", "modelInfoBrowser", openExternalLinks=("bool", True),
                 toolTip=("string", "From the model registry: what the run will use, its licence and what to cite"))
     ui.end_section()
+    run_controls(ui, "segmentation", "engine")
+    return ui.document(module)
+
+
+def run_controls(ui: Ui, what: str, reporter: str) -> None:
+    """Apply (Cancel while running), progress, status and the log, as every run module has them."""
     ui.add("<item>")
     ui.widget("QPushButton", "applyButton", text=("string", "Apply"), enabled=("bool", False),
-              toolTip=("string", "Run the segmentation; while it runs, this button cancels it"))
+              toolTip=("string", f"Run the {what}; while it runs, this button cancels it"))
     ui.end()
     ui.add("</item><item>")
     ui.widget("QProgressBar", "progressBar", value=("number", 0), visible=("bool", False))
@@ -194,9 +203,52 @@ def engine_ui(module: str) -> str:
     ui.counter = 0
     ui.section("logCollapsibleButton", "Log", collapsed=True)
     ui.full_row("QPlainTextEdit", "logTextEdit", readOnly=("bool", True), maximumBlockCount=("number", 5000),
-                toolTip=("string", "What the engine reported during the last run"))
+                toolTip=("string", f"What the {reporter} reported during the last run"))
     ui.end_section()
-    return ui.document(module)
+
+
+def preprocess_ui() -> str:
+    """segsuite preprocess's inputs and options (segsuite_slicer/preprocess_gui.py wires them)."""
+    module = "SegmentationSuitePreprocess"
+    ui = Ui()
+    ui.section("inputsCollapsibleButton", "Inputs")
+    ui.row("T1w volume:", "qMRMLNodeComboBox", "inputVolumeSelector",
+           nodeTypes=("stringlist", ["vtkMRMLScalarVolumeNode"]),
+           hideChildNodeTypes=("stringlist", HIDDEN_INPUT_NODE_TYPES), addEnabled=("bool", False),
+           removeEnabled=("bool", False), noneEnabled=("bool", True),
+           toolTip=("string", "The T1-weighted image to preprocess (it is not modified)"))
+    ui.row("Segmentation:", "qMRMLNodeComboBox", "segmentationSelector",
+           nodeTypes=("stringlist", ["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"]),
+           addEnabled=("bool", False), removeEnabled=("bool", False), noneEnabled=("bool", True),
+           noneDisplay=("string", "None: run SynthSeg first"),
+           toolTip=("string", "Its segmentation (--seg): a SegmentationSuite segmentation (SynthSeg, SAMSEG brain "
+                               "mask) or a label map with FreeSurfer values (aseg, SAMSEG seg.mgz)"))
+    ui.row("Output folder:", "ctkPathLineEdit", "outputFolderPathLineEdit", filters=("set", "ctkPathLineEdit::Dirs"),
+           toolTip=("string", "Where the outputs are kept (sMRIPrep names); existing ones are replaced only if you agree"))
+    ui.full_row("QLabel", "outputFolderHintLabel", text=("string", ""), wordWrap=("bool", True))
+    ui.end_section()
+    ui.counter = 0
+    ui.section("optionsCollapsibleButton", "Options")
+    ui.row("Template:", "QComboBox", "templateComboBox",
+           toolTip=("string", "auto: MNI152NLin2009cAsym when TemplateFlow has it locally, else MNI152NLin2009aSym "
+                               "(--template)"))
+    ui.row("Template grid (mm):", "QComboBox", "resolutionComboBox",
+           toolTip=("string", "Voxel size of the template-space outputs (--resolution; 2 is faster)"))
+    ui.row("Smoothing FWHM:", "QDoubleSpinBox", "fwhmSpinBox", minimum=("double", 0), maximum=("double", 50),
+           singleStep=("double", 0.5), decimals=("number", 2), suffix=("string", " mm"), toolTip=("string", "Gaussian FWHM of the smoothed modulated maps (--fwhm; 0: none)"))
+    ui.row("Registration:", "QComboBox", "registrationComboBox",
+           toolTip=("string", "t1w+tissues: the T1w with the GM/WM maps (higher template overlap); t1w: the T1w "
+                               "alone, faster (--registration)"))
+    ui.row("CPU threads:", "QSpinBox", "threadsSpinBox", minimum=("number", 0), maximum=("number", 256),
+           specialValueText=("string", "default (2)"), toolTip=("string", "--threads; 0: the command's default"))
+    ui.full_row("QCheckBox", "loadModulatedGMCheckBox", text=("string", "Load the modulated GM map"),
+                toolTip=("string", "The Jacobian-modulated GM map in template space, over the T1w"), checked=("bool", True))
+    ui.full_row("QCheckBox", "inputUnderTransformCheckBox", text=("string", "Show the input in template space"),
+                toolTip=("string", "Place the input volume under the new transform (harden it or remove it from the "
+                                    "transform before another module reads it)"), checked=("bool", False))
+    ui.end_section()
+    run_controls(ui, "preprocessing", "preprocessing")
+    return ui.document(module, selectors=("inputVolumeSelector", "segmentationSelector"))
 
 
 def models_ui() -> str:
@@ -254,6 +306,13 @@ def icon(kind: str) -> np.ndarray:
             ring = ((x - 64) / 60) ** 2 + ((y - 62) / 52) ** 2
             image[(ring <= 1) & (ring >= 0.82)] = (120, 120, 120, 255)   # skull removed around the mask
             image[((x - 64) / 54) ** 2 + ((y - 62) / 46) ** 2 <= 1, 3] = 255
+    elif kind == "SegmentationSuitePreprocess":
+        image[14:114, 14:114] = (60, 60, 60, 255)                # template frame
+        disc(64, 64, 44, 50, (200, 200, 200, 255))               # template brain
+        disc(64, 64, 36, 42, (205, 62, 78, 180))                 # GM map
+        for row in range(24, 104, 16):                           # deformation grid
+            image[row:row + 2, 20:108] = (90, 120, 200, 255)
+            image[20:108, row:row + 2] = (90, 120, 200, 255)
     elif kind == "SpinalCordEPI":
         disc(64, 64, 40, 56, (200, 200, 200, 255))               # vertebral canal, axial-ish
         disc(64, 64, 26, 40, (133, 203, 229, 255))               # cord
@@ -281,6 +340,8 @@ def main() -> None:
         (RESOURCES / "UI" / f"{module}.ui").write_text(engine_ui(module), encoding="utf-8")
         write_png(RESOURCES / "Icons" / f"{module}.png", icon(module))
     (RESOURCES / "UI" / "SegmentationSuiteModels.ui").write_text(models_ui(), encoding="utf-8")
+    (RESOURCES / "UI" / "SegmentationSuitePreprocess.ui").write_text(preprocess_ui(), encoding="utf-8")
+    write_png(RESOURCES / "Icons" / "SegmentationSuitePreprocess.png", icon("SegmentationSuitePreprocess"))
     write_png(RESOURCES / "Icons" / "SegmentationSuiteModels.png", icon("SegmentationSuiteModels"))
     extension_icons = Path(__file__).resolve().parents[1] / "Resources" / "Icons"
     extension_icons.mkdir(parents=True, exist_ok=True)

@@ -232,9 +232,7 @@ class EngineRunLogic:
             elif isinstance(event, FinishedEvent):
                 self._stop_timer()
                 self._forget_scene()
-                self.outcome = run_outcome(event.returncode, self.run_manifest_path() or "",
-                                           self.runner.error_message(), cancelled=self.runner.cancelled,
-                                           stopped_reason=self._stopped_reason)
+                self.outcome = self.finished_outcome(event.returncode)
                 if self.outcome.kind == "done":
                     if on_finished:
                         on_finished(output_dir)
@@ -245,6 +243,11 @@ class EngineRunLogic:
                         on_error(self.outcome.message)
                 return False
         return True
+
+    def finished_outcome(self, returncode: Optional[int]) -> RunOutcome:
+        """What the ended process means (run_rules.run_outcome: run-engine's manifest in the work folder)."""
+        return run_outcome(returncode, self.run_manifest_path() or "", self.runner.error_message(),
+                           cancelled=self.runner.cancelled, stopped_reason=self._stopped_reason)
 
     def cancel(self) -> None:
         """Ask the process tree to stop and return at once; poll_once reports "Cancelled." when it is gone."""

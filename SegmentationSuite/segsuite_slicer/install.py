@@ -48,11 +48,13 @@ SCEPI_REQUIREMENTS = ["acvl-utils>=0.2", "batchgenerators>=0.25", "batchgenerato
                       "einops>=0.6", "scikit-image>=0.21", "scikit-learn>=1.3", "tifffile>=2023.1",
                       "imagecodecs>=2023.1", "yacs>=0.1.8", "connected-components-3d>=3.12",
                       "matplotlib>=3.5", "seaborn>=0.12", "graphviz>=0.20"]
+# segsuite preprocess: the registration (picsl-greedy) and the MNI152NLin2009aSym files in nilearn's wheel.
+PREPROCESS_REQUIREMENTS = ["picsl-greedy>=1.4", "nilearn>=0.10"]
 TORCH_REQUIREMENT = ">=2.1"
 # What the PyTorch extension installs, unconstrained, before its first torch install
 # (SlicerPyTorch PyTorchUtils.py _installLightTheTorch, e1c85cc); it pins pip below Slicer 5.12's.
 LIGHT_THE_TORCH = "light-the-torch>=0.5"
-ENGINES = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "models")
+ENGINES = ("synthseg", "sclimbic", "scepi", "samseg", "samseg-filter", "models", "preprocess")
 # The SAMSEG label filter and the model manager are numpy/scipy only.
 TORCH_ENGINES = frozenset({"synthseg", "sclimbic", "scepi"})
 REQUESTER = "SegmentationSuite"
@@ -65,6 +67,8 @@ def requirements_for(engine: str) -> tuple[list[str], list[str]]:
         return list(MODELS_REQUIREMENTS), []
     if engine == "scepi":
         return CORE_REQUIREMENTS + SCEPI_REQUIREMENTS, list(SCEPI_NO_DEPS_REQUIREMENTS)
+    if engine == "preprocess":  # with a segmentation given; without one SynthSeg's requirements come too
+        return CORE_REQUIREMENTS + PREPROCESS_REQUIREMENTS, []
     return list(CORE_REQUIREMENTS), []
 
 

@@ -41,43 +41,49 @@ class EngineModuleWidgetMixin:
     module_name = ""
     option_parameters: list[str] = []  # parameter names; the check box is "<name>CheckBox" in the .ui
     option_defaults: dict[str, str] = {}
+    other_parameters = ("batch", "inputFolder", "outputFolder", "model", "gpu")  # kept beside the logic's defaults
 
     def setupEngineWidget(self, logic) -> None:
+        self.setupRunWidget(logic)
+        self.ui.deviceComboBox.addItems(DEVICES)
+        self._output_segmentation = None
+        self.ui.show3DCheckBox.checked = parse_bool(qt.QSettings().value(SHOW_3D_SETTING, "false"))
+        self.ui.batchCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.inputFolderPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.deviceComboBox.currentTextChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.gpuSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.show3DCheckBox.toggled.connect(self.onShow3DToggled)
+        self.ui.posteriorsCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.modelPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.modelFolderButton.clicked.connect(self.onChooseModelFolder)
+        # device, threads, posteriors and model file mean nothing to an engine without a network
+        self.ui.advancedCollapsibleButton.visible = logic.network_options
+        self.initializeParameterNode()
+
+    def setupRunWidget(self, logic) -> None:
+        """What every module that runs segsuite in its own process has: its .ui, the scene observers,
+        the input volume, output folder, threads and option check boxes, Apply and the log."""
         self.logic = logic
         ui_widget = slicer.util.loadUI(self.resourcePath(f"UI/{self.module_name}.ui"))
         self.layout.addWidget(ui_widget)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
-        self.ui.deviceComboBox.addItems(DEVICES)
         self._updating = False
         self._installing = False
         self._input = None
-        self._output_segmentation = None
         self.parameterNode = None
-        self.ui.show3DCheckBox.checked = parse_bool(qt.QSettings().value(SHOW_3D_SETTING, "false"))
         self.logic.on_log = self.appendLog
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.batchCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
-        self.ui.inputFolderPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.outputFolderPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.deviceComboBox.currentTextChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.gpuSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.show3DCheckBox.toggled.connect(self.onShow3DToggled)
         self.ui.threadsSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.posteriorsCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
-        self.ui.modelPathLineEdit.currentPathChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.modelFolderButton.clicked.connect(self.onChooseModelFolder)
         for name in self.option_parameters:
             getattr(self.ui, f"{name}CheckBox").toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
-        # device, threads, posteriors and model file mean nothing to an engine without a network
-        self.ui.advancedCollapsibleButton.visible = logic.network_options
-        self.initializeParameterNode()
 
     # -- the template's life cycle ---------------------------------------------------------------
     def enter(self) -> None:
@@ -122,8 +128,7 @@ class EngineModuleWidgetMixin:
 
     def parameters(self) -> dict:
         node = self.parameterNode
-        keys = list(self.logic.default_parameters) + list(self.option_parameters) + [
-            "batch", "inputFolder", "outputFolder", "model", "gpu"]
+        keys = list(self.logic.default_parameters) + list(self.option_parameters) + list(self.other_parameters)
         return {key: node.GetParameter(key) for key in keys}
 
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
@@ -133,30 +138,34 @@ class EngineModuleWidgetMixin:
         try:
             node = self.parameterNode
             self.ui.inputVolumeSelector.setCurrentNode(node.GetNodeReference("InputVolume"))
-            batch = parse_bool(node.GetParameter("batch"))
-            self.ui.batchCheckBox.checked = batch
-            self.ui.inputVolumeSelector.enabled = not batch
-            self.ui.inputFolderPathLineEdit.enabled = batch
-            self.ui.outputSegmentationSelector.setCurrentNode(node.GetNodeReference("OutputSegmentation"))
-            self.ui.outputSegmentationSelector.enabled = not batch  # a batch loads tables only
             # ctkPathLineEdit emits currentPathChanged on every keystroke; writing the same text back
             # (QLineEdit::setText) would move the cursor to the end: only a different path is written.
-            set_path_if_changed(self.ui.inputFolderPathLineEdit, node.GetParameter("inputFolder"))
             set_path_if_changed(self.ui.outputFolderPathLineEdit, node.GetParameter("outputFolder"))
-            self.ui.outputFolderHintLabel.text = self.outputFolderHint(batch, node.GetParameter("outputFolder"))
-            device = node.GetParameter("device") or "auto"
-            self.ui.deviceComboBox.setCurrentText(device)
-            self.ui.gpuSpinBox.value = int(node.GetParameter("gpu") or 0)
-            self.ui.gpuSpinBox.enabled = device == "cuda"
             self.ui.threadsSpinBox.value = int(node.GetParameter("threads") or 0)
-            self.ui.posteriorsCheckBox.checked = parse_bool(node.GetParameter("posteriors"))
-            set_path_if_changed(self.ui.modelPathLineEdit, node.GetParameter("model"))
             for name in self.option_parameters:
                 getattr(self.ui, f"{name}CheckBox").checked = parse_bool(node.GetParameter(name))
-            self.updateModelInfo()
+            self.showModuleParameters(node)
             self.updateApplyButton()
         finally:
             self._updating = False
+
+    def showModuleParameters(self, node) -> None:
+        """The GUI of the engine's own parameters: batch, output segmentation, device, model."""
+        batch = parse_bool(node.GetParameter("batch"))
+        self.ui.batchCheckBox.checked = batch
+        self.ui.inputVolumeSelector.enabled = not batch
+        self.ui.inputFolderPathLineEdit.enabled = batch
+        self.ui.outputSegmentationSelector.setCurrentNode(node.GetNodeReference("OutputSegmentation"))
+        self.ui.outputSegmentationSelector.enabled = not batch  # a batch loads tables only
+        set_path_if_changed(self.ui.inputFolderPathLineEdit, node.GetParameter("inputFolder"))
+        self.ui.outputFolderHintLabel.text = self.outputFolderHint(batch, node.GetParameter("outputFolder"))
+        device = node.GetParameter("device") or "auto"
+        self.ui.deviceComboBox.setCurrentText(device)
+        self.ui.gpuSpinBox.value = int(node.GetParameter("gpu") or 0)
+        self.ui.gpuSpinBox.enabled = device == "cuda"
+        self.ui.posteriorsCheckBox.checked = parse_bool(node.GetParameter("posteriors"))
+        set_path_if_changed(self.ui.modelPathLineEdit, node.GetParameter("model"))
+        self.updateModelInfo()
 
     def updateApplyButton(self) -> None:
         node = self.parameterNode
@@ -192,18 +201,22 @@ class EngineModuleWidgetMixin:
         node = self.parameterNode
         was_modifying = node.StartModify()
         node.SetNodeReferenceID("InputVolume", self.ui.inputVolumeSelector.currentNodeID)
+        node.SetParameter("outputFolder", self.ui.outputFolderPathLineEdit.currentPath)
+        node.SetParameter("threads", str(self.ui.threadsSpinBox.value))
+        for name in self.option_parameters:
+            node.SetParameter(name, "true" if getattr(self.ui, f"{name}CheckBox").checked else "false")
+        self.storeModuleParameters(node)
+        node.EndModify(was_modifying)
+
+    def storeModuleParameters(self, node) -> None:
+        """The engine's own controls into the parameter node (see showModuleParameters)."""
         node.SetParameter("batch", "true" if self.ui.batchCheckBox.checked else "false")
         node.SetParameter("inputFolder", self.ui.inputFolderPathLineEdit.currentPath)
-        node.SetParameter("outputFolder", self.ui.outputFolderPathLineEdit.currentPath)
         node.SetParameter("device", self.ui.deviceComboBox.currentText)
         node.SetParameter("gpu", str(self.ui.gpuSpinBox.value))
         node.SetNodeReferenceID("OutputSegmentation", self.ui.outputSegmentationSelector.currentNodeID)
-        node.SetParameter("threads", str(self.ui.threadsSpinBox.value))
         node.SetParameter("posteriors", "true" if self.ui.posteriorsCheckBox.checked else "false")
         node.SetParameter("model", self.ui.modelPathLineEdit.currentPath)
-        for name in self.option_parameters:
-            node.SetParameter(name, "true" if getattr(self.ui, f"{name}CheckBox").checked else "false")
-        node.EndModify(was_modifying)
 
     def onChooseModelFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model folder",
@@ -223,6 +236,10 @@ class EngineModuleWidgetMixin:
         self.ui.logTextEdit.appendPlainText(line)
 
     # -- running --------------------------------------------------------------------------------
+    def requiredEngines(self) -> list[str]:
+        """The install.ENGINES whose packages an Apply needs."""
+        return [self.logic.engine]
+
     def ensureRequirements(self) -> bool:
         """The first-use install, with Apply disabled: on Slicer 5.10 pip_install processes events
         for each line pip prints (slicer.util.logProcessOutput, v5.10.0), so Apply stays clickable."""
@@ -231,10 +248,19 @@ class EngineModuleWidgetMixin:
         self.ui.statusLabel.text = INSTALL_STATUS
         slicer.app.processEvents()  # show the status before pip or the PyTorch download starts
         try:
-            return install.ensure_requirements(self.logic.engine)
+            return all(install.ensure_requirements(engine) for engine in self.requiredEngines())
         finally:
             self._installing = False
             self.updateApplyButton()
+
+    def preparePlan(self, parameters: dict):
+        """Remember the run's input and output nodes and let the logic export the input (RunPlan)."""
+        batch = parse_bool(parameters.get("batch"))
+        self._input = None if batch else self.parameterNode.GetNodeReference("InputVolume")
+        self._output_segmentation = None if batch else self.parameterNode.GetNodeReference("OutputSegmentation")
+        return self.logic.prepare(parameters, input_volume_node=self._input,
+                                  input_folder=parameters.get("inputFolder", "") if batch else "",
+                                  default_base=default_output_base())
 
     def onApplyButton(self) -> None:
         if self._installing:
@@ -248,12 +274,7 @@ class EngineModuleWidgetMixin:
                 self.ui.statusLabel.text = "Python packages were not installed: nothing was run."
                 return
             parameters = self.parameters()
-            batch = parse_bool(parameters.get("batch"))
-            self._input = None if batch else self.parameterNode.GetNodeReference("InputVolume")
-            self._output_segmentation = None if batch else self.parameterNode.GetNodeReference("OutputSegmentation")
-            plan = self.logic.prepare(parameters, input_volume_node=self._input,
-                                      input_folder=parameters.get("inputFolder", "") if batch else "",
-                                      default_base=default_output_base())
+            plan = self.preparePlan(parameters)
             overwrite = False
             if plan.existing:
                 if not slicer.util.confirmOkCancelDisplay(overwrite_question(plan.existing),
@@ -349,12 +370,13 @@ def show_results(nodes: dict) -> None:
 
 
 def run_logic_synchronously(logic, parameters: dict, input_volume_node=None, input_folder: str = "",
-                            timeout: float = 3600.0):
-    """For self-tests and scripts: run the engine in its process and load the results; returns the nodes."""
+                            timeout: float = 3600.0, plan=None):
+    """For self-tests and scripts: run the engine in its process and load the results; returns the nodes.
+    ``plan``: what the logic's prepare gave (made here from the input when None)."""
     import time
 
     outcome: dict = {}
-    logic.start(parameters, input_volume_node=input_volume_node, input_folder=input_folder,
+    logic.start(parameters, input_volume_node=input_volume_node, input_folder=input_folder, plan=plan,
                 on_finished=lambda folder: outcome.update(folder=folder),
                 on_error=lambda message: outcome.update(error=message), use_timer=False)
     deadline = time.monotonic() + timeout
