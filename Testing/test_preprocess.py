@@ -237,10 +237,12 @@ def test_forward_then_inverse_returns_points_and_reads_in_simpleitk(preprocessed
         y = forward.TransformPoint(lps)
         moved.append(np.linalg.norm(np.subtract(y, lps)))
         errors.append(np.linalg.norm(np.subtract(inverse.TransformPoint(y), lps)))
-    # the inverse field is a numerical inversion: most points return to within a small fraction of a
-    # voxel, and the worst (at the mask's edge) within half a voxel
+    # the inverse field is a numerical inversion (greedy's NCC adds noise, so runs differ): 99 % of the
+    # points come back within 0.5 mm (p99 0.16 mm in four runs), the worst, at the mask's edge, within half
+    # a voxel (0.31-0.51 mm)
     voxel = float(np.linalg.norm(mask.affine[:3, :3], axis=0).min())
     assert np.percentile(errors, 95) < 0.1 * voxel
+    assert np.percentile(errors, 99) < 0.5
     assert max(errors) < 0.5 * voxel
     assert np.median(moved) > 2.0  # a real transform, not the identity
     # resampling the subject's T1 with the file gives the space-<template> T1 written beside it
