@@ -62,6 +62,10 @@ def test_participant_preprocess_commits_resumes_and_feeds_the_group_level(tmp_pa
     assert group.returncode == 0, err
     assert (output / f"group_space-{SPACE}_desc-cohort_mask.nii.gz").is_file()
     assert (output / "group_desc-preproc_qc.tsv").read_text().splitlines()[1].startswith("sub-01\t")
+    from segsuite.review.page import read_page_data
+
+    views = read_page_data(output / "group_qc_report.html")["subjects"][0]["views"]
+    assert {"synthseg", "preprocess"} <= {view["e"] for view in views}  # the registration is reviewed beside the labels
 
 
 def test_preprocess_needs_synthseg(tmp_path):
