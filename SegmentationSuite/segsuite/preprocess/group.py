@@ -174,9 +174,10 @@ def write_preprocess_group(folders: Iterable[str | os.PathLike], output_dir: str
 def group_outputs_of(output_dir: str | os.PathLike, mask_fraction: Optional[float] = None,
                      ratings: Optional[dict] = None) -> list[str]:
     """The group step of a cohort output dataset: nothing when no subject was preprocessed."""
-    subjects = sorted(Path(output_dir).glob("sub-*"))  # not the runner's own work folders
-    if not find_records(subjects):
+    records = find_records(sorted(Path(output_dir).glob("sub-*")))  # not the runner's own work folders
+    if not records:
         return []
-    written = write_preprocess_group(subjects, output_dir, mask_fraction or MASK_FRACTION, overwrite=True,
+    # the records themselves, not their folders: the subject tree is walked once
+    written = write_preprocess_group(records, output_dir, mask_fraction or MASK_FRACTION, overwrite=True,
                                      ratings=ratings)
     return sorted(os.path.basename(path) for path in written)
